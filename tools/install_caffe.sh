@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Build a Caffe with pycaffe from the brocolli-caffe sdist (BVLC lineage) with the
+# classic Makefile, and cache it keyed by everything that shapes the build.
+#
+# One script for every place the kit builds Caffe: `make setup` (and so CI) and
+# the Dockerfiles in docker/ all call it, so CI exercises what the images run.
+#
+# Usage: tools/install_caffe.sh [--python PY] [--cache DIR] [--gpu] [--cuda-arch "..."]
+#                               [--deps-only] [--no-apt] [--jobs N]
+# Prints the finished CAFFE_ROOT as its last line of output.
+set -euo pipefail
+
+CAFFE_SDIST="brocolli-caffe==9.0.2"
+CAFFE_SDIST_SHA256="c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a"
+APT_PACKAGES=(build-essential pkg-config libprotobuf-dev protobuf-compiler
+  libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-regex-dev
+  libboost-python-dev libopenblas-dev libhdf5-dev liblmdb-dev libgoogle-glog-dev
+  libgflags-dev libimage-exiftool-perl)
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PY=${PYTHON:-python3}
+CACHE=${THERMALNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/thermalnet}
+GPU=0; CUDA_ARCH=""; DEPS_ONLY=0; USE_APT=1; JOBS=$(nproc 2>/dev/null || echo 2)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --python) PY=$2; shift 2;;
+    --cache) CACHE=$2; shift 2;;
+    --gpu) GPU=1; shift;;
+    --cuda-arch) CUDA_ARCH=$2; shift 2;;
+    --deps-only) DEPS_ONLY=1; shift;;
+    --no-apt) USE_APT=0; shift;;
+    --jobs) JOBS=$2; shift 2;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
+    *) echo "install_caffe.sh: unknown option $1 (see --help)" >&2; exit 2;;
+  esac
+done
+
+say() { echo "[install_caffe] $*" >&2; }
+die() { echo "[install_caffe] ERROR: $*" >&2; exit 1; }
+
+# --- 1. system packages -------------------------------------------------------
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$USE_APT" = 1 ] && command -v apt-get >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"; } >"${TMPDIR:-/tmp}/thermalnet-apt.log" 2>&1; then
+      tail -n 20 "${TMPDIR:-/tmp}/thermalnet-apt.log" >&2
+      die "apt-get could not install: ${missing[*]} (full log: ${TMPDIR:-/tmp}/thermalnet-apt.log). Install them by hand, then rerun."
+    fi
+  else
+    die "missing Debian packages: ${missing[*]}. Run: sudo apt-get install ${missing[*]}"
+  fi
+fi
+[ "$DEPS_ONLY" = 1 ] && exit 0
+
+# --- 2. the interpreter pycaffe is built for ----------------------------------
+"$PY" -c "import numpy" 2>/dev/null || die "$PY cannot import numpy: install the kit's requirements first (make setup does)"
+eval "$("$PY" - <<'PYEOF'
+import sysconfig, numpy
+v = sysconfig.get_config_var
+print("PY_INCLUDE=%s" % sysconfig.get_paths()["include"])
+print("NP_INCLUDE=%s" % numpy.get_include())
+print("PY_LIBDIR=%s" % (v("LIBDIR") or ""))
+print("PY_SHARED=%s" % (v("Py_ENABLE_SHARED") or 0))
+print("PY_VER=%s" % v("py_version_short"))
+print("NP_MAJOR=%s" % numpy.__version__.split(".")[0])
+PYEOF
+)"
+PY_LIBNAME="python${PY_VER}"
+if [ "$PY_SHARED" != 1 ] || [ ! -e "$PY_LIBDIR/lib${PY_LIBNAME}.so" ]; then
+  # A static interpreter: link the tool against the distribution's libpython instead.
+  PY_LIBDIR=/usr/lib/x86_64-linux-gnu
+  [ -e "$PY_LIBDIR/lib${PY_LIBNAME}.so" ] || die "no lib${PY_LIBNAME}.so for the caffe tool; apt-get install lib${PY_LIBNAME}-dev"
+fi
+BOOST_PY="boost_python${PY_VER/./}"
+ls /usr/lib/x86_64-linux-gnu/lib${BOOST_PY}.so >/dev/null 2>&1 \
+  || die "no lib${BOOST_PY}.so: Debian's libboost-python-dev targets another Python than $PY ($PY_VER)"
+
+PROTOC_VER=$(protoc --version | awk '{print $2}')
+LIBPROTO_VER=$(dpkg-query -W -f='${Version}' libprotobuf-dev 2>/dev/null | cut -d- -f1 || echo "?")
+[ "$PROTOC_VER" = "$LIBPROTO_VER" ] || [ "$LIBPROTO_VER" = "?" ] \
+  || die "protoc $PROTOC_VER does not match libprotobuf-dev $LIBPROTO_VER: another protoc shadows Debian's on PATH ($(command -v protoc))"
+
+# --- 3. cache key: every input of the build -----------------------------------
+key_src=$(printf '%s\n' "$CAFFE_SDIST" "$CAFFE_SDIST_SHA256" "$GPU" "$CUDA_ARCH" "$PY_VER" "$NP_MAJOR" \
+  "$PROTOC_VER" "$PY_LIBDIR" "$(cat "$here/caffe/Makefile.config.in")" "$(sed -n '/^# --- 4/,$p' "$0")")
+KEY=$(printf '%s' "$key_src" | sha256sum | cut -c1-16)
+ROOT="$CACHE/caffe-$KEY"
+if [ -f "$ROOT/.thermalnet-complete" ]; then
+  say "cached build found ($ROOT)"
+  echo "$ROOT"; exit 0
+fi
+
+# --- 4. fetch, configure, build (into a temporary folder, renamed when done) -----
+avail_kb=$(df -Pk "$(dirname "$CACHE")" 2>/dev/null | awk 'NR==2{print $4}' || echo 0)
+mkdir -p "$CACHE"
+avail_kb=$(df -Pk "$CACHE" | awk 'NR==2{print $4}')
+[ "${avail_kb:-0}" -gt 2000000 ] || die "less than 2 GB free under $CACHE: free some disk or set THERMALNET_CACHE"
+WORK=$(mktemp -d "$CACHE/.build-XXXXXX")
+LOG="$CACHE/caffe-$KEY.build.log"
+trap 'rm -rf "$WORK"' EXIT
+fail() { say "ERROR: $1 failed; last lines of $LOG:"; tail -n 30 "$LOG" >&2; die "$1 failed (full log: $LOG)"; }
+
+say "downloading $CAFFE_SDIST (source distribution)"
+"$PY" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation "$CAFFE_SDIST" -d "$WORK/sdist" >"$LOG" 2>&1 \
+  || "$PY" -m pip download --quiet --no-deps --no-binary :all: "$CAFFE_SDIST" -d "$WORK/sdist" >>"$LOG" 2>&1 \
+  || fail "pip download of $CAFFE_SDIST"
+tarball=$(ls "$WORK"/sdist/*.tar.gz)
+echo "$CAFFE_SDIST_SHA256  $tarball" | sha256sum -c --quiet >>"$LOG" 2>&1 || fail "checksum of $tarball"
+tar xzf "$tarball" -C "$WORK" && src=$(ls -d "$WORK"/brocolli-caffe-*/) || fail "unpacking"
+src=${src%/}
+
+if [ "$GPU" = 1 ]; then
+  CPU_LINE="# CPU_ONLY := 1"; CUDNN_LINE="USE_CUDNN := 1"
+  CUDA_DIR=${CUDA_HOME:-/usr/local/cuda}
+  [ -n "$CUDA_ARCH" ] || CUDA_ARCH="-gencode arch=compute_60,code=sm_60 -gencode arch=compute_70,code=sm_70 -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=sm_86 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90"
+else
+  CPU_LINE="CPU_ONLY := 1"; CUDNN_LINE="# USE_CUDNN := 1"; CUDA_DIR=/usr/local/cuda; CUDA_ARCH=""
+fi
+sed -e "s|@CPU_ONLY_LINE@|$CPU_LINE|" -e "s|@CUDNN_LINE@|$CUDNN_LINE|" \
+    -e "s|@CUDA_DIR@|$CUDA_DIR|" -e "s|@CUDA_ARCH@|$CUDA_ARCH|" \
+    -e "s|@PYTHON_INCLUDE@|$PY_INCLUDE|" -e "s|@NUMPY_INCLUDE@|$NP_INCLUDE|" \
+    -e "s|@PYTHON_LIBDIR@|$PY_LIBDIR|g" -e "s|@BOOST_PYTHON@|$BOOST_PY|" \
+    -e "s|@PYTHON_LIBNAME@|$PY_LIBNAME|" \
+    "$here/caffe/Makefile.config.in" > "$src/Makefile.config"
+
+# The sdist ships a caffe_pb2.py from an old protoc: regenerate with ours.
+rm -f "$src/python/caffe/proto/caffe_pb2.py"
+say "building Caffe (make -j$JOBS all pycaffe; about 5 minutes on 2 cores; log: $LOG)"
+( cd "$src" && make -j"$JOBS" all pycaffe ) >>"$LOG" 2>&1 || fail "make"
+protoc --proto_path="$src/src/caffe/proto" --python_out="$src/python/caffe/proto" \
+  "$src/src/caffe/proto/caffe.proto" >>"$LOG" 2>&1 || fail "protoc (caffe_pb2.py)"
+touch "$src/python/caffe/proto/__init__.py"
+# Drop intermediate objects; keep lib, tools, pycaffe and headers.
+find "$src/build" -name '*.o' -delete; find "$src/build" -name '*.d' -delete
+rm -rf "$src/.git" "$src/docs" "$src/examples" "$src/matlab"
+
+# Smoke test before the cache entry becomes visible.
+PYTHONPATH="$src/python" "$PY" -c "import caffe; caffe.set_mode_cpu()" >>"$LOG" 2>&1 || fail "import caffe smoke test"
+"$src/build/tools/caffe" --version >>"$LOG" 2>&1 || fail "caffe tool smoke test"
+touch "$src/.thermalnet-complete"
+rm -rf "$ROOT"; mv "$src" "$ROOT"
+say "Caffe built and cached at $ROOT"
+echo "$ROOT"
