@@ -107,9 +107,8 @@ trap 'rm -rf "$WORK"' EXIT
 fail() { say "ERROR: $1 failed; last lines of $LOG:"; tail -n 30 "$LOG" >&2; die "$1 failed (full log: $LOG)"; }
 
 say "downloading $CAFFE_SDIST (source distribution)"
-"$PY" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation "$CAFFE_SDIST" -d "$WORK/sdist" >"$LOG" 2>&1 \
-  || "$PY" -m pip download --quiet --no-deps --no-binary :all: "$CAFFE_SDIST" -d "$WORK/sdist" >>"$LOG" 2>&1 \
-  || fail "pip download of $CAFFE_SDIST"
+"$PY" -m pip download --quiet --no-deps --no-binary :all: "$CAFFE_SDIST" -d "$WORK/sdist" >"$LOG" 2>&1 \
+  || fail "pip download of $CAFFE_SDIST (needs the package index; or set CAFFE_ROOT to an existing Caffe)"
 tarball=$(ls "$WORK"/sdist/*.tar.gz)
 echo "$CAFFE_SDIST_SHA256  $tarball" | sha256sum -c --quiet >>"$LOG" 2>&1 || fail "checksum of $tarball"
 tar xzf "$tarball" -C "$WORK" && src=$(ls -d "$WORK"/brocolli-caffe-*/) || fail "unpacking"
@@ -133,11 +132,14 @@ sed -e "s|@CPU_ONLY_LINE@|$CPU_LINE|" -e "s|@CUDNN_LINE@|$CUDNN_LINE|" \
 rm -f "$src/python/caffe/proto/caffe_pb2.py"
 say "building Caffe (make -j$JOBS all pycaffe; about 5 minutes on 2 cores; log: $LOG)"
 ( cd "$src" && make -j"$JOBS" all pycaffe ) >>"$LOG" 2>&1 || fail "make"
+# This fork names its build folder .temp_release (link `temp`); pycaffe's rpath and
+# every BVLC recipe expect `build`, so provide that name too.
+[ -e "$src/build" ] || ln -s "$(cd "$src" && readlink temp || echo .temp_release)" "$src/build"
 protoc --proto_path="$src/src/caffe/proto" --python_out="$src/python/caffe/proto" \
   "$src/src/caffe/proto/caffe.proto" >>"$LOG" 2>&1 || fail "protoc (caffe_pb2.py)"
 touch "$src/python/caffe/proto/__init__.py"
 # Drop intermediate objects; keep lib, tools, pycaffe and headers.
-find "$src/build" -name '*.o' -delete; find "$src/build" -name '*.d' -delete
+find -L "$src/build" \( -name '*.o' -o -name '*.d' \) -delete
 rm -rf "$src/.git" "$src/docs" "$src/examples" "$src/matlab"
 
 # Smoke test before the cache entry becomes visible.

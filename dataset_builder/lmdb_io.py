@@ -1,0 +1,130 @@
+"""Datums and LMDBs exactly as Caffe's Data layer and DIGITS' generic datasets read them.
+
+Datums are built here rather than with caffe.io.array_to_datum, which calls
+ndarray.tostring (removed in NumPy 2) in the Caffe the kit builds.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Tuple
+
+import lmdb
+import numpy as np
+
+from . import spec
+from .caffe_env import caffe_pb2
+
+_INITIAL_MAP = 64 << 20
+
+
+def array_to_datum(arr: np.ndarray, label: int = 0):
+    """CxHxW (or HxW, taken as 1 channel) uint8 array -> Datum with raw bytes."""
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3:
+        raise ValueError("a Datum holds CxHxW arrays, got shape %s" % (arr.shape,))
+    datum = caffe_pb2().Datum()
+    datum.channels, datum.height, datum.width = (int(s) for s in arr.shape)
+    if arr.dtype == np.uint8:
+        datum.data = np.ascontiguousarray(arr).tobytes()
+    else:
+        datum.float_data.extend(arr.astype(np.float32).ravel().tolist())
+    datum.label = int(label)
+    return datum
+
+
+def datum_to_array(datum) -> np.ndarray:
+    """Datum -> CxHxW array (uint8 for byte data, float32 for float_data)."""
+    shape = (datum.channels, datum.height, datum.width)
+    if datum.data:
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+    return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+
+
+class LmdbWriter:
+    """Append CxHxW arrays under keys %09d, growing the map when LMDB says it is full."""
+
+    def __init__(self, path: str, map_size: int = _INITIAL_MAP, commit_every: int = 64):
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        self.map_size = map_size
+        self.env = lmdb.open(path, map_size=map_size, subdir=True, lock=True)
+        self.commit_every = commit_every
+        self.pending = []
+        self.count = 0
+
+    def put(self, arr: np.ndarray, label: int = 0) -> None:
+        key = (spec.LMDB_KEY_FORMAT % self.count).encode("ascii")
+        self.pending.append((key, array_to_datum(arr, label).SerializeToString()))
+        self.count += 1
+        if len(self.pending) >= self.commit_every:
+            self.flush()
+
+    def flush(self) -> None:
+        while self.pending:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value in self.pending:
+                        txn.put(key, value)
+                self.pending = []
+            except lmdb.MapFullError:
+                self.map_size *= 2
+                self.env.set_mapsize(self.map_size)
+
+    def close(self) -> None:
+        self.flush()
+        self.env.sync()
+        self.env.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_lmdb(path: str) -> Iterator[Tuple[str, np.ndarray]]:
+    """Yield (key, CxHxW array) in key order."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError("%s: no LMDB folder" % path)
+    env = lmdb.open(path, readonly=True, lock=False)
+    datum = caffe_pb2().Datum()
+    try:
+        with env.begin() as txn:
+            for key, value in txn.cursor():
+                datum.ParseFromString(value)
+                yield key.decode("ascii"), datum_to_array(datum)
+    finally:
+        env.close()
+
+
+def lmdb_count(path: str) -> int:
+    env = lmdb.open(path, readonly=True, lock=False)
+    try:
+        return env.stat()["entries"]
+    finally:
+        env.close()
+
+
+def write_mean_binaryproto(mean_chw: np.ndarray, path: str) -> None:
+    """Mean image as a BlobProto (1xCxHxW), the format of DIGITS' mean.binaryproto."""
+    mean_chw = np.asarray(mean_chw, dtype=np.float32)
+    blob = caffe_pb2().BlobProto()
+    blob.num, (blob.channels, blob.height, blob.width) = 1, mean_chw.shape
+    blob.shape.dim.extend([1] + list(mean_chw.shape))
+    blob.data.extend(mean_chw.ravel().tolist())
+    with open(path, "wb") as f:
+        f.write(blob.SerializeToString())
+
+
+def read_mean_binaryproto(path: str) -> np.ndarray:
+    """BlobProto -> CxHxW float32 mean image."""
+    blob = caffe_pb2().BlobProto()
+    with open(path, "rb") as f:
+        blob.ParseFromString(f.read())
+    if blob.shape.dim:
+        shape = tuple(blob.shape.dim)[-3:]
+    else:
+        shape = (blob.channels, blob.height, blob.width)
+    return np.asarray(blob.data, dtype=np.float32).reshape(shape)

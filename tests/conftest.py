@@ -1,0 +1,66 @@
+"""Shared fixtures: the real Caffe, and a tiny dataset in the kit's on-disk layout.
+
+The tiny dataset is random (SYNTHETIC, for shape and plumbing tests only); the
+synthetic-scene generator of dataset_builder makes the realistic demo data.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dataset_builder import spec
+from dataset_builder.caffe_env import import_caffe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLES = os.path.join(os.path.dirname(REPO), "shared", "samples", "flir")
+
+
+@pytest.fixture(scope="session")
+def caffe():
+    mod = import_caffe()
+    mod.set_mode_cpu()
+    return mod
+
+
+@pytest.fixture(scope="session")
+def flir_samples():
+    if not os.path.isdir(SAMPLES):
+        pytest.skip("../shared/samples/flir not beside the checkout")
+    return SAMPLES
+
+
+def make_tiny_dataset(root, n_train=6, n_val=4, height=spec.DEFAULT_HEIGHT, width=spec.DEFAULT_WIDTH,
+                      num_bins=spec.NUM_BINS, seed=0):
+    """Random images and labels written as the builder writes them (LMDBs, weights, info)."""
+    from dataset_builder.lmdb_io import LmdbWriter, write_mean_binaryproto
+
+    rng = np.random.RandomState(seed)
+    os.makedirs(root, exist_ok=True)
+    feats = {}
+    for split, n in ((spec.TRAIN_DB, n_train), (spec.VAL_DB, n_val)):
+        x = rng.randint(0, 256, size=(n, 3, height, width)).astype(np.uint8)
+        y = rng.randint(0, num_bins, size=(n, 1, height, width)).astype(np.uint8)
+        with LmdbWriter(os.path.join(root, split, spec.FEATURES)) as fw, \
+                LmdbWriter(os.path.join(root, split, spec.LABELS)) as lw:
+            for i in range(n):
+                fw.put(x[i])
+                lw.put(y[i])
+        feats[split] = (x, y)
+    write_mean_binaryproto(feats[spec.TRAIN_DB][0].mean(axis=0), os.path.join(root, spec.TRAIN_DB, spec.MEAN_FILE))
+    prior = spec.class_prior(feats[spec.TRAIN_DB][1], num_bins)
+    np.savetxt(os.path.join(root, spec.CLASS_PRIOR_FILE), prior, fmt="%.8f")
+    np.savetxt(os.path.join(root, spec.CLASS_WEIGHTS_FILE), spec.rebalance_weights(prior), fmt="%.8f")
+    with open(os.path.join(root, spec.DATASET_INFO_FILE), "w") as f:
+        json.dump({"synthetic": True, "note": "SYNTHETIC random test fixture", "num_bins": num_bins,
+                   "height": height, "width": width, "window_mode": "fixed", "window": [15.0, 45.0],
+                   "counts": {"train": n_train, "test": n_val}}, f, indent=1)
+    return root, feats
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """(path, {split: (features NxCxHxW, labels Nx1xHxW)}) of a random 120x160 dataset."""
+    return make_tiny_dataset(str(tmp_path_factory.mktemp("tiny_dataset")))
