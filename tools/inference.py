@@ -1,0 +1,267 @@
+"""One Predictor for every consumer: augment, evaluate, the DIGITS client, the benchmark.
+
+The network must see exactly what it saw in training, so preprocessing copies the
+Caffe Data layer that DIGITS configures: the LMDB Datums are BGR uint8 CxHxW and the
+layer's transform_param only subtracts mean.binaryproto (no scale, no crop). When an
+image is not the mean's size (augmenting another dataset), the mean image is resized
+to HxW with cv2.resize (bilinear) -- for DIGITS-style mean images that are nearly
+flat this is the closest equivalent of "the mean at this pixel".
+
+Two back-ends run the same deploy prototxt (Input `data` -> ... -> Softmax `prob`,
+shape (N, Q, H, W)): pycaffe, the reference, and OpenCV's DNN module, which needs no
+Caffe at deployment time. Images of any size work: the input is reshaped per batch,
+and images are grouped by size so a batch is always one size.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dataset_builder import spec
+
+BACKENDS = ("pycaffe", "opencv")
+DECODINGS = ("expectation", "argmax", "annealed")
+OUTPUT_BLOB = "prob"
+INPUT_BLOB = "data"
+
+
+def _require_file(path: str, what: str) -> str:
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError("%s: no such %s" % (path, what))
+    return path
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Accept HxWx3 RGB, HxWx4 RGBA (alpha dropped) or HxW grey; return HxWx3 uint8."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError("expected an HxWx3 RGB image, got shape %s" % (img.shape,))
+    img = img[:, :, :3]
+    if img.dtype != np.uint8:
+        if np.issubdtype(img.dtype, np.floating):
+            img = np.clip(np.rint(img), 0, 255)
+        img = img.astype(np.uint8)
+    return img
+
+
+def load_mean(mean) -> Optional[np.ndarray]:
+    """mean.binaryproto path, a CxHxW array, a per-channel (B, G, R) triple, or None."""
+    if mean is None:
+        return None
+    if isinstance(mean, (str, os.PathLike)):
+        from dataset_builder.lmdb_io import read_mean_binaryproto
+        path = _require_file(os.fspath(mean), "mean file (mean.binaryproto)")
+        try:
+            arr = read_mean_binaryproto(path)
+        except Exception as exc:  # protobuf DecodeError, reshape errors
+            raise ValueError("%s: not a readable mean.binaryproto (%s)" % (path, exc)) from exc
+    else:
+        arr = np.asarray(mean, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr.reshape((-1, 1, 1))
+    if arr.ndim != 3 or arr.shape[0] != 3:
+        raise ValueError("the mean must be 3xHxW (BGR) or 3 values, got shape %s" % (arr.shape,))
+    return arr.astype(np.float32)
+
+
+class _MeanCache:
+    """The mean image at each input size (resized once per size)."""
+
+    def __init__(self, mean: Optional[np.ndarray]):
+        self.mean = mean
+        self.cache: Dict[Tuple[int, int], np.ndarray] = {}
+
+    def at(self, height: int, width: int) -> Optional[np.ndarray]:
+        if self.mean is None:
+            return None
+        if self.mean.shape[1:] in ((1, 1), (height, width)):
+            return self.mean
+        key = (height, width)
+        if key not in self.cache:
+            import cv2
+            hwc = np.ascontiguousarray(self.mean.transpose(1, 2, 0))
+            resized = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
+            self.cache[key] = np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)
+        return self.cache[key]
+
+
+def check_gpu_available(gpu: int) -> None:
+    """Probe GPU mode in a child process: a CPU_ONLY Caffe aborts the process on set_device."""
+    code = ("from dataset_builder.caffe_env import import_caffe\n"
+            "c = import_caffe(); c.set_mode_gpu(); c.set_device(%d)\n" % int(gpu))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("GPU %d is not usable by this Caffe (a CPU_ONLY build, or no such device); "
+                           "drop --gpu to run on the CPU" % gpu)
+
+
+class _PycaffeBackend:
+    def __init__(self, deploy: str, weights: str, gpu: Optional[int]):
+        from dataset_builder.caffe_env import import_caffe
+        caffe = import_caffe()
+        if gpu is not None:
+            check_gpu_available(gpu)
+            caffe.set_mode_gpu()
+            caffe.set_device(int(gpu))
+        else:
+            caffe.set_mode_cpu()
+        # The (prototxt, weights, phase) form exists in every pycaffe from 1.0-rc3 on.
+        self.net = caffe.Net(deploy, weights, caffe.TEST)
+        inputs = list(self.net.inputs)
+        self.input = inputs[0] if inputs else INPUT_BLOB
+        if OUTPUT_BLOB not in self.net.blobs:
+            raise ValueError("%s: the deploy net has no output blob %r" % (deploy, OUTPUT_BLOB))
+
+    def forward(self, blob: np.ndarray) -> np.ndarray:
+        data = self.net.blobs[self.input]
+        if tuple(data.data.shape) != blob.shape:
+            data.reshape(*blob.shape)
+            self.net.reshape()
+        data.data[...] = blob
+        self.net.forward()
+        return np.array(self.net.blobs[OUTPUT_BLOB].data, dtype=np.float32, copy=True)
+
+
+class _OpenCVBackend:
+    def __init__(self, deploy: str, weights: str, gpu: Optional[int]):
+        import cv2
+        self.cv2 = cv2
+        try:
+            self.net = cv2.dnn.readNetFromCaffe(deploy, weights)
+        except cv2.error as exc:
+            raise ValueError("%s: OpenCV DNN cannot read this net with %s (%s)"
+                             % (deploy, weights, str(exc).strip().splitlines()[-1])) from exc
+        if gpu is not None:
+            # Only OpenCV builds with CUDA honour this; others warn and stay on the CPU.
+            self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_CUDA)
+            self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CUDA)
+        else:
+            self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+            self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        self.shape = None
+
+    def forward(self, blob: np.ndarray) -> np.ndarray:
+        # The Input layer fixes one shape; announce each new one before setInput so the
+        # net re-plans its buffers for this size instead of the prototxt's.
+        if blob.shape != self.shape:
+            try:
+                self.net.setInputShape(INPUT_BLOB, blob.shape)
+            except (AttributeError, self.cv2.error):
+                pass
+            self.shape = blob.shape
+        self.net.setInput(np.ascontiguousarray(blob, dtype=np.float32), INPUT_BLOB)
+        return np.array(self.net.forward(OUTPUT_BLOB), dtype=np.float32, copy=True)
+
+
+class Predictor:
+    """Visible RGB images -> per-pixel thermal-bin probabilities or brightness.
+
+    deploy_prototxt: a deploy net with Input `data` and Softmax output `prob` (N, Q, H, W)
+    caffemodel: trained weights (a DIGITS snapshot_iter_N.caffemodel)
+    mean_file: the training dataset's mean.binaryproto (or an array; None = no mean)
+    backend: "pycaffe" (reference) or "opencv" (cv2.dnn); gpu: device id or None (CPU)
+    """
+
+    def __init__(self, deploy_prototxt: str, caffemodel: str, mean_file=None, backend: str = "pycaffe",
+                 batch_size: int = 8, gpu: Optional[int] = None):
+        if backend not in BACKENDS:
+            raise ValueError("unknown backend %r (choose from %s)" % (backend, ", ".join(BACKENDS)))
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1, got %d" % batch_size)
+        self.deploy = _require_file(os.fspath(deploy_prototxt), "deploy prototxt")
+        self.weights = _require_file(os.fspath(caffemodel), "caffemodel")
+        self.backend_name = backend
+        self.batch_size = int(batch_size)
+        self.means = _MeanCache(load_mean(mean_file))
+        impl = _PycaffeBackend if backend == "pycaffe" else _OpenCVBackend
+        self.backend = impl(self.deploy, self.weights, gpu)
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """RGB HxWx3 uint8 -> BGR float32 3xHxW minus the mean: what the Data layer feeds."""
+        rgb = as_rgb_uint8(image)
+        chw = rgb[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
+        mean = self.means.at(chw.shape[1], chw.shape[2])
+        if mean is not None:
+            chw -= mean
+        return chw
+
+    def forward_blob(self, blob: np.ndarray) -> np.ndarray:
+        """One preprocessed (N, 3, H, W) batch -> probabilities (N, Q, H, W)."""
+        out = self.backend.forward(blob)
+        if out.ndim != 4 or out.shape[0] != blob.shape[0] or out.shape[2:] != blob.shape[2:]:
+            raise ValueError("%s: output %r has shape %s for input %s; expected (N, Q, H, W) at the input size"
+                             % (self.deploy, OUTPUT_BLOB, out.shape, blob.shape))
+        return out
+
+    def predict_probs(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Per-image (Q, H, W) float32 probabilities, in input order."""
+        groups: "OrderedDict[Tuple[int, int], List[int]]" = OrderedDict()
+        pre = []
+        for i, img in enumerate(images):
+            chw = self.preprocess(img)
+            pre.append(chw)
+            groups.setdefault(chw.shape[1:], []).append(i)
+        results: List[Optional[np.ndarray]] = [None] * len(pre)
+        for idx in groups.values():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                out = self.forward_blob(np.stack([pre[i] for i in chunk]))
+                for j, i in enumerate(chunk):
+                    results[i] = out[j]
+        return results  # type: ignore[return-value]
+
+    def predict_brightness(self, images: Sequence[np.ndarray], decoding: str = "expectation",
+                           temperature: float = spec.ANNEAL_T) -> List[np.ndarray]:
+        """Per-image HxW brightness 0..255 (float), decoded with spec.decode."""
+        if decoding not in DECODINGS:
+            raise ValueError("unknown decoding %r (choose from %s)" % (decoding, ", ".join(DECODINGS)))
+        return [spec.decode(p, decoding, temperature) for p in self.predict_probs(images)]
+
+
+def random_caffemodel(deploy_prototxt: str, out_path: str, seed: int = 0, logit_std: float = 4.0) -> str:
+    """Save random weights for a net (tests and the benchmark only; never a trained model).
+
+    Parameters the prototxt gives a filler for (xavier, bilinear upsampling) keep
+    Caffe's draw; parameters it leaves at zero get He-normal weights. Then the last
+    convolution before the Softmax is scaled so the logits have std `logit_std` on a
+    random mean-subtracted input, like a trained net's: near-uniform probabilities
+    would make back-end comparisons trivially pass, saturated ones meaningless.
+    """
+    from dataset_builder.caffe_env import import_caffe
+    caffe = import_caffe()
+    caffe.set_mode_cpu()
+    if hasattr(caffe, "set_random_seed"):
+        caffe.set_random_seed(int(seed))
+    net = caffe.Net(_require_file(deploy_prototxt, "prototxt"), caffe.TEST)
+    rng = np.random.RandomState(seed)
+    for name, params in net.params.items():
+        w = params[0].data
+        if not w.any():
+            fan_in = max(1, int(np.prod(w.shape[1:])))
+            w[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=w.shape)
+    names = list(net._layer_names)
+    soft = [i for i, layer in enumerate(net.layers) if layer.type == "Softmax"]
+    if soft and logit_std:
+        logits = net.bottom_names[names[soft[-1]]][0]
+        inp = list(net.inputs)[0] if list(net.inputs) else INPUT_BLOB
+        data = net.blobs[inp].data
+        data[...] = rng.uniform(-128, 128, size=data.shape)
+        net.forward()
+        std = float(net.blobs[logits].data.std())
+        convs = [n for i, n in enumerate(names[:soft[-1]]) if net.layers[i].type == "Convolution"]
+        if std > 0 and convs:
+            # ReLU, deconvolution and crop after it are positively homogeneous: logits scale exactly.
+            for p in net.params[convs[-1]]:
+                p.data[...] *= logit_std / std
+    tmp = out_path + ".tmp"
+    net.save(tmp)
+    os.replace(tmp, out_path)
+    return out_path
