@@ -95,15 +95,25 @@ if [ -f "$ROOT/.thermalnet-complete" ]; then
   say "cached build found ($ROOT)"
   echo "$ROOT"; exit 0
 fi
+# One build per cache at a time: a second caller waits, then finds the cached result.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+if ! flock -n 9; then
+  say "another Caffe build is running in $CACHE; waiting for it"
+  flock 9
+fi
+if [ -f "$ROOT/.thermalnet-complete" ]; then
+  say "cached build found ($ROOT)"
+  echo "$ROOT"; exit 0
+fi
 
 # --- 4. fetch, configure, build (into a temporary folder, renamed when done) -----
-avail_kb=$(df -Pk "$(dirname "$CACHE")" 2>/dev/null | awk 'NR==2{print $4}' || echo 0)
-mkdir -p "$CACHE"
 avail_kb=$(df -Pk "$CACHE" | awk 'NR==2{print $4}')
 [ "${avail_kb:-0}" -gt 2000000 ] || die "less than 2 GB free under $CACHE: free some disk or set THERMALNET_CACHE"
 WORK=$(mktemp -d "$CACHE/.build-XXXXXX")
 LOG="$CACHE/caffe-$KEY.build.log"
-trap 'rm -rf "$WORK"' EXIT
+# Keep a failed tree for inspection only on request (it is large).
+trap '[ "${THERMALNET_KEEP_FAILED:-0}" = 1 ] && [ ! -f "$ROOT/.thermalnet-complete" ] && say "kept $WORK" || rm -rf "$WORK"' EXIT
 fail() { say "ERROR: $1 failed; last lines of $LOG:"; tail -n 30 "$LOG" >&2; die "$1 failed (full log: $LOG)"; }
 
 say "downloading $CAFFE_SDIST (source distribution)"
