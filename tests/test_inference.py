@@ -280,3 +280,12 @@ def test_augment_cli_errors(tiny_net, tmp_path, capsys):
     assert "--celsius needs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         augment.main(["--help"])
+
+
+def test_benchmark_flop_count_of_tiny_net(tiny_net):
+    """Conv/deconv FLOPs counted from blob shapes (what `make bench` divides by time)."""
+    from tools.benchmark import net_flops
+    q = spec.NUM_BINS
+    macs = 8 * 32 * 32 * (3 * 9) + 8 * 16 * 16 * (8 * 9) + (8 * 16 * 16) * (q * 4 * 4)
+    assert net_flops(tiny_net[0], 32, 32) == 2 * macs
+    assert net_flops(tiny_net[0], 64, 32, batch=3) == 3 * 2 * 2 * macs

@@ -15,11 +15,11 @@ Gaussian white noise and is refined by gradient descent. Here:
   meaningful when the IR reference has another size.
 * the image is grey (thermal brightness 0..255), fed to VGG as B = G = R; its gradient
   is the sum over the three input channels' gradients, so the result stays grey.
-* optimiser: Adam on the pixels, clipped to 0..255 after each step. Gatys used
-  L-BFGS, which would need SciPy (not otherwise a dependency); the paper itself only
-  says "gradient descent", and Adam is the usual first-order choice (neural-style's
-  -optimizer adam). Gradients come from Caffe's backward, injected at each feature
-  layer in turn (deepest first) because the net has no loss layer of its own.
+* optimiser: L-BFGS as Gatys et al. (and neural-style's default), SciPy's L-BFGS-B
+  with the pixels boxed to 0..255; or Adam (--optimizer adam), clipping to 0..255
+  after each step -- the paper itself only says "gradient descent". Gradients come
+  from Caffe's backward, injected at each feature layer in turn (deepest first)
+  because the net has no loss layer of its own.
 
 Cost: one iteration (forward to relu5_1 + backward to the image, no weight gradients)
 takes about 0.4 s at 120x160 on 2 CPU cores, so the default 300 iterations are about
@@ -47,6 +47,7 @@ STYLE_WEIGHT = 1e3          # Gatys et al.'s alpha/beta = 1e-3
 ITERATIONS = 300
 LEARNING_RATE = 4.0         # brightness levels per Adam step
 INITS = ("noise", "content")
+OPTIMIZERS = ("lbfgs", "adam")
 NOISE_STD = 32.0            # white-noise init: N(mean of the content, NOISE_STD^2)
 
 
@@ -198,9 +199,12 @@ class StyleReconstructor:
 
     # -- optimisation ---------------------------------------------------------------
     def run(self, content_grey: np.ndarray, style_grey: np.ndarray, iterations: int = ITERATIONS,
-            lr: float = LEARNING_RATE, init: str = "noise", seed: int = spec.SEED,
+            lr: float = LEARNING_RATE, init: str = "noise", seed: int = spec.SEED, optimizer: str = "lbfgs",
             progress: bool = False) -> Tuple[np.ndarray, List[float]]:
-        """Reconstruct: returns (HxW brightness 0..255 float64, loss per iteration)."""
+        """Reconstruct: returns (HxW brightness 0..255 float64, loss at every evaluation).
+
+        lr is used by Adam only; L-BFGS runs at most `iterations` iterations.
+        """
         content = np.asarray(content_grey, dtype=np.float64)
         if init == "noise":
             rng = np.random.RandomState(seed)
@@ -209,22 +213,55 @@ class StyleReconstructor:
             x = content.copy()
         else:
             raise ValueError("unknown init %r (choose from %s)" % (init, ", ".join(INITS)))
+        if optimizer not in OPTIMIZERS:
+            raise ValueError("unknown optimizer %r (choose from %s)" % (optimizer, ", ".join(OPTIMIZERS)))
         targets = self.targets(content, style_grey)
-        m, v = np.zeros_like(x), np.zeros_like(x)
-        b1, b2, eps = 0.9, 0.999, 1e-8
-        history = []
-        steps = range(1, iterations + 1)
+        history: List[float] = []
+        bar = None
         if progress:
             from tqdm import tqdm
-            steps = tqdm(steps, desc="gatys", unit="it", leave=False)
-        for t in steps:
+            bar = tqdm(total=iterations, desc="gatys %s" % optimizer, unit="it", leave=False)
+        try:
+            if optimizer == "lbfgs":
+                x = self._lbfgs(x, targets, iterations, history, bar)
+            else:
+                x = self._adam(x, targets, iterations, lr, history, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return x, history
+
+    def _adam(self, x, targets, iterations, lr, history, bar):
+        m, v = np.zeros_like(x), np.zeros_like(x)
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        for t in range(1, iterations + 1):
             loss, g, _ = self.loss_and_grad(x, targets)
             history.append(loss)
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
             x = x - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
             np.clip(x, 0, 255, out=x)
-        return x, history
+            if bar is not None:
+                bar.update(1)
+        return x
+
+    def _lbfgs(self, x, targets, iterations, history, bar):
+        from scipy.optimize import Bounds, minimize
+        shape = x.shape
+
+        def fun(flat):
+            loss, g, _ = self.loss_and_grad(flat.reshape(shape), targets)
+            history.append(loss)
+            return loss, g.ravel()
+
+        def step(_):
+            if bar is not None:
+                bar.update(1)
+
+        res = minimize(fun, x.ravel(), jac=True, method="L-BFGS-B", bounds=Bounds(0.0, 255.0), callback=step,
+                       options={"maxiter": iterations, "maxfun": iterations + iterations // 4 + 5,
+                                "ftol": 0.0, "gtol": 0.0})
+        return np.clip(res.x.reshape(shape), 0, 255)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", required=True, help="real IR image, 8-bit grey PNG (style source)")
     p.add_argument("--out", required=True, help="output 8-bit grey PNG")
     p.add_argument("--iterations", type=int, default=ITERATIONS)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs", help="Gatys et al.: L-BFGS")
     p.add_argument("--lr", type=float, default=LEARNING_RATE, help="Adam step in brightness levels")
     p.add_argument("--init", choices=INITS, default="noise", help="paper: white noise")
     p.add_argument("--content-weight", type=float, default=CONTENT_WEIGHT)
@@ -263,7 +301,7 @@ def main(argv=None) -> int:
         rec = StyleReconstructor(args.vgg_weights, content_weight=args.content_weight,
                                  style_weight=args.style_weight, gpu=args.gpu)
         out, history = rec.run(content, style, iterations=args.iterations, lr=args.lr, init=args.init,
-                               progress=True)
+                               optimizer=args.optimizer, progress=True)
         from dataset_builder import imageio
         imageio.write_png(args.out, np.clip(np.rint(out), 0, 255).astype(np.uint8))
     except (OSError, ValueError, RuntimeError) as exc:
