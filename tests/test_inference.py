@@ -289,3 +289,21 @@ def test_benchmark_flop_count_of_tiny_net(tiny_net):
     macs = 8 * 32 * 32 * (3 * 9) + 8 * 16 * 16 * (8 * 9) + (8 * 16 * 16) * (q * 4 * 4)
     assert net_flops(tiny_net[0], 32, 32) == 2 * macs
     assert net_flops(tiny_net[0], 64, 32, batch=3) == 3 * 2 * 2 * macs
+
+
+def test_augment_takes_mean_and_window_from_the_dataset(tiny_net, tiny_dataset, visible_tree, tmp_path):
+    deploy, weights = tiny_net
+    root, _ = tiny_dataset
+    out = str(tmp_path / "out")
+    assert augment.main(["--model", weights, "--deploy", deploy, "--dataset", root, "--input", visible_tree,
+                         "--out", out, "--celsius", "--quiet", "--decoding", "argmax"]) == 0
+    pred = Predictor(deploy, weights, mean_file=os.path.join(root, spec.TRAIN_DB, spec.MEAN_FILE))
+    rgb = imageio.read_rgb(os.path.join(visible_tree, "b", "y.png"))
+    want = pred.predict_brightness([rgb], decoding="argmax")[0]
+    np.testing.assert_allclose(np.load(os.path.join(out, "b", "y.npy")), spec.to_celsius(want, 15.0, 45.0),
+                               rtol=1e-5, atol=1e-4)
+    info = tmp_path / "ds"
+    info.mkdir()
+    (info / spec.DATASET_INFO_FILE).write_text('{"window_mode": "image", "window": null}')
+    with pytest.raises(ValueError, match="--window"):
+        augment.window_from_dataset(str(info))
