@@ -1,0 +1,611 @@
+"""Train Thermalnet on a dataset folder, DIGITS-style, with pycaffe or the `caffe` tool.
+
+    python -m tools.train --dataset DS --net prototxt/thermalnet_v1_1.prototxt \
+        --out runs/NAME --epochs E --batch-size B [--base-lr LR] [--resume runs/NAME/snap_iter_N.solverstate]
+
+The run folder gets what DIGITS would keep for a job: train_val.prototxt (the
+all-in-one net with this dataset's LMDBs, mean and class weights filled in),
+solver.prototxt, snapshots snap_iter_N.caffemodel/.solverstate (Caffe's naming),
+train.log in Caffe's glog format whichever back-end ran, train.csv / val.csv / loss.png
+parsed from it, and train_summary.json.
+
+pycaffe back-end: solver.step(1) in a loop so the loss of every iteration is seen
+(NaN stops at once) and a tqdm bar shows the ETA; the validation loss (Fig. 8 of the
+paper) is the TEST net run over the whole val_db at iteration 0 and after every epoch.
+caffe back-end: `caffe train -solver ... [-snapshot ...]` as a child process whose glog
+output is streamed into train.log and watched for NaN/divergence.
+A resumed run appends to train.log and keeps Caffe's iteration numbering.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from dataset_builder import spec
+from dataset_builder.caffe_env import PROTOTXT_DIR, REPO_ROOT
+from tools import caffe_log
+
+SNAPSHOT_PREFIX = "snap"
+LOG_FILE = "train.log"
+SUMMARY_FILE = "train_summary.json"
+TRAIN_VAL_FILE = "train_val.prototxt"
+SOLVER_FILE = "solver.prototxt"
+PYCAFFE_SOLVER_FILE = "solver_pycaffe.prototxt"
+# Divergence: the displayed loss above DIVERGE_FACTOR x the first displayed loss on
+# DIVERGE_PATIENCE consecutive displays. A softmax loss starts near ln(Q) x mean weight
+# and only falls when training works; 5x that is far outside any healthy curve.
+DIVERGE_FACTOR = 5.0
+DIVERGE_PATIENCE = 3
+# Optimiser of the demo and the default: Adam at 1e-3 (DIGITS' Adam default rate); a
+# --solver-template or --base-lr overrides. lr_policy fixed keeps resumed runs simple.
+DEFAULT_SOLVER = {"solver_type": "Adam", "base_lr": 1e-3, "lr_policy": "fixed", "momentum": 0.9}
+DEFAULT_NET = os.path.join(PROTOTXT_DIR, "thermalnet_%s.prototxt" % spec.DEFAULT_BASE)
+PAPER_NET = os.path.join(PROTOTXT_DIR, "thermalnet_%s.prototxt" % spec.PAPER_BASE)
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: NaN/divergent loss, a failed caffe process, an interruption."""
+
+    def __init__(self, message: str, result: Optional[Dict] = None):
+        super().__init__(message)
+        self.result = result or {}
+
+
+class ClassCountMismatch(ValueError):
+    """The network's output classes differ from the dataset's bins."""
+
+
+# -- checks ----------------------------------------------------------------------------
+def check_class_count(net_path: str, dataset: str) -> int:
+    """conv10's num_output must equal the dataset's num_bins; returns it."""
+    from tools import nets
+    from tools.baselines import read_dataset_info
+    info = read_dataset_info(dataset)
+    q_net = int(nets.num_classes(net_path))
+    q_ds = int(info["num_bins"])
+    if q_net != q_ds:
+        raise ClassCountMismatch(
+            "%s: the network predicts %d classes (conv10 num_output) but %s has num_bins %d "
+            "(%s); rebuild the dataset with %d bins or use a network with num_output %d"
+            % (net_path, q_net, dataset, q_ds, spec.DATASET_INFO_FILE, q_net, q_ds))
+    return q_net
+
+
+def _solver_param(path: str):
+    from google.protobuf import text_format
+    from dataset_builder.caffe_env import caffe_pb2
+    sp = caffe_pb2().SolverParameter()
+    with open(path) as f:
+        text_format.Merge(f.read(), sp)
+    return sp
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def learning_rate(sp, it: int) -> float:
+    """Caffe's SGDSolver::GetLearningRate for the policies Caffe 1.0 knows."""
+    policy, base = sp.lr_policy or "fixed", sp.base_lr
+    if policy == "fixed":
+        return base
+    if policy == "step":
+        return base * sp.gamma ** (it // sp.stepsize)
+    if policy == "exp":
+        return base * sp.gamma ** it
+    if policy == "inv":
+        return base * (1 + sp.gamma * it) ** (-sp.power)
+    if policy == "multistep":
+        return base * sp.gamma ** sum(1 for s in sp.stepvalue if it >= s)
+    if policy == "poly":
+        return base * (1 - float(it) / sp.max_iter) ** sp.power
+    if policy == "sigmoid":
+        return base / (1 + math.exp(-sp.gamma * (it - sp.stepsize)))
+    raise ValueError("unknown lr_policy %r" % policy)
+
+
+def snapshot_paths(run_dir: str, iteration: int) -> Dict[str, str]:
+    stem = os.path.join(run_dir, "%s_iter_%d" % (SNAPSHOT_PREFIX, iteration))
+    return {"caffemodel": stem + ".caffemodel", "solverstate": stem + ".solverstate"}
+
+
+def latest_snapshot(run_dir: str) -> Optional[Dict]:
+    """The highest-iteration snapshot pair in a run folder, or None."""
+    best = None
+    for f in os.listdir(run_dir) if os.path.isdir(run_dir) else []:
+        if f.startswith(SNAPSHOT_PREFIX + "_iter_") and f.endswith(".caffemodel"):
+            try:
+                it = int(f[len(SNAPSHOT_PREFIX) + 6:-len(".caffemodel")])
+            except ValueError:
+                continue
+            if best is None or it > best:
+                best = it
+    if best is None:
+        return None
+    return dict(snapshot_paths(run_dir, best), iteration=best)
+
+
+# -- the glog-format log ----------------------------------------------------------------
+class GlogWriter:
+    """Appends lines in `caffe train`'s log format, so tools.caffe_log parses both back-ends."""
+
+    def __init__(self, path: str):
+        self.f = open(path, "a", buffering=1)
+
+    def __call__(self, msg: str, level: str = "I") -> None:
+        src = "train.py:%d" % sys._getframe(1).f_lineno
+        self.f.write("%s %s\n" % (caffe_log.glog_prefix(source=src, level=level), msg))
+
+    def raw(self, line: str) -> None:
+        self.f.write(line if line.endswith("\n") else line + "\n")
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class DivergenceWatch:
+    """NaN at once, or DIVERGE_PATIENCE displays in a row above DIVERGE_FACTOR x the first one."""
+
+    def __init__(self, factor: float = DIVERGE_FACTOR, patience: int = DIVERGE_PATIENCE):
+        self.factor, self.patience = factor, patience
+        self.first = None
+        self.bad = 0
+
+    def check(self, it: int, loss: float, lr: Optional[float] = None) -> Optional[str]:
+        hint = " (lr %g); lower --base-lr" % lr if lr is not None else "; lower --base-lr"
+        if not math.isfinite(loss):
+            return "training stopped: loss is %s at iteration %d%s" % (loss, it, hint)
+        if self.first is None:
+            self.first = max(loss, 1e-12)
+            return None
+        if loss > self.factor * self.first:
+            self.bad += 1
+            if self.bad >= self.patience:
+                return ("training stopped: loss diverged (%.4g at iteration %d, > %g x the first loss %.4g for %d "
+                        "checks)%s" % (loss, it, self.factor, self.first, self.bad, hint))
+        else:
+            self.bad = 0
+        return None
+
+
+# -- set-up ----------------------------------------------------------------------------
+def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int,
+                base_lr: Optional[float] = None, solver_template: Optional[str] = None,
+                snapshot_epochs: Optional[float] = None, display: Optional[int] = None,
+                seed: int = spec.SEED, gpu: Optional[int] = None) -> Dict:
+    """Check inputs, write train_val.prototxt + solver.prototxt into the run folder; return the plan."""
+    from dataset_builder.lmdb_io import lmdb_count
+    from tools import nets
+    from tools.baselines import read_dataset_info
+
+    for sub in (spec.TRAIN_DB, spec.VAL_DB):
+        for part in (spec.FEATURES, spec.LABELS):
+            p = os.path.join(dataset, sub, part)
+            if not os.path.isdir(p):
+                raise FileNotFoundError("%s: missing LMDB (build the dataset with python -m dataset_builder)" % p)
+    if not os.path.isfile(net):
+        raise FileNotFoundError("%s: no such network prototxt" % net)
+    if batch_size < 1:
+        raise ValueError("--batch-size must be >= 1, got %d" % batch_size)
+    if not epochs > 0:
+        raise ValueError("--epochs must be > 0, got %g" % epochs)
+    info = read_dataset_info(dataset)
+    q = check_class_count(net, dataset)
+    n_train = lmdb_count(os.path.join(dataset, spec.TRAIN_DB, spec.FEATURES))
+    n_val = lmdb_count(os.path.join(dataset, spec.VAL_DB, spec.FEATURES))
+    if n_train == 0:
+        raise ValueError("%s: the training LMDB is empty" % os.path.join(dataset, spec.TRAIN_DB, spec.FEATURES))
+    # The val batch divides n_val, so test_iter batches cover val_db exactly once per pass.
+    val_batch = max(d for d in range(1, min(batch_size, n_val) + 1) if n_val % d == 0) if n_val else None
+    snapshot_epochs = snapshot_epochs or max(1.0, epochs / 5.0)
+    sched = nets.solver_schedule(n_train, batch_size, epochs, n_val=n_val, val_batch=val_batch,
+                                 snapshot_every_epochs=snapshot_epochs)
+    if display:
+        sched["display"] = int(display)
+    os.makedirs(out, exist_ok=True)
+    out = os.path.abspath(out)
+    train_val = os.path.join(out, TRAIN_VAL_FILE)
+    nets.materialize(net, dataset, train_val, batch_size=batch_size, val_batch_size=val_batch)
+    opts = solver_options(solver_template, base_lr)
+    solver = os.path.join(out, SOLVER_FILE)
+    nets.write_solver(solver, train_val, sched, snapshot_prefix=os.path.join(out, SNAPSHOT_PREFIX),
+                      mode="GPU" if gpu is not None else "CPU", random_seed=seed, test_initialization=True, **opts)
+    iters_per_epoch, max_iter, test_iter = sched["iters_per_epoch"], sched["max_iter"], sched["test_iter"]
+    display, snap_every = sched["display"], sched["snapshot"]
+    return {"dataset": os.path.abspath(dataset), "net": os.path.abspath(net), "out": out, "num_bins": q,
+            "height": int(info["height"]), "width": int(info["width"]), "synthetic": bool(info.get("synthetic")),
+            "n_train": n_train, "n_val": n_val, "batch_size": batch_size, "val_batch_size": val_batch,
+            "test_iter": test_iter, "iters_per_epoch": iters_per_epoch, "epochs": epochs, "max_iter": max_iter,
+            "display": display, "snapshot_every": snap_every, "train_val": train_val, "solver": solver,
+            "seed": seed}
+
+
+def solver_options(template: Optional[str], base_lr: Optional[float]) -> Dict:
+    """write_solver's optimiser settings: the template's (if given), base_lr overridden."""
+    opts = dict(DEFAULT_SOLVER)
+    if template:
+        if not os.path.isfile(template):
+            raise FileNotFoundError("%s: no such solver template" % template)
+        try:
+            sp = _solver_param(template)
+        except Exception as exc:  # protobuf ParseError
+            raise ValueError("%s: not a valid solver prototxt (%s)" % (template, str(exc).splitlines()[0])) from exc
+        if sp.type:
+            opts["solver_type"] = sp.type
+        for field, key in (("base_lr", "base_lr"), ("lr_policy", "lr_policy"), ("momentum", "momentum"),
+                           ("weight_decay", "weight_decay"), ("gamma", "gamma"), ("power", "power")):
+            if sp.HasField(field):
+                opts[key] = getattr(sp, field)
+    if base_lr is not None:
+        opts["base_lr"] = float(base_lr)
+    return opts
+
+
+def _pycaffe_solver_file(plan: Dict) -> str:
+    """The same solver without Caffe's own test/display: the Python loop does those (and logs them)."""
+    from google.protobuf import text_format
+    sp = _solver_param(plan["solver"])
+    sp.test_interval = 2147483647      # Caffe requires > 0 when there are test nets
+    sp.test_initialization = False
+    sp.display = 0
+    sp.snapshot = 0
+    sp.snapshot_after_train = False
+    path = os.path.join(plan["out"], PYCAFFE_SOLVER_FILE)
+    _write_text(path, "# Written by tools.train: solver.prototxt with testing, display and snapshots\n"
+                      "# left to the pycaffe loop (which logs them in Caffe's format).\n"
+                + text_format.MessageToString(sp))
+    return path
+
+
+def _loss_blob(net) -> str:
+    outs = list(net.outputs)
+    if not outs:
+        raise TrainingError("the train net has no output blob (no loss layer?)")
+    return "loss" if "loss" in outs else outs[0]
+
+
+# -- back-ends ------------------------------------------------------------------------
+def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optional[int],
+                  progress: bool, watch: DivergenceWatch) -> Dict:
+    """The training loop itself; runs in the child process of _train_pycaffe."""
+    from tqdm import tqdm
+    from dataset_builder.caffe_env import import_caffe
+    caffe = import_caffe()
+    if gpu is not None:
+        from tools.inference import check_gpu_available
+        check_gpu_available(gpu)
+        caffe.set_mode_gpu()
+        caffe.set_device(int(gpu))
+    else:
+        caffe.set_mode_cpu()
+    sp = _solver_param(plan["solver"])
+    solver_file = _pycaffe_solver_file(plan)
+    log("Initializing solver from parameters: %s (pycaffe loop, solver %s)" % (plan["solver"], solver_file))
+    solver = caffe.get_solver(solver_file)
+    net = solver.net
+    loss_name = _loss_blob(net)
+    tnet = solver.test_nets[0] if (len(solver.test_nets) and plan["test_iter"]) else None
+    tloss_name = _loss_blob(tnet) if tnet is not None else None
+    log("Solving %s" % (sp.net or "thermalnet"))
+    log("Learning Rate Policy: %s" % (sp.lr_policy or "fixed"))
+    if resume:
+        log("Restoring previous solver status from %s" % resume)
+        solver.restore(resume)
+    start = int(solver.iter)
+    if start >= plan["max_iter"]:
+        log("Iteration %d >= max_iter %d: nothing to train" % (start, plan["max_iter"]))
+    ipe, display, max_iter = plan["iters_per_epoch"], plan["display"], plan["max_iter"]
+    val_rows: List[Dict] = []
+    train_seconds = 0.0
+    window: List[float] = []
+    last_loss = None
+
+    def validate(it: int) -> float:
+        log("Iteration %d, Testing net (#0)" % it)
+        tnet.share_with(net)
+        total = 0.0
+        for _ in range(plan["test_iter"]):
+            tnet.forward()
+            total += float(np.asarray(tnet.blobs[tloss_name].data).sum())
+        v = total / plan["test_iter"]
+        log("    Test net output #0: %s = %g (* 1 = %g loss)" % (tloss_name, v, v))
+        val_rows.append({"iteration": it, "loss": v})
+        return v
+
+    def snapshot(it: int) -> None:
+        paths = snapshot_paths(plan["out"], it)
+        solver.snapshot()
+        log("Snapshotting to binary proto file %s" % paths["caffemodel"])
+        log("Snapshotting solver state to binary proto file %s" % paths["solverstate"])
+
+    state = _LOOP_STATE
+    bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not progress,
+               dynamic_ncols=True)
+    it = start
+    if tnet is not None and start == 0 and max_iter > 0:
+        validate(0)
+    state["snapshot"] = lambda: snapshot(int(solver.iter))
+    state["iter"] = lambda: int(solver.iter)
+    state["start"] = start
+    while it < max_iter:
+        lr = learning_rate(sp, it)
+        t = time.time()
+        solver.step(1)
+        train_seconds += time.time() - t
+        loss = float(np.asarray(net.blobs[loss_name].data).sum())
+        window.append(loss)
+        if not math.isfinite(loss):
+            log("Iteration %d, loss = %s" % (it, loss))
+            msg = watch.check(it, loss, lr)
+            log(msg, level="E")
+            raise TrainingError(msg)
+        if it % display == 0:
+            shown = float(np.mean(window))
+            window = []
+            log("Iteration %d, loss = %g" % (it, shown))
+            log("    Train net output #0: %s = %g (* 1 = %g loss)" % (loss_name, loss, loss))
+            log("Iteration %d, lr = %g" % (it, lr))
+            last_loss = shown
+            msg = watch.check(it, shown, lr)
+            if msg:
+                log(msg, level="E")
+                raise TrainingError(msg)
+        it = int(solver.iter)
+        bar.update(1)
+        bar.set_postfix(loss="%.4f" % loss, epoch="%.2f" % (it / float(ipe)))
+        if it % plan["snapshot_every"] == 0 or it == max_iter:
+            snapshot(it)
+        if tnet is not None and (it % ipe == 0 or it == max_iter):
+            validate(it)
+    bar.close()
+    if it == max_iter and not os.path.isfile(snapshot_paths(plan["out"], it)["caffemodel"]):
+        snapshot(it)
+    log("Optimization Done.")
+    return {"start_iter": start, "iterations": int(solver.iter), "train_seconds": train_seconds,
+            "last_train_loss": last_loss, "last_val_loss": val_rows[-1]["loss"] if val_rows else None}
+
+
+_LOOP_STATE: Dict = {}
+
+
+def _worker_main(job_path: str) -> None:
+    """Child-process entry: run the pycaffe loop, write the result JSON, exit without C++ teardown.
+
+    Why a child: after a NaN, Caffe's max-pooling backward indexes with its unset mask
+    (-1) and writes before its buffer, so the heap is corrupt and the process aborts on
+    the next free(); the parent keeps running and reports the NaN cleanly.
+    """
+    with open(job_path) as f:
+        job = json.load(f)
+    log = GlogWriter(job["log"])
+    res = {"status": "done", "error": None, "result": {}}
+    try:
+        res["result"] = _pycaffe_loop(job["plan"], log, job["resume"], job["gpu"], job["progress"],
+                                      DivergenceWatch(job["diverge_factor"], job["diverge_patience"]))
+    except TrainingError as exc:
+        res.update(status="stopped", error=str(exc))
+    except KeyboardInterrupt:
+        it = _LOOP_STATE["iter"]() if "iter" in _LOOP_STATE else None
+        if "snapshot" in _LOOP_STATE and it:
+            _LOOP_STATE["snapshot"]()
+        msg = "training interrupted at iteration %s%s" % (
+            it, "; snapshot written, continue with --resume %s" % snapshot_paths(job["plan"]["out"], it)["solverstate"]
+            if it else "")
+        log(msg, level="W")
+        res.update(status="interrupted", error=msg)
+    except Exception as exc:  # noqa: BLE001 -- reported to the parent as one line
+        res.update(status="failed", error="%s: %s" % (type(exc).__name__, exc))
+    if res["status"] != "done" and "iter" in _LOOP_STATE:
+        res["result"] = {"iterations": _LOOP_STATE["iter"](), "start_iter": _LOOP_STATE.get("start", 0)}
+    log.close()
+    _write_text(job["result"], json.dumps(res))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _train_pycaffe(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optional[int],
+                   progress: bool, watch: DivergenceWatch) -> Dict:
+    """The pycaffe loop in a child Python process (see _worker_main); its log lines go to the same file."""
+    log.f.flush()
+    job = {"plan": plan, "log": log.f.name, "resume": resume, "gpu": gpu, "progress": progress,
+           "diverge_factor": watch.factor, "diverge_patience": watch.patience,
+           "result": os.path.join(plan["out"], ".worker_result.json")}
+    job_path = os.path.join(plan["out"], ".worker_job.json")
+    _write_text(job_path, json.dumps(job))
+    if os.path.exists(job["result"]):
+        os.remove(job["result"])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from tools.train import _worker_main; "
+                             "_worker_main(sys.argv[1])", job_path], env=env, cwd=plan["out"])
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        rc = proc.wait()     # the child got the same SIGINT: it snapshots and reports
+    if not os.path.isfile(job["result"]):
+        raise TrainingError("the pycaffe training process died (exit status %d) without a result; see %s"
+                            % (rc, log.f.name))
+    with open(job["result"]) as f:
+        res = json.load(f)
+    for p in (job_path, job["result"]):
+        os.remove(p)
+    if res["status"] != "done":
+        raise TrainingError(res["error"], res.get("result"))
+    return res["result"]
+
+
+def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optional[int],
+                      progress: bool, watch: DivergenceWatch) -> Dict:
+    from tqdm import tqdm
+    from dataset_builder.caffe_env import caffe_tool, python_layer_env
+    cmd = [caffe_tool(), "train", "-solver", plan["solver"]]
+    if resume:
+        cmd += ["-snapshot", resume]
+    if gpu is not None:
+        cmd += ["-gpu", str(gpu)]
+    env = python_layer_env()
+    env["GLOG_logtostderr"] = "1"
+    env["GLOG_minloglevel"] = "0"
+    log("Running %s" % " ".join(cmd))
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=plan["out"], bufsize=1)
+    bar = tqdm(total=plan["max_iter"], desc="caffe train", unit="it", disable=not progress, dynamic_ncols=True)
+    start, last_iter, last_loss, last_val, error = None, 0, None, None, None
+    tail: List[str] = []
+    for line in proc.stdout:
+        log.raw(line)
+        tail = (tail + [line.rstrip()])[-15:]
+        _, ev = caffe_log.parse_line(line)
+        if ev is None:
+            continue
+        if ev[0] == "train":
+            if start is None:
+                start = ev[1]
+                bar.update(ev[1] - bar.n)
+            bar.update(max(0, ev[1] - bar.n))
+            bar.set_postfix(loss="%.4f" % ev[2])
+            last_iter, last_loss = ev[1], ev[2]
+            error = watch.check(ev[1], ev[2])
+            if error:
+                proc.terminate()
+                break
+        elif ev[0] == "test_output":
+            last_val = ev[2]
+    proc.wait()
+    bar.close()
+    if error:
+        log(error, level="E")
+        raise TrainingError(error, {"start_iter": start or 0, "iterations": last_iter})
+    if proc.returncode != 0:
+        raise TrainingError("caffe train exited with status %d; last lines:\n  %s"
+                            % (proc.returncode, "\n  ".join(tail)))
+    return {"start_iter": start or 0, "iterations": plan["max_iter"], "train_seconds": time.time() - t0,
+            "last_train_loss": last_loss, "last_val_loss": last_val}
+
+
+BACKENDS = {"pycaffe": _train_pycaffe, "caffe": _train_caffe_tool}
+
+
+def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epochs: float = 10,
+          batch_size: int = 8, base_lr: Optional[float] = None, solver_template: Optional[str] = None,
+          gpu: Optional[int] = None, resume: Optional[str] = None, backend: str = "pycaffe",
+          paper_scale: bool = False, snapshot_epochs: Optional[float] = None, display: Optional[int] = None,
+          seed: int = spec.SEED, progress: bool = True, overwrite: bool = False,
+          diverge_factor: float = DIVERGE_FACTOR, diverge_patience: int = DIVERGE_PATIENCE) -> Dict:
+    """Train; returns (and writes) the run summary. Raises TrainingError on NaN/divergence."""
+    if backend not in BACKENDS:
+        raise ValueError("unknown backend %r (choose from %s)" % (backend, ", ".join(BACKENDS)))
+    net = net or (PAPER_NET if paper_scale else DEFAULT_NET)
+    if paper_scale:
+        from tools.baselines import read_dataset_info
+        info = read_dataset_info(dataset)
+        if (int(info["height"]), int(info["width"])) != (spec.PAPER_HEIGHT, spec.PAPER_WIDTH):
+            raise ValueError("%s is %dx%d but --paper-scale trains at %dx%d: build the dataset at paper scale"
+                             % (dataset, info["height"], info["width"], spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
+    log_path = os.path.join(out, LOG_FILE)
+    if resume:
+        if not os.path.isfile(resume) or not resume.endswith(".solverstate"):
+            raise FileNotFoundError("%s: no such .solverstate to resume from" % resume)
+    elif os.path.exists(log_path) and not overwrite:
+        raise FileExistsError("%s exists: resume with --resume %s/%s_iter_N.solverstate, or pass --overwrite"
+                              % (log_path, out, SNAPSHOT_PREFIX))
+    plan = prepare_run(dataset, net, out, epochs, batch_size, base_lr=base_lr, solver_template=solver_template,
+                       snapshot_epochs=snapshot_epochs, display=display, seed=seed, gpu=gpu)
+    if not resume:
+        for f in os.listdir(plan["out"]):
+            if f.startswith(SNAPSHOT_PREFIX + "_iter_") or f in (LOG_FILE, "train.csv", "val.csv", "loss.png",
+                                                                   SUMMARY_FILE):
+                os.remove(os.path.join(plan["out"], f))
+    log = GlogWriter(os.path.join(plan["out"], LOG_FILE))
+    watch = DivergenceWatch(diverge_factor, diverge_patience)
+    t0 = time.time()
+    status, error = "done", None
+    try:
+        result = BACKENDS[backend](plan, log, os.path.abspath(resume) if resume else None, gpu, progress, watch)
+    except TrainingError as exc:
+        status, error, result = "stopped", str(exc), exc.result
+    finally:
+        log.close()
+    wall = time.time() - t0
+    summary = dict(plan, backend=backend, resume=os.path.abspath(resume) if resume else None, status=status,
+                   error=error, wall_seconds=wall, cpu_cores=os.cpu_count(), machine=platform.machine(),
+                   processor=platform.processor() or platform.machine(), gpu=gpu, **result)
+    if result.get("iterations") is not None and result.get("train_seconds"):
+        done = result["iterations"] - result.get("start_iter", 0)
+        summary["images_per_second"] = done * batch_size / result["train_seconds"] if done > 0 else None
+    snap = latest_snapshot(plan["out"])
+    summary["final_caffemodel"] = snap["caffemodel"] if snap else None
+    try:
+        train_csv, val_csv = caffe_log.log_to_csv(os.path.join(plan["out"], LOG_FILE))
+        from tools import plots
+        plots.plot_loss_csv(train_csv, val_csv, os.path.join(plan["out"], "loss.png"), plan["iters_per_epoch"],
+                            title="Thermalnet %s, %dx%d, Q=%d%s" % (
+                                os.path.basename(plan["net"]).replace(".prototxt", ""), plan["height"],
+                                plan["width"], plan["num_bins"], " (SYNTHETIC data)" if plan["synthetic"] else ""))
+    except ValueError:
+        pass   # a run stopped before its first logged iteration has no curve
+    _write_text(os.path.join(plan["out"], SUMMARY_FILE), json.dumps(summary, indent=1))
+    if error:
+        raise TrainingError(error)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.train",
+                                description="Train Thermalnet on a dataset folder (DIGITS-style run folder: "
+                                            "train_val.prototxt, solver.prototxt, snapshots, train.log in Caffe's "
+                                            "format, train.csv/val.csv, loss.png).")
+    p.add_argument("--dataset", required=True, help="dataset folder built by dataset_builder")
+    p.add_argument("--net", help="all-in-one network prototxt (default prototxt/thermalnet_%s.prototxt, "
+                                 "or _%s with --paper-scale)" % (spec.DEFAULT_BASE, spec.PAPER_BASE))
+    p.add_argument("--solver-template", help="solver prototxt to start from (default: tools.nets' template)")
+    p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    p.add_argument("--epochs", type=float, required=True, help="passes over the training split")
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--base-lr", type=float, help="override the template's base_lr")
+    p.add_argument("--gpu", type=int, help="GPU id (needs a GPU build of Caffe); default CPU")
+    p.add_argument("--resume", help="continue from runs/NAME/snap_iter_N.solverstate (log appended)")
+    p.add_argument("--backend", default="pycaffe", choices=sorted(BACKENDS),
+                   help="pycaffe loop (default) or the `caffe train` tool as a child process")
+    p.add_argument("--paper-scale", action="store_true",
+                   help="SqueezeNet v1.0 net at %dx%d (the dataset must be built at that size)"
+                        % (spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
+    p.add_argument("--snapshot-epochs", type=float, help="epochs between snapshots (default: epochs/5, >= 1)")
+    p.add_argument("--display", type=int, help="iterations between logged train losses")
+    p.add_argument("--seed", type=int, default=spec.SEED, help="solver random_seed (weight init)")
+    p.add_argument("--overwrite", action="store_true", help="start over in a run folder that has a train.log")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        s = train(args.dataset, args.net, args.out, args.epochs, args.batch_size, base_lr=args.base_lr,
+                  solver_template=args.solver_template, gpu=args.gpu, resume=args.resume, backend=args.backend,
+                  paper_scale=args.paper_scale, snapshot_epochs=args.snapshot_epochs, display=args.display,
+                  seed=args.seed, overwrite=args.overwrite)
+    except (TrainingError, OSError, ValueError, RuntimeError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    print("trained %d iterations (%.1f epochs) in %.0f s, %.1f img/s; final model %s; log %s"
+          % (s["iterations"], s["iterations"] / float(s["iters_per_epoch"]), s["wall_seconds"],
+             s.get("images_per_second") or 0, s["final_caffemodel"], os.path.join(s["out"], LOG_FILE)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
