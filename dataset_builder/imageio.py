@@ -1,0 +1,203 @@
+"""THE one place the kit reads and writes image files.
+
+Every reader raises ImageReadError with a one-line message that starts with the
+file's path, so a bad file among thousands is named, skipped and reported (or
+stops the run under --strict) instead of surfacing later as a shape error.
+Every writer writes to a temporary name in the same folder and renames it, so an
+interrupted run never leaves a half-written PNG/NPY behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IR_EXTS = IMAGE_EXTS + (".npy",)
+
+# IR value units the kit understands: temperatures, 8-bit display brightness,
+# and 16-bit raw sensor counts (linear in radiance, not degC).
+IR_UNITS = ("degC", "brightness", "counts")
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be used as an image; str() is 'path: reason'."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__("%s: %s" % (path, reason))
+
+
+def _open_pil(path: str) -> Image.Image:
+    if not os.path.isfile(path):
+        raise ImageReadError(path, "no such file")
+    try:
+        img = Image.open(path)
+        img.load()  # decodes fully: truncated files fail here, not later
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, "image too large (%s)" % exc) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        msg = str(exc) or type(exc).__name__
+        if "truncated" in msg:
+            msg = "truncated image file (%s)" % msg
+        elif "cannot identify image file" in msg:
+            msg = "not a readable image"
+        raise ImageReadError(path, msg) from exc
+    return img
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """Any colour/grey image -> HxWx3 uint8 RGB (16-bit images are scaled down)."""
+    img = _open_pil(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(arr / 257.0, 0, 255).astype(np.uint8)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ImageReadError(path, "unusable image shape %s" % (arr.shape,))
+    return np.ascontiguousarray(arr)
+
+
+@dataclass
+class IrImage:
+    """IR values and their units (see IR_UNITS)."""
+
+    values: np.ndarray  # HxW float32
+    units: str
+
+
+def read_ir(path: str) -> IrImage:
+    """IR image -> float32 HxW with units.
+
+    .npy: degC. 8-bit image: display brightness. 16-bit image: raw counts.
+    A 3-channel IR image is accepted only when it is grey (all channels equal, as
+    LLVIP stores them); a false-colour palette cannot be turned back into values.
+    Constant or non-finite IR is rejected: it carries no thermal signal.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        if not os.path.isfile(path):
+            raise ImageReadError(path, "no such file")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ImageReadError(path, "not a readable .npy array (%s)" % exc) from exc
+        if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+            arr = arr.squeeze()
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+            raise ImageReadError(path, "IR .npy must be a 2-D numeric array of degC, got %s %s"
+                                 % (arr.dtype, arr.shape))
+        units = "degC"
+        values = arr.astype(np.float32)
+    else:
+        img = _open_pil(path)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            values, units = np.asarray(img, dtype=np.float32), "counts"
+        elif img.mode in ("L", "P", "LA"):
+            values, units = np.asarray(img.convert("L"), dtype=np.float32), "brightness"
+        elif img.mode in ("RGB", "RGBA"):
+            rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+            spread = int(np.abs(rgb - rgb[:, :, :1]).max())
+            if spread > 2:
+                raise ImageReadError(path, "IR image is false-colour RGB (channels differ by up to %d); "
+                                           "give grey-level or .npy degC IR" % spread)
+            values, units = rgb[:, :, 0].astype(np.float32), "brightness"
+        elif img.mode == "F":
+            values, units = np.asarray(img, dtype=np.float32), "degC"
+        else:
+            raise ImageReadError(path, "unsupported IR image mode %s" % img.mode)
+    check_ir_values(values, path)
+    return IrImage(np.ascontiguousarray(values), units)
+
+
+def check_ir_values(values: np.ndarray, path: str) -> None:
+    """Reject IR without usable signal (NaN/inf, constant), naming the file."""
+    if values.size == 0 or values.shape[0] < 2 or values.shape[1] < 2:
+        raise ImageReadError(path, "IR image is empty (%s)" % (values.shape,))
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise ImageReadError(path, "IR has %d NaN/inf values" % int((~finite).sum()))
+    if float(values.max()) - float(values.min()) <= 1e-6:
+        raise ImageReadError(path, "IR is constant (%.3f everywhere)" % float(values.flat[0]))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def encode_png(arr: np.ndarray, compression: int = 3) -> bytes:
+    """HxW (grey, uint8/uint16) or HxWx3 RGB uint8 -> PNG bytes."""
+    arr = np.asarray(arr)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError("PNG needs uint8/uint16 data, got %s" % arr.dtype)
+    if arr.ndim == 3:
+        if arr.shape[2] != 3:
+            raise ValueError("PNG colour images must be HxWx3 RGB, got %s" % (arr.shape,))
+        arr = arr[:, :, ::-1]  # OpenCV writes BGR
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ValueError("PNG encoding failed for array %s %s" % (arr.dtype, arr.shape))
+    return buf.tobytes()
+
+
+def write_png(path: str, arr: np.ndarray, compression: int = 3) -> None:
+    """Write an RGB or grey PNG atomically (temp file + rename)."""
+    _atomic_write_bytes(path, encode_png(arr, compression))
+
+
+def write_npy(path: str, arr: np.ndarray) -> None:
+    """Write a .npy array atomically (temp file + rename)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr), allow_pickle=False)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a text file atomically (temp file + rename)."""
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def resize_visible(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Visible image to the network size: area averaging when shrinking (no aliasing)."""
+    h, w = rgb.shape[:2]
+    if (h, w) == (height, width):
+        return rgb
+    interp = cv2.INTER_AREA if (height <= h and width <= w) else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=interp)
+
+
+def resize_ir(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """IR (float) to the network size: bilinear when enlarging, area when shrinking."""
+    h, w = values.shape[:2]
+    values = np.asarray(values, dtype=np.float32)
+    if (h, w) == (height, width):
+        return values
+    interp = cv2.INTER_AREA if (height <= h and width <= w) else cv2.INTER_LINEAR
+    return cv2.resize(values, (width, height), interpolation=interp)

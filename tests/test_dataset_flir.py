@@ -1,0 +1,133 @@
+"""FLIR radiometric JPEGs from real cameras: temperatures, alignment, rejections."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from dataset_builder import flir, overlay
+from dataset_builder.cli import main as cli_main
+
+WITH_PHOTO = ("flir_one_mug.jpg", "flir_b60_aqua_tower.jpg", "flir_ax8.jpg")
+THERMAL_ONLY = ("flir_e60_car_thermal_only.jpg", "flir_i7_ducks_thermal_only.jpg", "dji_zenmuse_xtr_no_visible.jpg")
+
+
+def _path(samples, name):
+    return os.path.join(samples, name)
+
+
+def test_mug_temperatures_and_crop(flir_samples):
+    pair = flir.read_flir(_path(flir_samples, "flir_one_mug.jpg"))
+    c = pair.celsius
+    # what flyr reads from the file's raw data and Planck constants (SOURCES.md: 25.9..62.3)
+    assert abs(float(c.min()) - 25.9) < 0.1 and abs(float(c.max()) - 62.3) < 0.1
+    # portrait 240x320 raw, fully inside the 480x640 photo: no IR pixel lost
+    assert c.shape == (320, 240) and pair.meta["portrait"]
+    assert pair.meta["tags"]["Real2IR"] == pytest.approx(1.404, abs=1e-3)
+    assert (pair.meta["tags"]["OffsetX"], pair.meta["tags"]["OffsetY"]) == (14, -14)
+    # the IR covers 480/1.404 = 342 photo pixels across, 456 down, centred 14 px right, 14 px up
+    x0, y0, x1, y1 = pair.meta["vis_box"]
+    assert (x1 - x0, y1 - y0) == (342, 456)
+    assert ((x0 + x1) / 2 - 240, (y0 + y1) / 2 - 320) == (14, -14)
+    assert pair.visible.shape == (456, 342, 3) and pair.visible.dtype == np.uint8
+
+
+def test_exiftool_and_flyr_tags_agree(flir_samples):
+    import flyr
+
+    paths = [_path(flir_samples, n) for n in WITH_PHOTO]
+    tags = flir.read_tags(paths)
+    for p in paths:
+        fl = flir.tags_from_flyr(flyr.unpack(p))
+        for k in flir.ALIGN_TAGS:
+            assert tags[p][k] == pytest.approx(fl[k], abs=1e-4), (p, k)
+
+
+@pytest.mark.parametrize("name", WITH_PHOTO)
+def test_aligned_crop_beats_naive_resize(flir_samples, name):
+    """Edges of the tag-aligned photo crop agree with the IR edges better than the naive
+    centre-resize (NCC of gradient magnitudes); the edge search only improves on that."""
+    s = overlay.alignment_scores(_path(flir_samples, name), refine_px=24)
+    assert s["tags"] > s["naive"] + 0.08, s
+    assert s["refined"] >= s["tags"] - 1e-6, s
+
+
+def test_mug_misaligned_crop_scores_lower(flir_samples):
+    """The score is sensitive to registration: moving the crop 16 photo pixels (about
+    11 IR pixels) away from the best alignment, in any direction, lowers it."""
+    import flyr
+
+    p = _path(flir_samples, "flir_one_mug.jpg")
+    th = flyr.unpack(p)
+    rgb, c = th.optical, th.celsius.astype(np.float32)
+    tags = flir.read_tags([p])[p]
+    dx, dy, _ = flir.refine_shift(rgb, c, tags, 24)
+    scores = []
+    for sx, sy in ((0, 0), (16, 0), (-16, 0), (0, 16), (0, -16)):
+        vis, ir, _ = flir.aligned_crop(rgb, c, tags, (dx + sx, dy + sy))
+        scores.append(flir.edge_agreement(cv2.resize(vis, ir.shape[::-1], interpolation=cv2.INTER_AREA), ir))
+    assert scores[0] > max(scores[1:]) + 0.05, scores
+
+
+@pytest.mark.parametrize("name", THERMAL_ONLY)
+def test_thermal_only_rejected(flir_samples, name):
+    p = _path(flir_samples, name)
+    with pytest.raises(flir.FlirError) as e:
+        flir.read_flir(p)
+    msg = str(e.value)
+    assert msg.startswith(p + ": ") and "without an embedded visible photo" in msg and "\n" not in msg
+
+
+def test_thermal_only_rejected_without_exiftool(flir_samples, monkeypatch):
+    """flyr alone (no exiftool on PATH) still gives a clear reason. (The Zenmuse file is left
+    out: flyr spends ~12 s on it before its KeyError; with exiftool it is rejected at once.)"""
+    monkeypatch.setattr(flir, "exiftool_path", lambda: None)
+    for name in THERMAL_ONLY[:2]:
+        p = _path(flir_samples, name)
+        with pytest.raises(flir.FlirError) as e:
+            flir.read_flir(p)
+        assert str(e.value).startswith(p + ": ")
+    pair = flir.read_flir(_path(flir_samples, "flir_one_mug.jpg"))     # tags from flyr's PiP record
+    assert pair.meta["vis_box"][2] - pair.meta["vis_box"][0] == 342
+
+
+def test_non_flir_and_truncated_rejected(flir_samples, tmp_path):
+    plain = tmp_path / "holiday.jpg"
+    cv2.imwrite(str(plain), np.full((40, 60, 3), 128, np.uint8))
+    with pytest.raises(flir.FlirError) as e:
+        flir.read_flir(str(plain))
+    assert str(plain) in str(e.value) and "not a radiometric FLIR JPEG" in str(e.value)
+    data = open(_path(flir_samples, "flir_one_mug.jpg"), "rb").read()
+    for frac in (0.05, 0.5):
+        cut = tmp_path / ("cut_%d.jpg" % int(frac * 100))
+        cut.write_bytes(data[: int(len(data) * frac)])
+        with pytest.raises(flir.FlirError) as e:
+            flir.read_flir(str(cut))
+        assert str(e.value).startswith(str(cut) + ": ") and "truncated" in str(e.value), str(e.value)
+    with pytest.raises(flir.FlirError):
+        flir.read_flir(str(tmp_path / "missing.jpg"))
+
+
+def test_letterboxed_photo_content_box(flir_samples):
+    """The AX8 photo sits in black borders: the crop stays inside the real picture."""
+    pair = flir.read_flir(_path(flir_samples, "flir_ax8.jpg"))
+    x0, y0, x1, y1 = pair.meta["vis_box"]
+    assert x0 > 40 and y0 > 40 and x1 < 600 and y1 < 440
+    assert (pair.visible.max(axis=2) > 10).mean() > 0.99      # no black border left in the crop
+    assert 0.5 <= pair.meta["overlap"] < 1.0
+
+
+def test_overlay_cli(flir_samples, tmp_path, capsys):
+    out = tmp_path / "fig" / "mug_overlay.png"
+    assert cli_main(["overlay", _path(flir_samples, "flir_one_mug.jpg"), "--out", str(out)]) == 0
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] > 200 and img.shape[1] > 600
+    assert "edge" not in capsys.readouterr().err
+    bad = tmp_path / "ducks.jpg"
+    shutil.copy(_path(flir_samples, "flir_i7_ducks_thermal_only.jpg"), bad)
+    assert cli_main(["overlay", str(bad), "--out", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "thermal only" in err and not (tmp_path / "x.png").exists()
