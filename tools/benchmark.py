@@ -13,6 +13,10 @@ says anything about accuracy. Measured, in one process, one after the other:
   4. the dataset builder's rate (dataset_builder.bench.run, when present) against the
      rate training consumes images.
 
+Timings are wall-clock on a possibly shared machine: rerun before trusting a ratio
+near its target. About 1.5 minutes on 2 cores (--quick: about 15 s).
+Each pair is measured alternately and the best round of each is compared.
+
 Targets (printed as met / NOT met; this is a report, not a test):
   OpenCV DNN >= 10x pycaffe with |diff| < 1e-4, and >= 40% of sgemm GFLOP/s;
   training loop within 5% of `caffe time`; dataset building >= 5x training consumption.
@@ -93,12 +97,10 @@ def sgemm_gflops(n: int = 1024, min_seconds: float = 1.0) -> float:
     return 2.0 * n ** 3 / best / 1e9
 
 
-def _time_predict(pred, images, repeats: int) -> float:
-    pred.predict_probs(images[:pred.batch_size])          # warm-up (allocation, plans)
+def _time_predict(pred, images) -> float:
     t0 = time.perf_counter()
-    for _ in range(repeats):
-        pred.predict_probs(images)
-    return repeats * len(images) / (time.perf_counter() - t0)
+    pred.predict_probs(images)
+    return len(images) / (time.perf_counter() - t0)
 
 
 def bench_inference(base: str, height: int, width: int, n_images: int, batch: int, repeats: int,
@@ -120,8 +122,13 @@ def bench_inference(base: str, height: int, width: int, n_images: int, batch: in
     res["max_abs_diff"] = float(max(np.abs(a - b).max() for a, b in zip(probs["pycaffe"], probs["opencv"])))
     flops = net_flops(deploy, height, width)
     res["gflop_per_image"] = flops / 1e9
-    for b, p in preds.items():
-        ips = _time_predict(p, images, repeats)
+    # Alternate the back-ends and keep each one's best round: on a shared machine the
+    # best round is the one least disturbed by other work, for both alike.
+    best = {b: 0.0 for b in preds}
+    for _ in range(repeats):
+        for b, p in preds.items():
+            best[b] = max(best[b], _time_predict(p, images))
+    for b, ips in best.items():
         res["%s_img_per_s" % b] = ips
         res["%s_gflops" % b] = ips * flops / 1e9
     res["opencv_speedup"] = res["opencv_img_per_s"] / res["pycaffe_img_per_s"]
@@ -164,7 +171,8 @@ def synthetic_dataset(root: str, n_train: int, n_val: int, height: int, width: i
     return root
 
 
-def bench_training(base: str, height: int, width: int, iterations: int, batch: int, workdir: str) -> dict:
+def bench_training(base: str, height: int, width: int, iterations: int, batch: int, workdir: str,
+                   rounds: int = 2) -> dict:
     """pycaffe solver.step img/s vs `caffe time` on the same materialised train net (SYNTHETIC data)."""
     try:
         from tools import nets
@@ -181,20 +189,34 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
     with open(solver_path, "w") as f:
         f.write(_solver_text(net_path))
     res = {"net": os.path.basename(net_src), "data": "SYNTHETIC random", "height": height, "width": width,
-           "batch": batch, "iterations": iterations}
+           "batch": batch, "iterations": iterations, "rounds": rounds}
 
+    env = python_layer_env()
+    env.update(THERMALNET_DATASET=ds, GLOG_logtostderr="1", GLOG_minloglevel="0")
+    cmd = [caffe_tool(), "time", "-model", net_path, "-phase", "TRAIN", "-stage", "train",
+           "-iterations", str(iterations)]
     old_cwd, old_env = os.getcwd(), os.environ.get("THERMALNET_DATASET")
     os.environ["THERMALNET_DATASET"] = ds
     os.chdir(ds)
+    loop, tool = [], []
     try:
         caffe = import_caffe()
         caffe.set_mode_cpu()
-        solver = caffe.SGDSolver(solver_path)
+        solver = caffe.get_solver(solver_path)
         solver.step(2)                                      # warm-up: prefetch, allocation
-        t0 = time.perf_counter()
-        for _ in range(iterations):
-            solver.step(1)
-        res["pycaffe_img_per_s"] = iterations * batch / (time.perf_counter() - t0)
+        # Alternate the two (best round of each counts), as for inference above.
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(iterations):
+                solver.step(1)
+            loop.append(iterations * batch / (time.perf_counter() - t0))
+            proc = subprocess.run(cmd, cwd=ds, env=env, capture_output=True, text=True)
+            m = FB_RE.search(proc.stderr + proc.stdout)
+            if proc.returncode != 0 or not m:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                res["caffe_time_error"] = "caffe time exited %d: %s" % (proc.returncode, " | ".join(tail))
+                break
+            tool.append(float(m.group(1)))
         del solver
     finally:
         os.chdir(old_cwd)
@@ -202,20 +224,11 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
             os.environ.pop("THERMALNET_DATASET", None)
         else:
             os.environ["THERMALNET_DATASET"] = old_env
-
-    env = python_layer_env()
-    env.update(THERMALNET_DATASET=ds, GLOG_logtostderr="1", GLOG_minloglevel="0")
-    cmd = [caffe_tool(), "time", "-model", net_path, "-phase", "TRAIN", "-stage", "train",
-           "-iterations", str(iterations)]
-    proc = subprocess.run(cmd, cwd=ds, env=env, capture_output=True, text=True)
-    m = FB_RE.search(proc.stderr + proc.stdout)
-    if proc.returncode != 0 or not m:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        res["caffe_time_error"] = "caffe time exited %d: %s" % (proc.returncode, " | ".join(tail))
-        return res
-    res["caffe_time_fb_ms"] = float(m.group(1))
-    res["caffe_time_img_per_s"] = batch / (float(m.group(1)) / 1000.0)
-    res["loop_vs_caffe_time"] = res["pycaffe_img_per_s"] / res["caffe_time_img_per_s"]
+    res["pycaffe_img_per_s"] = max(loop)
+    if tool:
+        res["caffe_time_fb_ms"] = min(tool)
+        res["caffe_time_img_per_s"] = batch / (min(tool) / 1000.0)
+        res["loop_vs_caffe_time"] = res["pycaffe_img_per_s"] / res["caffe_time_img_per_s"]
     return res
 
 
@@ -273,11 +286,14 @@ def run(quick: bool = False, infer_base: str = spec.PAPER_BASE, train_base: str 
         results["sgemm_gflops"] = sgemm_gflops(512 if quick else 1024, 0.5 if quick else 1.5)
         log("[bench] inference %s at %dx%d ..." % (infer_base, spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
         results["inference"] = bench_inference(infer_base, spec.PAPER_HEIGHT, spec.PAPER_WIDTH,
-                                               n_images=2 if quick else 4, batch=1 if quick else 2,
-                                               repeats=1 if quick else 2, workdir=work)
+                                               n_images=2 if quick else 8, batch=1 if quick else 4,
+                                               repeats=1 if quick else 4, workdir=work)
+        # sgemm again right after, best of both: its peak is the fair reference
+        results["sgemm_gflops"] = max(results["sgemm_gflops"], sgemm_gflops(512 if quick else 1024, 0.5))
         log("[bench] training loop %s at %dx%d ..." % (train_base, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH))
         results["training"] = bench_training(train_base, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH,
-                                             iterations=2 if quick else 5, batch=8, workdir=work)
+                                             iterations=2 if quick else 8, batch=8, workdir=work,
+                                             rounds=1 if quick else 2)
         log("[bench] dataset build rate ...")
         results["dataset"] = bench_dataset(quick)
     results["targets"] = [{"name": n, "measured": v, "target": t, "met": bool(m)} for n, v, t, m in targets(results)]
@@ -322,7 +338,7 @@ def format_report(results: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer images and iterations (under a minute)")
+    p.add_argument("--quick", action="store_true", help="fewer images and iterations (about 15 s)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--infer-base", default=spec.PAPER_BASE, help="deploy net for the inference comparison")
     p.add_argument("--train-base", default=spec.DEFAULT_BASE, help="train net for the training-loop comparison")
