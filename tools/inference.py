@@ -146,17 +146,12 @@ class _OpenCVBackend:
         else:
             self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
             self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        self.shape = None
 
     def forward(self, blob: np.ndarray) -> np.ndarray:
-        # The Input layer fixes one shape; announce each new one before setInput so the
-        # net re-plans its buffers for this size instead of the prototxt's.
-        if blob.shape != self.shape:
-            try:
-                self.net.setInputShape(INPUT_BLOB, blob.shape)
-            except (AttributeError, self.cv2.error):
-                pass
-            self.shape = blob.shape
+        # The prototxt's Input layer fixes one shape, and OpenCV refuses to redefine it
+        # (setInputShape raises "Input shape redefinition is not allowed"). setInput with
+        # a blob of another shape is what works: the net re-plans its buffers on the next
+        # forward. Grouping images by size keeps that to once per size change.
         self.net.setInput(np.ascontiguousarray(blob, dtype=np.float32), INPUT_BLOB)
         return np.array(self.net.forward(OUTPUT_BLOB), dtype=np.float32, copy=True)
 
