@@ -1,0 +1,166 @@
+"""tools.evaluate and tools.baselines on a small SYNTHETIC dataset with the real Caffe.
+
+The dataset comes from dataset_builder.synthetic (labelled SYNTHETIC) built at 48x64
+so the test stays fast; the model is a 2-iteration training run of the real v1.1 net.
+Every RMS the tool writes is recomputed here independently: pycaffe forward by hand,
+numpy softmax/decoding, numpy RMS.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset_builder import spec
+from tools import baselines as bl, evaluate as ev
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEPLOY = os.path.join(REPO, "prototxt", "thermalnet_v1_1_deploy.prototxt")
+H, W = 48, 64
+
+
+def make_synthetic_dataset(root, count=24, height=H, width=W):
+    from dataset_builder.build import BuildConfig, build
+    from dataset_builder.synthetic import generate
+    generate(os.path.join(root, "pairs"), count, spec.SEED, workers=1, progress=False)
+    ds = os.path.join(root, "dataset")
+    build(ds, (), [os.path.join(root, "pairs")], BuildConfig(height=height, width=width, test_count=6,
+                                                           workers=1, progress=False), log=lambda m: None)
+    return ds
+
+
+def train_tiny(ds, out):
+    from tools import train
+    return train.train(ds, train.DEFAULT_NET, out, epochs=1, batch_size=9, base_lr=1e-3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("eval"))
+    ds = make_synthetic_dataset(root)
+    s = train_tiny(ds, os.path.join(root, "run"))
+    out = os.path.join(root, "run", "eval")
+    summary = ev.evaluate(ds, DEPLOY, s["final_caffemodel"], out, progress=False, figures_per_class=1)
+    return ds, s["final_caffemodel"], out, summary
+
+
+def _png(path):
+    return np.asarray(Image.open(path))
+
+
+def _by_hand_tn(caffe, ds, model, image_id):
+    """Visible PNG -> BGR - mean -> deploy net -> prob -> expectation over bin centres."""
+    from dataset_builder.lmdb_io import read_mean_binaryproto
+    rgb = _png(os.path.join(ds, "test", "visible", image_id + ".png")).astype(np.float32)
+    x = rgb[:, :, ::-1].transpose(2, 0, 1) - read_mean_binaryproto(os.path.join(ds, "train_db", "mean.binaryproto"))
+    net = caffe.Net(DEPLOY, caffe.TEST, weights=model)
+    net.blobs["data"].reshape(1, 3, H, W)
+    net.blobs["data"].data[0] = x
+    net.forward()
+    prob = net.blobs["prob"].data[0].astype(np.float64)
+    assert prob.shape == (spec.NUM_BINS, H, W)
+    assert np.allclose(prob.sum(axis=0), 1.0, atol=1e-4)
+    centers = (np.arange(spec.NUM_BINS) + 0.5) * (256.0 / spec.NUM_BINS) - 0.5
+    return (prob * centers[:, None, None]).sum(axis=0)
+
+
+def _rms(a, b):
+    return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
+
+
+def test_per_image_rms_recomputed_independently(evaluated, caffe):
+    ds, model, out, _ = evaluated
+    rows = ev.read_table_csv(os.path.join(out, "per_image.csv"))
+    assert len(rows) == 6
+    from dataset_builder.lmdb_io import read_lmdb
+    labels = np.stack([l[0] for _, l in read_lmdb(os.path.join(ds, "train_db", "labels"))]).astype(np.float64)
+    mean_img = (labels + 0.5) * (256.0 / spec.NUM_BINS) - 0.5
+    mean_img = mean_img.mean(axis=0)
+    for r in rows[:3]:
+        ir = _png(os.path.join(ds, "test", "ir", r["id"] + ".png")).astype(np.float64)
+        rgb = _png(os.path.join(ds, "test", "visible", r["id"] + ".png")).astype(np.float64)
+        tn = _by_hand_tn(caffe, ds, model, r["id"])
+        assert r["tn"] == pytest.approx(_rms(ir, tn), abs=1e-3)
+        assert r["mean_ir"] == pytest.approx(_rms(ir, mean_img), abs=1e-3)
+        assert r["constant"] == pytest.approx(_rms(ir, np.full_like(ir, mean_img.mean())), abs=1e-3)
+        luma = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+        assert r["luminance"] == pytest.approx(_rms(ir, luma), abs=1e-3)
+        quant = (np.minimum(np.floor(ir * spec.NUM_BINS / 256.0), spec.NUM_BINS - 1) + 0.5) * 8 - 0.5
+        assert r["quantised_gt"] == pytest.approx(_rms(ir, quant), abs=1e-3)
+        assert r["quantised_gt"] <= 8 / np.sqrt(12) + 0.3      # uniform quantisation error of 8-level bins
+        assert r["tn_pp"] is None
+        # TN + GS is a smoothing of TN: different, same order of magnitude.
+        assert r["tn_gs"] != r["tn"] and abs(r["tn_gs"] - r["tn"]) < 0.5 * r["tn"]
+
+
+def test_table_rows_are_class_means_with_the_papers_numbers(evaluated):
+    ds, _, out, summary = evaluated
+    per = ev.read_table_csv(os.path.join(out, "per_image.csv"))
+    table = ev.read_table_csv(os.path.join(out, "table2.csv"))
+    names = [r["object_class"] for r in table]
+    assert names[:3] == list(spec.OBJECT_CLASSES) and names[-1] == "overall"
+    for r in table:
+        sel = per if r["object_class"] == "overall" else [p for p in per if p["object_class"] == r["object_class"]]
+        assert r["n"] == len(sel)
+        for k in ("tn", "tn_gs", "mean_ir", "constant", "luminance", "quantised_gt"):
+            assert r[k] == pytest.approx(np.mean([p[k] for p in sel]), abs=1e-3)
+        assert r["tn_pp"] is None
+    human = table[0]
+    assert (human["paper_tn"], human["paper_tn_pp"], human["paper_tn_gs"]) == (9.1, 31.9, 7.5)
+    assert table[1]["paper_tn"] == 37.8 and table[2]["paper_tn_gs"] == 13.5
+    md = open(os.path.join(out, "table2.md")).read()
+    assert "| Human | %d | %.1f | not run | %.1f | 9.1 | 31.9 | 7.5 |" % (human["n"], human["tn"], human["tn_gs"]) in md
+    assert "SYNTHETIC" in md
+    assert summary["tn_pp"] == "not run" and "no VGG-16 weights" in summary["tn_pp_note"]
+
+
+def test_figures_are_written(evaluated):
+    _, _, out, summary = evaluated
+    assert os.path.getsize(os.path.join(out, "bars.png")) > 1000
+    trips = summary["triptychs"]
+    assert {t["object_class"] for t in trips} == set(spec.OBJECT_CLASSES)      # one per class present
+    for t in trips:
+        img = _png(os.path.join(out, t["png"]))
+        assert img.shape[1] > 2 * img.shape[0]       # three panels side by side
+
+
+def test_missing_vgg_weights_named_in_the_note(evaluated, tmp_path):
+    ds, model, _, _ = evaluated
+    s = ev.evaluate(ds, DEPLOY, model, str(tmp_path / "e"), vgg_weights=str(tmp_path / "nope.caffemodel"),
+                    progress=False, limit=2, figures_per_class=0)
+    assert s["tn_pp"] == "not run" and "nope.caffemodel: no such VGG-16 weights file" in s["tn_pp_note"]
+
+
+def test_decodings_differ_and_argmax_sits_on_bin_centres(evaluated, tmp_path):
+    ds, model, _, _ = evaluated
+    a = ev.evaluate(ds, DEPLOY, model, str(tmp_path / "a"), decoding="argmax", progress=False, figures_per_class=0)
+    e = ev.evaluate(ds, DEPLOY, model, str(tmp_path / "e"), decoding="expectation", progress=False,
+                    figures_per_class=0)
+    assert a["table"][-1]["tn"] != e["table"][-1]["tn"]
+    assert a["table"][-1]["mean_ir"] == e["table"][-1]["mean_ir"]    # baselines do not depend on decoding
+
+
+def test_bad_inputs_are_one_line_errors(evaluated, tmp_path, capsys):
+    ds, model, _, _ = evaluated
+    with pytest.raises(FileNotFoundError, match="missing.caffemodel"):
+        ev.evaluate(ds, DEPLOY, str(tmp_path / "missing.caffemodel"), str(tmp_path / "o"), progress=False)
+    empty = tmp_path / "empty_ds"
+    empty.mkdir()
+    rc = ev.main(["--dataset", str(empty), "--deploy", DEPLOY, "--model", model, "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "dataset.json" in err
+    with pytest.raises(ValueError, match="unknown baseline"):
+        bl.Baselines(ds).predict("median", np.zeros((H, W, 3), np.uint8))
+
+
+def test_cli_help():
+    out = subprocess.run([sys.executable, "-m", "tools.evaluate", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0
+    for opt in ("--dataset", "--deploy", "--model", "--out", "--backend", "--vgg-weights", "--decoding"):
+        assert opt in out.stdout

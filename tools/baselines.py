@@ -1,0 +1,138 @@
+"""Trivial predictors scored on the same test images, so Table 2 shows what the network learned.
+
+- mean_ir: the per-pixel mean training IR image. The train split's brightness is kept
+  only as bin indices (train_db/labels), so it is decoded with the bin centres; the
+  quantisation error of a single pixel is up to BIN_WIDTH/2 but it is near zero-mean,
+  so the mean image is within a fraction of a brightness level of the true one.
+- constant: that image's overall mean brightness, one number for every pixel.
+- luminance: the visible image's luminance (ITU-R BT.601 weights) used directly as
+  brightness 0..255 -- "bright in TV = hot in IR".
+- quantised_gt (a floor, not a baseline): the real IR image pushed through the Q bins
+  and back to bin centres. Argmax decoding of a perfect classifier scores exactly this,
+  so it is the resolution limit of the classification formulation at this Q.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from dataset_builder import spec
+
+BASELINES = ("mean_ir", "constant", "luminance")
+BASELINE_LABELS = {
+    "mean_ir": "Mean training IR image",
+    "constant": "Constant mean brightness",
+    "luminance": "Visible luminance as IR",
+    "quantised_gt": "Real IR quantised to Q bins (floor)",
+}
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)   # R, G, B (ITU-R BT.601)
+
+
+def read_dataset_info(dataset: str) -> Dict:
+    """dataset.json -> dict (num_bins, height, width, window, synthetic, ...)."""
+    path = os.path.join(dataset, spec.DATASET_INFO_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("%s: no %s, not a dataset built by dataset_builder" % (path, spec.DATASET_INFO_FILE))
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from exc
+    for key in ("num_bins", "height", "width"):
+        if key not in info:
+            raise ValueError("%s: missing %r" % (path, key))
+    return info
+
+
+def read_manifest(dataset: str, split: Optional[str] = "test") -> List[Dict]:
+    """manifest.csv rows (all, or one split) in file order."""
+    path = os.path.join(dataset, spec.MANIFEST_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("%s: no such manifest" % path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and ("id" not in rows[0] or "split" not in rows[0]):
+        raise ValueError("%s: manifest needs columns id and split" % path)
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def _read_png(path: str, what: str) -> np.ndarray:
+    from PIL import Image
+    if not os.path.isfile(path):
+        raise FileNotFoundError("%s: missing %s" % (path, what))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except Exception as exc:  # PIL raises many types on corrupt files
+        raise ValueError("%s: unreadable %s (%s)" % (path, what, exc)) from exc
+
+
+def load_test_pair(dataset: str, image_id: str):
+    """(visible RGB HxWx3 uint8, IR brightness HxW float64) of one test image."""
+    vis = _read_png(os.path.join(dataset, spec.TEST_DIR, "visible", image_id + ".png"), "visible test image")
+    ir = _read_png(os.path.join(dataset, spec.TEST_DIR, "ir", image_id + ".png"), "IR test image")
+    if vis.ndim == 2:
+        vis = np.repeat(vis[:, :, None], 3, axis=2)
+    vis = vis[:, :, :3]
+    if ir.ndim == 3:
+        ir = ir[:, :, 0]
+    return vis.astype(np.uint8), ir.astype(np.float64)
+
+
+def mean_train_ir(dataset: str, num_bins: Optional[int] = None) -> np.ndarray:
+    """Per-pixel mean of the training labels decoded to bin-centre brightness (HxW float64)."""
+    from dataset_builder.lmdb_io import read_lmdb
+    num_bins = num_bins or int(read_dataset_info(dataset)["num_bins"])
+    centers = spec.bin_centers(num_bins)
+    total, n = None, 0
+    for _, lab in read_lmdb(os.path.join(dataset, spec.TRAIN_DB, spec.LABELS)):
+        if lab.max() >= num_bins:
+            raise ValueError("%s: label %d >= num_bins %d" % (os.path.join(dataset, spec.TRAIN_DB, spec.LABELS),
+                                                           int(lab.max()), num_bins))
+        b = centers[lab[0].astype(np.int64)]
+        total = b if total is None else total + b
+        n += 1
+    if n == 0:
+        raise ValueError("%s: empty training label LMDB" % os.path.join(dataset, spec.TRAIN_DB, spec.LABELS))
+    return total / n
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 -> luma 0..255 (float64)."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    return rgb[..., 0] * LUMA_WEIGHTS[0] + rgb[..., 1] * LUMA_WEIGHTS[1] + rgb[..., 2] * LUMA_WEIGHTS[2]
+
+
+def quantised(ir: np.ndarray, num_bins: int) -> np.ndarray:
+    return spec.bin_centers(num_bins)[spec.brightness_to_bins(ir, num_bins).astype(np.int64)]
+
+
+class Baselines:
+    """Predictions of every baseline for one dataset (the training mean is computed once)."""
+
+    def __init__(self, dataset: str):
+        info = read_dataset_info(dataset)
+        self.num_bins = int(info["num_bins"])
+        self.mean_image = mean_train_ir(dataset, self.num_bins)
+        self.mean_value = float(self.mean_image.mean())
+
+    def predict(self, name: str, visible_rgb: np.ndarray, ir: Optional[np.ndarray] = None) -> np.ndarray:
+        h, w = visible_rgb.shape[:2]
+        if name == "mean_ir":
+            if self.mean_image.shape != (h, w):
+                raise ValueError("mean training IR image is %s but the test image is %s"
+                                 % (self.mean_image.shape, (h, w)))
+            return self.mean_image
+        if name == "constant":
+            return np.full((h, w), self.mean_value)
+        if name == "luminance":
+            return luminance(visible_rgb)
+        if name == "quantised_gt":
+            if ir is None:
+                raise ValueError("the quantised ground truth needs the IR image")
+            return quantised(ir, self.num_bins)
+        raise ValueError("unknown baseline %r (choose from %s)" % (name, ", ".join(BASELINE_LABELS)))
