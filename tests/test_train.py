@@ -54,6 +54,11 @@ def test_parse_log_formats_nan_lr_and_year_rollover():
     assert math.isnan(train[1]["loss"]) and train[1]["lr"] == 0.001
     assert train[1]["seconds"] == pytest.approx(3.0)        # Dec 31 23:59:58 -> Jan 1 00:00:01
     assert val == [{"iteration": 0, "seconds": 0.0, "loss": 3.5, "lr": 0.01}]   # the output named loss
+    # glog >= 0.6 puts the year in front (YYYYMMDD), as the Caffe built here does.
+    new = [l.replace("I1231 ", "I20261231 ").replace("I0101 ", "I20270101 ") for l in REAL_FORMAT_LOG.splitlines(True)]
+    train2, val2 = caffe_log.parse_log(new)
+    assert [(r["iteration"], r["seconds"], r["lr"]) for r in train2] == [(0, 1.6, 0.01), (2, pytest.approx(3.0), 0.001)]
+    assert val2 == val
 
 
 def test_parse_log_resume_supersedes_repeated_iterations():
@@ -209,6 +214,18 @@ def test_nan_stops_training_with_a_clear_message(small_ds, tmp_path, capsys):
     assert rc == 1 and "error: training stopped" in err
 
 
+@pytest.mark.parametrize("backend", ["pycaffe", "caffe"])
+def test_time_budget_stops_with_a_snapshot_and_a_validation(small_ds, tmp_path, backend):
+    out = tmp_path / backend
+    s = _run(out, small_ds, epochs=50, max_minutes=1e-4, backend=backend)      # 6 ms: past it at once
+    assert s["status"] == "done" and 1 <= s["iterations"] < 100
+    assert "time budget" in (out / "train.log").read_text()
+    assert os.path.isfile(out / ("snap_iter_%d.caffemodel" % s["iterations"]))
+    val = caffe_log.read_csv(str(out / "val.csv"))
+    if backend == "pycaffe":
+        assert val[-1]["iteration"] == s["iterations"]
+
+
 def test_divergence_watch_without_nan():
     w = tr.DivergenceWatch(factor=5.0, patience=3)
     assert w.check(0, 3.0) is None
@@ -242,6 +259,7 @@ def test_caffe_tool_backend_writes_a_real_caffe_log(small_ds, tmp_path):
     train = caffe_log.read_csv(str(out / "train.csv"))
     val = caffe_log.read_csv(str(out / "val.csv"))
     assert [r["iteration"] for r in train] == [0, 1, 2]   # caffe also displays after the last step
+    assert all(r["seconds"] is not None and r["seconds"] >= 0 for r in train + val)   # its timestamps parsed
     assert [r["iteration"] for r in val] == [0, 2]
     sp = tr._solver_param(str(out / "solver.prototxt"))
     assert sp.lr_policy == "step" and sp.type == "SGD"

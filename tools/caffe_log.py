@@ -4,7 +4,8 @@ The kit writes its pycaffe training loop's log in the format of `caffe train`'s 
 glog output, so one parser (this module) and one plot serve both back-ends and any
 log a DIGITS job or a bare `caffe train` left behind:
 
-    I1123 20:01:07.123456 12345 solver.cpp:228] Iteration 40, loss = 2.91
+    I1123 20:01:07.123456 12345 solver.cpp:228] Iteration 40, loss = 2.91      (glog < 0.6: MMDD)
+    I20261123 20:01:07.123480 12345 solver.cpp:237] ...                        (glog >= 0.6: YYYYMMDD)
     I1123 20:01:07.123501 12345 sgd_solver.cpp:106] Iteration 40, lr = 0.001
     I1123 20:01:09.000001 12345 solver.cpp:330] Iteration 50, Testing net (#0)
     I1123 20:01:09.500000 12345 solver.cpp:397]     Test net output #0: loss = 2.7 (* 1 = 2.7 loss)
@@ -25,7 +26,8 @@ import re
 import sys
 from typing import Dict, Iterable, List, Optional, Tuple
 
-GLOG_RE = re.compile(r"^([IWEF])(\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d{6})\s+(\d+) ([^\]]*)\] ?(.*)$")
+# glog up to 0.5 writes MMDD, 0.6 and later YYYYMMDD (Debian 12's libgoogle-glog).
+GLOG_RE = re.compile(r"^([IWEF])(\d{4})?(\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d{6})\s+(\d+) ([^\]]*)\] ?(.*)$")
 TRAIN_LOSS_RE = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
 LR_RE = re.compile(r"Iteration (\d+), lr = (\S+)")
 TESTING_RE = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
@@ -42,9 +44,10 @@ def to_float(text: str) -> float:
 
 
 def glog_prefix(when: Optional[_dt.datetime] = None, source: str = "train.py:0", level: str = "I") -> str:
-    """glog's line prefix: severity, MMDD, wall time with microseconds, thread id, file:line."""
+    """glog's line prefix: severity, YYYYMMDD (glog >= 0.6, as the Caffe we build logs), wall time
+    with microseconds, thread id, file:line."""
     when = when or _dt.datetime.now()
-    return "%s%s %s %5d %s]" % (level, when.strftime("%m%d"), when.strftime("%H:%M:%S.%f"),
+    return "%s%s %s %5d %s]" % (level, when.strftime("%Y%m%d"), when.strftime("%H:%M:%S.%f"),
                                 os.getpid() % 100000, source)
 
 
@@ -58,12 +61,13 @@ def parse_line(line: str) -> Tuple[Optional[_dt.datetime], Optional[tuple]]:
     msg = line.rstrip("\n")
     m = GLOG_RE.match(msg)
     if m:
-        mo, day, hh, mi, ss, us = (int(m.group(i)) for i in range(2, 8))
+        mo, day, hh, mi, ss, us = (int(m.group(i)) for i in range(3, 9))
+        year = int(m.group(2)) if m.group(2) else 2000        # no year: 2000 is a leap year (Feb 29 parses)
         try:
-            when = _dt.datetime(2000, mo, day, hh, mi, ss, us)   # glog has no year; 2000 is a leap year
+            when = _dt.datetime(year, mo, day, hh, mi, ss, us)
         except ValueError:
             when = None
-        msg = m.group(10)
+        msg = m.group(11)
     t = TESTING_RE.search(msg)
     if t:
         return when, ("testing", int(t.group(1)), int(t.group(2)))

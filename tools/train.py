@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -298,7 +299,8 @@ def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optio
     loss_name = _loss_blob(net)
     tnet = solver.test_nets[0] if (len(solver.test_nets) and plan["test_iter"]) else None
     tloss_name = _loss_blob(tnet) if tnet is not None else None
-    log("Solving %s" % (sp.net or "thermalnet"))
+    from tools import nets
+    log("Solving %s" % (nets.load_net(plan["train_val"]).name or "net"))
     log("Learning Rate Policy: %s" % (sp.lr_policy or "fixed"))
     if resume:
         log("Restoring previous solver status from %s" % resume)
@@ -334,6 +336,7 @@ def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optio
     bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not progress,
                dynamic_ncols=True)
     it = start
+    budget, t_loop = plan.get("max_seconds"), time.time()
     if tnet is not None and start == 0 and max_iter > 0:
         validate(0)
     state["snapshot"] = lambda: snapshot(int(solver.iter))
@@ -369,6 +372,13 @@ def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optio
             snapshot(it)
         if tnet is not None and (it % ipe == 0 or it == max_iter):
             validate(it)
+        if budget and it < max_iter and time.time() - t_loop >= budget:
+            log("Stopping at iteration %d (epoch %.2f): time budget of %.0f s reached" % (it, it / float(ipe), budget))
+            if not os.path.isfile(snapshot_paths(plan["out"], it)["caffemodel"]):
+                snapshot(it)
+            if tnet is not None and not (val_rows and val_rows[-1]["iteration"] == it):
+                validate(it)
+            break
     bar.close()
     if it == max_iter and not os.path.isfile(snapshot_paths(plan["out"], it)["caffemodel"]):
         snapshot(it)
@@ -466,8 +476,14 @@ def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: O
     bar = tqdm(total=plan["max_iter"], desc="caffe train", unit="it", disable=not progress, dynamic_ncols=True)
     start, last_iter, last_loss, last_val, error = None, 0, None, None, None
     tail: List[str] = []
+    budget, interrupted = plan.get("max_seconds"), False
     for line in proc.stdout:
         log.raw(line)
+        # SIGINT only once solving has begun: before that caffe has no handler and just dies.
+        if budget and not interrupted and start is not None and time.time() - t0 >= budget:
+            proc.send_signal(signal.SIGINT)      # caffe's -sigint_effect stop: snapshot, then exit
+            interrupted = True
+            log("Stopping: time budget of %.0f s reached (SIGINT to caffe)" % budget)
         tail = (tail + [line.rstrip()])[-15:]
         _, ev = caffe_log.parse_line(line)
         if ev is None:
@@ -493,7 +509,9 @@ def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: O
     if proc.returncode != 0:
         raise TrainingError("caffe train exited with status %d; last lines:\n  %s"
                             % (proc.returncode, "\n  ".join(tail)))
-    return {"start_iter": start or 0, "iterations": plan["max_iter"], "train_seconds": time.time() - t0,
+    final = latest_snapshot(plan["out"])
+    return {"start_iter": start or 0, "iterations": final["iteration"] if final else last_iter,
+            "train_seconds": time.time() - t0,
             "last_train_loss": last_loss, "last_val_loss": last_val}
 
 
@@ -505,8 +523,13 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
           gpu: Optional[int] = None, resume: Optional[str] = None, backend: str = "pycaffe",
           paper_scale: bool = False, snapshot_epochs: Optional[float] = None, display: Optional[int] = None,
           seed: int = spec.SEED, progress: bool = True, overwrite: bool = False,
-          diverge_factor: float = DIVERGE_FACTOR, diverge_patience: int = DIVERGE_PATIENCE) -> Dict:
-    """Train; returns (and writes) the run summary. Raises TrainingError on NaN/divergence."""
+          diverge_factor: float = DIVERGE_FACTOR, diverge_patience: int = DIVERGE_PATIENCE,
+          max_minutes: Optional[float] = None) -> Dict:
+    """Train; returns (and writes) the run summary. Raises TrainingError on NaN/divergence.
+
+    max_minutes: a wall-clock budget; training stops at the first iteration past it
+    (snapshot + validation there), so a demo fits its time whatever the machine's speed.
+    """
     if backend not in BACKENDS:
         raise ValueError("unknown backend %r (choose from %s)" % (backend, ", ".join(BACKENDS)))
     net = net or (PAPER_NET if paper_scale else DEFAULT_NET)
@@ -525,6 +548,7 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
                               % (log_path, out, SNAPSHOT_PREFIX))
     plan = prepare_run(dataset, net, out, epochs, batch_size, base_lr=base_lr, solver_template=solver_template,
                        snapshot_epochs=snapshot_epochs, display=display, seed=seed, gpu=gpu)
+    plan["max_seconds"] = 60.0 * max_minutes if max_minutes else None
     if not resume:
         for f in os.listdir(plan["out"]):
             if f.startswith(SNAPSHOT_PREFIX + "_iter_") or f in (LOG_FILE, "train.csv", "val.csv", "loss.png",
@@ -588,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--display", type=int, help="iterations between logged train losses")
     p.add_argument("--seed", type=int, default=spec.SEED, help="solver random_seed (weight init)")
     p.add_argument("--overwrite", action="store_true", help="start over in a run folder that has a train.log")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget: stop (snapshot + validation) once past it")
     return p
 
 
@@ -597,7 +622,7 @@ def main(argv=None) -> int:
         s = train(args.dataset, args.net, args.out, args.epochs, args.batch_size, base_lr=args.base_lr,
                   solver_template=args.solver_template, gpu=args.gpu, resume=args.resume, backend=args.backend,
                   paper_scale=args.paper_scale, snapshot_epochs=args.snapshot_epochs, display=args.display,
-                  seed=args.seed, overwrite=args.overwrite)
+                  seed=args.seed, overwrite=args.overwrite, max_minutes=args.max_minutes)
     except (TrainingError, OSError, ValueError, RuntimeError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
