@@ -1,0 +1,358 @@
+"""The DIGITS client against the local stand-in for DIGITS' HTTP contract (digits_jobs/standin.py).
+
+The stand-in is NOT DIGITS: it validates DIGITS' form fields, applies DIGITS' network
+rules (digits_jobs/validate.py) and saves snapshots with the real Caffe, but trains
+nothing (its snapshots hold random or uploaded weights). The dataset here is the
+random SYNTHETIC tiny fixture plus a test split made from its val images.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from dataset_builder import spec
+from digits_jobs import client as C
+from digits_jobs import jobdefs as jd
+from digits_jobs.standin import STANDIN_HEADER, StandinServer
+
+H, W = 48, 64
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Tiny random dataset (SYNTHETIC) in the kit's layout, with test/ images and a manifest."""
+    from PIL import Image
+    from conftest import make_tiny_dataset
+    root, feats = make_tiny_dataset(str(tmp_path_factory.mktemp("ds") / "tiny"), n_train=6, n_val=4,
+                                    height=H, width=W, seed=3)
+    x, y = feats[spec.VAL_DB]
+    rows = []
+    for d in ("visible", "ir", "ir_degC"):
+        os.makedirs(os.path.join(root, spec.TEST_DIR, d))
+    for i in range(len(x)):
+        iid = "t%03d" % i
+        Image.fromarray(np.ascontiguousarray(x[i][::-1].transpose(1, 2, 0))).save(
+            os.path.join(root, spec.TEST_DIR, "visible", iid + ".png"))
+        b = np.clip(np.rint(spec.bin_centers()[y[i, 0]]), 0, 255).astype(np.uint8)
+        Image.fromarray(b).save(os.path.join(root, spec.TEST_DIR, "ir", iid + ".png"))
+        np.save(os.path.join(root, spec.TEST_DIR, "ir_degC", iid + ".npy"),
+                spec.to_celsius(b, 15.0, 45.0).astype(np.float32))
+        rows.append({"id": iid, "source": "SYNTHETIC", "object_class": spec.OBJECT_CLASSES[i % 3], "split": "test",
+                     "t_min": 15.0, "t_max": 45.0, "vis_h": H, "vis_w": W, "ir_h": H, "ir_w": W, "height": H,
+                     "width": W})
+    with open(os.path.join(root, spec.MANIFEST_FILE), "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    return root
+
+
+@pytest.fixture()
+def standin():
+    with StandinServer(steps=3) as s:
+        yield s
+
+
+def make_client(url, **kw):
+    sleeps = []
+    kw.setdefault("retries", 3)
+    c = C.DigitsClient(url, poll=0, sleep=sleeps.append, progress=False, backoff=0.5, echo=lambda s: None, **kw)
+    c.sleeps = sleeps
+    return c
+
+
+def routes(s):
+    return [(m, p) for m, p, _ in s.state.log]
+
+
+# -- the whole flow ------------------------------------------------------------------------------
+def test_run_flow_creates_trains_fetches_and_evaluates(standin, dataset, caffe, tmp_path):
+    c = make_client(standin.url)
+    out = str(tmp_path / "run")
+    s = C.run_flow(c, dataset, dataset_local=dataset, out=out, overrides={"train_epochs": "3"})
+    log = routes(standin)
+    assert log[0] == ("POST", "/login")
+    assert log[1] == ("POST", jd.ROUTE_DATASET_PREBUILT)
+    assert ("POST", jd.ROUTE_MODEL) in log
+    assert log.index(("POST", jd.ROUTE_MODEL)) > log.index(("GET", jd.ROUTE_DATASET_STATUS % s["dataset_job"]))
+    assert ("GET", jd.ROUTE_DOWNLOAD % s["model_job"]) in log
+    files = s["files"]
+    # what DIGITS' download holds: its own prototxt files, the uploaded loss layer, the snapshot
+    for key in ("deploy", "train_val", "solver", "original", "python_layer", "caffemodel", "info", "log"):
+        assert os.path.isfile(files[key]), key
+    info = json.load(open(files["info"]))
+    assert info["snapshot file"] == os.path.basename(files["caffemodel"])
+    assert "not trained" in open(files["log"]).read().lower() or "NOT trained" in open(files["log"]).read()
+    # per-epoch iterations: ceil(6 / 8) = 1 -> 3 epochs = 3 iterations
+    assert os.path.basename(files["caffemodel"]) == "snapshot_iter_3.caffemodel"
+    ev = s["evaluation"]
+    assert ev["n_test"] == 4
+    assert os.path.isfile(os.path.join(out, "eval", "eval.json"))
+    assert json.load(open(os.path.join(out, "digits_run.json")))["model_job"] == s["model_job"]
+    # the fetched deploy net loads in Caffe with the fetched weights
+    net = caffe.Net(files["deploy"], files["caffemodel"], caffe.TEST)
+    assert net.blobs["prob"].data.shape == (1, spec.NUM_BINS, H, W)
+
+
+def test_answers_are_marked_as_stand_in(standin):
+    import requests
+    r = requests.get(standin.url + "/index.json", timeout=10)
+    assert "not DIGITS" in r.headers[STANDIN_HEADER]
+    assert "not DIGITS" in r.headers["Server"]
+
+
+# -- retries and errors ----------------------------------------------------------------------------
+def test_transient_503_is_retried_with_backoff(standin, dataset):
+    standin.state.inject("POST", jd.ROUTE_DATASET_PREBUILT, 503, 503)
+    c = make_client(standin.url)
+    c.login()
+    job = c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
+                                                             name="t"))
+    assert job["status"] == "Initialized"
+    codes = [code for m, p, code in standin.state.log if p == jd.ROUTE_DATASET_PREBUILT]
+    assert codes == [503, 503, 200]
+    assert c.sleeps == [0.5, 1.0]
+
+
+def test_dropped_connection_is_retried(standin, dataset):
+    c = make_client(standin.url)
+    c.login()
+    job = c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
+                                                             name="t"))
+    standin.state.inject("GET", jd.ROUTE_DATASET_STATUS % job["id"], "drop")
+    assert c.status("dataset", job["id"])["id"] == job["id"]
+    assert [code for _, p, code in standin.state.log if p == jd.ROUTE_DATASET_STATUS % job["id"]] == [0, 200]
+    assert len(c.sleeps) == 1
+
+
+def test_retries_give_up_with_the_status(standin):
+    standin.state.inject("GET", "/index.json", 502, 502, 502, 502)
+    c = make_client(standin.url, retries=3)
+    with pytest.raises(C.DigitsHTTPError) as ei:
+        c.json("GET", "/index.json")
+    assert ei.value.status == 502 and "/index.json" in str(ei.value)
+    assert len(c.sleeps) == 3
+
+
+def test_unreachable_server():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    c = make_client("http://127.0.0.1:%d" % port, retries=2)
+    with pytest.raises(C.DigitsError, match="cannot reach DIGITS at http://127.0.0.1:%d .*3 tries" % port):
+        c.login()
+
+
+def test_form_errors_are_reported_field_by_field(standin, tmp_path):
+    c = make_client(standin.url)
+    c.login()
+    with pytest.raises(C.DigitsValidationError) as ei:
+        c.create(jd.ROUTE_DATASET_PREBUILT, {"method": "prebuilt", "prebuilt_train_images": str(tmp_path / "nope")})
+    e = ei.value
+    assert e.status == 400
+    assert e.errors["dataset_name"] == ["This field is required."]
+    assert e.errors["prebuilt_train_images"] == ["Folder does not exist"]
+    assert "dataset_name: This field is required." in str(e) and "prebuilt_train_images: Folder does not exist" \
+        in str(e)
+
+
+def test_bad_network_text_is_a_form_error(standin, dataset):
+    c = make_client(standin.url)
+    c.login()
+    d = c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
+                                                           name="t"))
+    fields = jd.form_fields(jd.load_job(jd.MODEL_DEMO))
+    fields.update(dataset=d["id"], custom_network="layer { nme: 'x' }")
+    with pytest.raises(C.DigitsValidationError, match="custom_network: Bad network"):
+        c.create(jd.ROUTE_MODEL, fields)
+
+
+def test_login_refused_and_required(standin):
+    with pytest.raises(C.DigitsLoginError, match="lowercase"):
+        make_client(standin.url, username="Thermal Net")
+    c = make_client(standin.url)
+    c.username = "9lives"            # skip the local check: the server must refuse it too
+    with pytest.raises(C.DigitsLoginError, match="did not log in '9lives'"):
+        c.login()
+    with pytest.raises(C.DigitsHTTPError) as ei:
+        c.create(jd.ROUTE_DATASET_PREBUILT, {"dataset_name": "x"})
+    assert ei.value.status == 401 and "Unauthorized" in str(ei.value)
+
+
+def test_unknown_job_is_404(standin):
+    c = make_client(standin.url)
+    with pytest.raises(C.DigitsHTTPError) as ei:
+        c.status("model", "20170101-000000-dead")
+    assert ei.value.status == 404 and "Job not found" in str(ei.value)
+
+
+def test_job_error_state_reports_digits_reason(standin, dataset):
+    # A network that breaks DIGITS' rules but parses is accepted by the form and fails when
+    # the job starts (DIGITS' before_run): the client must say why.
+    from google.protobuf import text_format
+    from dataset_builder.caffe_env import caffe_pb2
+    c = make_client(standin.url)
+    c.login()
+    d = c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
+                                                           name="t"))
+    c.wait("dataset", d["id"])
+    job = jd.load_job(jd.MODEL_DEMO)
+    net = text_format.Merge(jd.model_network_text(job), caffe_pb2().NetParameter())
+    [l for l in net.layer if l.name == "loss"][0].ClearField("exclude")
+    fields = jd.form_fields(job)
+    fields.update(dataset=d["id"], custom_network=text_format.MessageToString(net))
+    m = c.create(jd.ROUTE_MODEL, fields)
+    with pytest.raises(C.DigitsJobFailed) as ei:
+        c.wait("model", m["id"])
+    assert "ended Error" in str(ei.value) and "'loss'" in str(ei.value)
+
+
+def test_preflight_stops_a_broken_network_before_queuing(standin, dataset, tmp_path):
+    bad = dict(jd.load_job(jd.MODEL_DEMO))
+    netfile = tmp_path / "bad.prototxt"
+    netfile.write_text(open(jd.repo_path(bad["network"])).read().replace(
+        'module: "digits_python_layers"', 'module: "my_layers"'))
+    bad["network"] = str(netfile)
+    jobfile = tmp_path / "bad_job.json"
+    jobfile.write_text(json.dumps(bad))
+    c = make_client(standin.url)
+    from digits_jobs.validate import DigitsRuleError
+    with pytest.raises(DigitsRuleError, match="'loss'.*digits_python_layers"):
+        C.run_flow(c, dataset, model_job=str(jobfile), dataset_local=dataset, out=str(tmp_path / "o"))
+    assert ("POST", jd.ROUTE_MODEL) not in routes(standin)
+
+
+# -- inference, upload ------------------------------------------------------------------------------
+@pytest.fixture()
+def trained(standin, dataset, tmp_path):
+    c = make_client(standin.url)
+    s = C.run_flow(c, dataset, dataset_local=dataset, out=str(tmp_path / "run"), evaluate=False,
+                   overrides={"train_epochs": "1"})
+    return c, s
+
+
+def test_infer_one_decodes_like_the_kits_predictor(trained, dataset, tmp_path):
+    from PIL import Image
+    from tools.inference import Predictor
+    c, s = trained
+    img = os.path.join(dataset, spec.TEST_DIR, "visible", "t000.png")
+    outputs = c.infer_one(s["model_job"], img)
+    prob = np.asarray(outputs["prob"])
+    assert prob.shape == (1, spec.NUM_BINS, H, W)
+    pred = Predictor(s["files"]["deploy"], s["files"]["caffemodel"],
+                     mean_file=os.path.join(dataset, spec.TRAIN_DB, spec.MEAN_FILE))
+    want = pred.predict_probs([np.asarray(Image.open(img).convert("RGB"))])[0]
+    np.testing.assert_allclose(prob[0], want, rtol=1e-4, atol=1e-6)
+    res = C.infer_flow(c, s["model_job"], [img], str(tmp_path / "inf"),
+                       ir_dir=os.path.join(dataset, spec.TEST_DIR, "ir"))
+    b = spec.decode(want)
+    gt = np.asarray(Image.open(os.path.join(dataset, spec.TEST_DIR, "ir", "t000.png")), dtype=np.float64)
+    assert res["images"][0]["rms"] == pytest.approx(spec.rms(gt, b), abs=1e-3)
+    assert os.path.isfile(os.path.join(str(tmp_path / "inf"), "t000.png"))
+
+
+def test_infer_many_with_server_paths(trained, dataset):
+    c, s = trained
+    vis = os.path.join(dataset, spec.TEST_DIR, "visible")
+    out = c.infer_many(s["model_job"], ["t000.png", "t001.png"], image_folder=vis)
+    assert sorted(out) == [os.path.join(vis, "t000.png"), os.path.join(vis, "t001.png")]
+    assert np.asarray(out[os.path.join(vis, "t001.png")]["prob"]).shape == (spec.NUM_BINS, H, W)
+
+
+def test_infer_needs_job_id(standin):
+    c = make_client(standin.url)
+    with pytest.raises(C.DigitsHTTPError, match="job_id is a required field"):
+        c.json("POST", jd.ROUTE_INFER_ONE, data={})
+
+
+def test_upload_and_import_keep_the_weights(standin, trained, dataset, caffe, tmp_path):
+    c, s = trained
+    res = C.upload_flow(c, s["files"]["caffemodel"], jd.repo_path("prototxt/thermalnet_v1_1.prototxt"), "t",
+                        dataset_id=s["dataset_job"], import_model=True)
+    assert ("POST", jd.ROUTE_UPLOAD_ARCHIVE) in routes(standin)
+    files = c.download_model(res["model_job"], str(tmp_path / "imported"))
+    a = caffe.Net(s["files"]["deploy"], s["files"]["caffemodel"], caffe.TEST)
+    b = caffe.Net(files["deploy"], files["caffemodel"], caffe.TEST)
+    for name in a.params:
+        for pa, pb in zip(a.params[name], b.params[name]):
+            np.testing.assert_array_equal(pa.data, pb.data)
+
+
+def test_archive_without_info_json_is_refused(standin):
+    c = make_client(standin.url)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        ti = tarfile.TarInfo("model.caffemodel")
+        ti.size = 3
+        tf.addfile(ti, io.BytesIO(b"abc"))
+    with pytest.raises(C.DigitsHTTPError, match="Missing or Incorrect json file"):
+        c.upload_archive(buf.getvalue())
+
+
+def test_image_processing_export_matches_the_kits_lmdbs(standin, dataset, tmp_path):
+    # export-folders -> DIGITS' image-processing extension -> LMDBs equal to the kit's (stand-in build)
+    from dataset_builder.lmdb_io import read_lmdb
+    folders = str(tmp_path / "folders")
+    counts = C.export_image_folders(dataset, folders, progress=False)
+    assert counts == {"train": 6, "val": 4}
+    c = make_client(standin.url)
+    c.login()
+    job = jd.load_job(jd.DATASET_IMAGE_PROCESSING)
+    d = c.create(job["route"], jd.form_fields(job, folders=folders, name="t"))
+    st = c.wait("dataset", d["id"])
+    built = os.path.join(st["directory"])
+    for sub in (spec.TRAIN_DB, spec.VAL_DB):
+        for part in (spec.FEATURES, spec.LABELS):
+            mine = [a for _, a in read_lmdb(os.path.join(dataset, sub, part))]
+            theirs = [a for _, a in read_lmdb(os.path.join(built, sub, part))]
+            assert len(mine) == len(theirs)
+            for a, b in zip(mine, theirs):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_unpack_refuses_escaping_members(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        ti = tarfile.TarInfo("../evil.txt")
+        ti.size = 1
+        tf.addfile(ti, io.BytesIO(b"x"))
+    with pytest.raises(C.DigitsError, match="refusing archive member"):
+        C.unpack_model_archive(buf.getvalue(), str(tmp_path / "m"))
+    assert not os.path.exists(str(tmp_path / "m")) and not os.path.exists(str(tmp_path / "evil.txt"))
+
+
+# -- dry run ----------------------------------------------------------------------------------------
+def test_dry_run_prints_every_request_and_sends_nothing(capsys):
+    url = "http://127.0.0.1:9"          # discard port: nothing may be sent
+    rc = C.main(["--url", url, "--dry-run", "run", "--dataset-server", "/data/flir", "--job", jd.MODEL_PAPER])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    lines = out.splitlines()
+    posts = [l for l in lines if l.startswith(("POST ", "GET "))]
+    assert posts[0] == "POST %s/login" % url
+    assert posts[1] == "POST %s%s" % (url, jd.ROUTE_DATASET_PREBUILT)
+    assert "POST %s%s" % (url, jd.ROUTE_MODEL) in posts
+    assert any(l.startswith("GET %s/models/dry-run-2/download.tar.gz" % url) for l in posts)
+    assert "    prebuilt_train_images = /data/flir/train_db/features" in lines
+    assert "    prebuilt_mean_file = /data/flir/train_db/mean.binaryproto" in lines
+    assert "    train_epochs = 1000" in lines
+    assert "    method = custom" in lines
+    assert any(l.startswith("    custom_network = name: \"thermalnet_v1_0\"") and "lines" in l for l in lines)
+    assert any(l.startswith("    [file] python_layer_client_file = digits_python_layers.py") for l in lines)
+
+
+def test_cli_help_mentions_subcommands(capsys):
+    with pytest.raises(SystemExit) as ei:
+        C.main(["--help"])
+    assert ei.value.code == 0
+    out = capsys.readouterr().out
+    for sub in ("run", "infer", "upload", "download", "export-folders", "--dry-run"):
+        assert sub in out
