@@ -43,3 +43,23 @@ def test_quick_demo_end_to_end(tmp_path):
 def test_demo_help():
     p = subprocess.run([sys.executable, "-m", "tools.demo", "--help"], cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 0 and "--quick" in p.stdout and "--minutes" in p.stdout
+
+
+def test_run_flir_on_real_flir_samples(flir_samples, tmp_path):
+    """The documented pipeline on real FLIR radiometric JPEGs (../shared/samples/flir):
+    only the files with an embedded visible photo make pairs; 1 short epoch."""
+    from tools import run_flir
+    classes = tmp_path / "classes.csv"
+    classes.write_text("stem,object_class\nflir_one_mug,computer\n")
+    out = tmp_path / "flir_run"
+    r = run_flir.run_flir([flir_samples], str(out), classes_csv=str(classes), epochs=1, batch_size=2,
+                          progress=False)
+    table = ev.read_table_csv(str(out / "eval" / "table2.csv"))
+    per = ev.read_table_csv(str(out / "eval" / "per_image.csv"))
+    assert per and table[-1]["object_class"] == "overall" and table[-1]["n"] == len(per)
+    md = (out / "report.md").read_text()
+    assert "SYNTHETIC" not in md.split("##")[0]          # real data: no synthetic statement
+    assert "| Overall | %d | %.1f |" % (len(per), table[-1]["tn"]) in md
+    assert r["summary"]["synthetic"] is False
+    # A missing input is an error (exit status 1).
+    assert run_flir.main(["--flir", str(tmp_path / "nope"), "--out", str(out)]) == 1
