@@ -156,7 +156,10 @@ class DigitsClient:
                 v = "%s ... (%d lines, %d bytes)" % (first[:60], v.count("\n") + 1, len(v.encode()))
             self.echo("    %s = %s" % (k, v))
         for up in files or []:
-            src = up.path if up.path else "generated"
+            src = "generated"
+            if up.path:
+                rel = os.path.relpath(os.path.abspath(up.path), jd.REPO_ROOT)
+                src = up.path if rel.startswith("..") else rel
             self.echo("    [file] %s = %s (%s, %d bytes)" % (up.field, up.filename, src, up.size()))
 
     def request(self, method: str, path: str, data: Optional[Dict] = None, files: Sequence[Upload] = (),
