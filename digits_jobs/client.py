@@ -12,9 +12,10 @@ set by POST /login (a username, no password), and reports form errors as HTTP 40
 LMDB and folder paths in the forms are paths on the DIGITS server: with the
 docker-compose file of docker/ the dataset folder DS is mounted at /data/<name>.
 
-Transient failures (connection refused/reset, HTTP 502/503/504) are retried with
-exponential backoff; a POST whose answer timed out is not repeated (DIGITS may
-have created the job). --dry-run prints every request (method, URL, fields,
+Transient failures (connection refused, a GET's connection dropped, HTTP
+502/503/504) are retried with exponential backoff; a POST whose connection broke
+or whose answer timed out after it was sent is not repeated (DIGITS may have
+created the job). --dry-run prints every request (method, URL, fields,
 files) and sends nothing.
 """
 from __future__ import annotations
@@ -179,11 +180,17 @@ class DigitsClient:
                 r = self.session.request(method, url, data=data, files=mp, params=params, timeout=self.timeout,
                                          allow_redirects=allow_redirects, stream=stream)
             except requests.exceptions.ConnectionError as exc:
-                # Refused/reset before an answer: nothing was created, safe to repeat.
+                # Refused before sending: nothing can have happened, safe to repeat. Dropped
+                # after sending: safe only for GET (a POST may have created a job).
+                unsent = _never_sent(exc)
+                if method != "GET" and not unsent:
+                    raise DigitsError("%s %s: the connection broke before DIGITS answered; not repeated: "
+                                      "DIGITS may have acted on it (check the job list): %s"
+                                      % (method, url, _short(str(exc), 200))) from None
                 if attempt > self.retries:
                     raise DigitsError("cannot reach DIGITS at %s (%s %s, %d tries): %s"
                                       % (self.base, method, path, attempt, _short(str(exc), 200))) from None
-                self._wait_retry(attempt, "connection failed")
+                self._wait_retry(attempt, "connection failed" if unsent else "connection dropped")
                 continue
             except requests.exceptions.Timeout:
                 if method != "GET" or attempt > self.retries:
@@ -387,6 +394,15 @@ class DigitsClient:
         d = self.json("POST", jd.ROUTE_INFER_MANY, data=fields,
                       files=[Upload("image_list", "image_list.txt", data=listing)])
         return d.get("outputs", {})
+
+
+def _never_sent(exc) -> bool:
+    """True when requests failed to connect at all (refused, no route, connect timeout)."""
+    import requests
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    text = repr(exc)
+    return "NewConnectionError" in text or "Failed to establish a new connection" in text
 
 
 def _epoch_str(epoch: float) -> str:

@@ -166,11 +166,11 @@ class StandinState:
             from dataset_builder.caffe_env import import_caffe
             caffe = import_caffe()
             caffe.set_mode_cpu()
-            with v._in_dir(job.dir):
-                net = caffe.Net(v.DEPLOY_FILE, caffe.TEST)
-                if job.pretrained_weights:
-                    net.copy_from(job.pretrained_weights)
-                net.save(name)
+            # The deploy net has no data or Python layers: absolute paths, no chdir (threads share cwd).
+            net = caffe.Net(os.path.join(job.dir, v.DEPLOY_FILE), caffe.TEST)
+            if job.pretrained_weights:
+                net.copy_from(job.pretrained_weights)
+            net.save(os.path.join(job.dir, name))
             self._log(job, "snapshot %s holds %s weights, NOT trained ones" % (
                 name, "the uploaded pretrained" if job.pretrained_weights else "randomly initialised"))
             job.snapshots = [float(job.settings.train_epochs)]
@@ -194,26 +194,26 @@ class StandinState:
             if job.settings.use_mean == "pixel":
                 mean = mean.mean(axis=(1, 2), keepdims=True)
         out = []
-        with v._in_dir(job.dir):
-            net = caffe.Net(v.DEPLOY_FILE, snap, caffe.TEST)
-            _, c, h, w = net.blobs["data"].data.shape
-            for key, blob in images:
-                try:
-                    img = Image.open(io.BytesIO(blob)).convert("RGB" if c == 3 else "L")
-                except Exception as exc:   # noqa: BLE001
-                    raise _Answer(500, {"error": {"message": "cannot read image %s: %s" % (key, exc),
-                                                  "type": "ValueError"}})
-                if resize and img.size != (w, h):
-                    img = img.resize((w, h), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.float32)
-                arr = arr[:, :, ::-1].transpose(2, 0, 1) if c == 3 else arr[np.newaxis]
-                if mean is not None:
-                    arr = arr - (mean if mean.shape[1:] in ((1, 1), arr.shape[1:]) else mean.mean(axis=(1, 2),
-                                                                                              keepdims=True))
-                net.blobs["data"].reshape(1, *arr.shape)
-                net.blobs["data"].data[...] = arr
-                res = net.forward()
-                out.append((key, {k: np.array(val[0]) for k, val in res.items()}))
+        net = caffe.Net(os.path.join(job.dir, v.DEPLOY_FILE), os.path.join(job.dir, snap), caffe.TEST)
+        _, c, h, w = net.blobs["data"].data.shape
+        for key, blob in images:
+            try:
+                img = Image.open(io.BytesIO(blob)).convert("RGB" if c == 3 else "L")
+            except Exception as exc:   # noqa: BLE001
+                raise _Answer(500, {"error": {"message": "cannot read image %s: %s" % (key, exc),
+                                              "type": "ValueError"}})
+            if resize and img.size != (w, h):
+                img = img.resize((w, h), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32)
+            arr = arr[:, :, ::-1].transpose(2, 0, 1) if c == 3 else arr[np.newaxis]
+            if mean is not None:
+                # DIGITS resizes a mean image of another size; the stand-in falls back to its pixel mean
+                fits = mean.shape[1:] in ((1, 1), arr.shape[1:])
+                arr = arr - (mean if fits else mean.mean(axis=(1, 2), keepdims=True))
+            net.blobs["data"].reshape(1, *arr.shape)
+            net.blobs["data"].data[...] = arr
+            res = net.forward()
+            out.append((key, {k: np.array(val[0]) for k, val in res.items()}))
         return dict(out)
 
 

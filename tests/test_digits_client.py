@@ -131,6 +131,16 @@ def test_dropped_connection_is_retried(standin, dataset):
     assert len(c.sleeps) == 1
 
 
+def test_dropped_post_is_not_repeated(standin, dataset):
+    standin.state.inject("POST", jd.ROUTE_DATASET_PREBUILT, "drop")
+    c = make_client(standin.url)
+    c.login()
+    with pytest.raises(C.DigitsError, match="not repeated"):
+        c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
+                                                           name="t"))
+    assert [code for _, p, code in standin.state.log if p == jd.ROUTE_DATASET_PREBUILT] == [0]
+
+
 def test_retries_give_up_with_the_status(standin):
     standin.state.inject("GET", "/index.json", 502, 502, 502, 502)
     c = make_client(standin.url, retries=3)
