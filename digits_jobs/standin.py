@@ -46,7 +46,6 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from dataset_builder import spec
 from digits_jobs import validate as v
 
 STANDIN_HEADER = "X-Thermalnet-Stand-In"
