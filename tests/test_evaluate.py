@@ -66,8 +66,12 @@ def _by_hand_tn(caffe, ds, model, image_id):
     prob = net.blobs["prob"].data[0].astype(np.float64)
     assert prob.shape == (spec.NUM_BINS, H, W)
     assert np.allclose(prob.sum(axis=0), 1.0, atol=1e-4)
+    # mmse: divide out the class weights the loss used, renormalise, take the mean brightness.
+    w = np.array([float(l) for l in open(os.path.join(ds, "class_weights.txt")).read().split()])
+    p = prob / w[:, None, None]
+    p /= p.sum(axis=0)
     centers = (np.arange(spec.NUM_BINS) + 0.5) * (256.0 / spec.NUM_BINS) - 0.5
-    return (prob * centers[:, None, None]).sum(axis=0)
+    return (p * centers[:, None, None]).sum(axis=0)
 
 
 def _rms(a, b):
@@ -137,13 +141,24 @@ def test_missing_vgg_weights_named_in_the_note(evaluated, tmp_path):
     assert s["tn_pp"] == "not run" and "nope.caffemodel: no such VGG-16 weights file" in s["tn_pp_note"]
 
 
-def test_decodings_differ_and_argmax_sits_on_bin_centres(evaluated, tmp_path):
-    ds, model, _, _ = evaluated
-    a = ev.evaluate(ds, DEPLOY, model, str(tmp_path / "a"), decoding="argmax", progress=False, figures_per_class=0)
-    e = ev.evaluate(ds, DEPLOY, model, str(tmp_path / "e"), decoding="expectation", progress=False,
-                    figures_per_class=0)
-    assert a["table"][-1]["tn"] != e["table"][-1]["tn"]
-    assert a["table"][-1]["mean_ir"] == e["table"][-1]["mean_ir"]    # baselines do not depend on decoding
+def test_decodings_differ_and_baselines_do_not(evaluated, tmp_path):
+    ds, model, out, summary = evaluated
+    assert summary["decoding"] == "mmse"
+    tn = {"mmse": summary["table"][-1]["tn"]}
+    for d in ("argmax", "expectation"):
+        s = ev.evaluate(ds, DEPLOY, model, str(tmp_path / d), decoding=d, progress=False, figures_per_class=0)
+        tn[d] = s["table"][-1]["tn"]
+        assert s["table"][-1]["mean_ir"] == summary["table"][-1]["mean_ir"]
+    assert len(set(tn.values())) == 3, tn
+
+
+def test_unweight_inverts_class_reweighting():
+    rng = np.random.RandomState(0)
+    p = rng.dirichlet(np.ones(spec.NUM_BINS), size=(3, 4)).transpose(2, 0, 1)    # (Q, 3, 4)
+    w = rng.uniform(0.2, 5.0, size=spec.NUM_BINS)
+    q = p * w[:, None, None]
+    q /= q.sum(axis=0)               # what weighted cross-entropy drives the softmax to
+    assert np.allclose(ev.unweight(q, w), p)
 
 
 def test_bad_inputs_are_one_line_errors(evaluated, tmp_path, capsys):

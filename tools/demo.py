@@ -30,7 +30,7 @@ DEMO_MINUTES = 10.0
 DEMO_EPOCHS = 40            # a cap; the time budget ends the demo's training first on 2 cores
 DEMO_BATCH = 8
 DEMO_BASE_LR = 1e-3
-DEMO_DECODING = "expectation"
+DEMO_DECODING = "mmse"          # tools.evaluate: the softmax mean with eq. 1's rebalancing divided out
 QUICK_COUNT = 60
 QUICK_EPOCHS = 1.0
 QUICK_BATCH = 4
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, help="epoch cap (default %g, --quick %g)" % (DEMO_EPOCHS, QUICK_EPOCHS))
     p.add_argument("--batch-size", type=int, help="default %d (--quick %d)" % (DEMO_BATCH, QUICK_BATCH))
     p.add_argument("--base-lr", type=float, default=DEMO_BASE_LR, help="Adam learning rate (default %g)" % DEMO_BASE_LR)
-    p.add_argument("--decoding", default=DEMO_DECODING, choices=("expectation", "argmax", "annealed"))
+    p.add_argument("--decoding", default=DEMO_DECODING, choices=("mmse", "expectation", "argmax", "annealed"),
+                   help="probabilities -> brightness (default %s, see tools.evaluate)" % DEMO_DECODING)
     p.add_argument("--vgg-weights", help="VGG-16 caffemodel for TN + PP (otherwise 'not run')")
     p.add_argument("--data-root", default=DATA_ROOT, help="dataset cache folder (default %s)" % DATA_ROOT)
     p.add_argument("--seed", type=int, default=spec.SEED)

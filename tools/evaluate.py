@@ -41,6 +41,39 @@ REFERENCE_ROWS = bl.BASELINES + ("quantised_gt",)
 OVERALL = "overall"
 
 
+# "mmse": the loss of eq. 1 weights each bin by v(q), and weighted cross-entropy is
+# minimised by a softmax q(y|x) proportional to v(y) p(y|x), not by p(y|x). Dividing by
+# v and renormalising recovers p; its mean is the minimum-RMS brightness (eq. 2's
+# metric). The plain "expectation" of q is pulled towards rare (reweighted-up) bins.
+DECODINGS = ("mmse", "expectation", "argmax", "annealed")
+
+
+def unweight(probs: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
+    """q(y|x) of a net trained with per-class weights v -> p(y|x) = (q / v) / sum (q / v) over the Q axis."""
+    w = np.asarray(class_weights, dtype=np.float64).reshape((-1, 1, 1))
+    p = np.asarray(probs, dtype=np.float64) / np.maximum(w, 1e-12)
+    return p / np.maximum(p.sum(axis=-3, keepdims=True), 1e-300)
+
+
+def decode_batch(predictor, images, decoding: str, class_weights: Optional[np.ndarray]) -> List[np.ndarray]:
+    """Brightness images for one batch with any of DECODINGS."""
+    if decoding not in DECODINGS:
+        raise ValueError("unknown decoding %r (choose from %s)" % (decoding, ", ".join(DECODINGS)))
+    if decoding != "mmse":
+        return predictor.predict_brightness(images, decoding)
+    return [spec.decode(unweight(q, class_weights), "expectation") for q in predictor.predict_probs(images)]
+
+
+def read_class_weights(dataset: str, num_bins: int) -> np.ndarray:
+    path = os.path.join(dataset, spec.CLASS_WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("%s: missing (the mmse decoding needs the training class weights)" % path)
+    w = np.loadtxt(path, dtype=np.float64).ravel()
+    if w.size != num_bins or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError("%s: need %d positive weights, got %d values" % (path, num_bins, w.size))
+    return w
+
+
 def class_label(name: str) -> str:
     """human -> Human, microwave_oven -> Microwave oven (the paper's row names)."""
     if name == OVERALL:
@@ -139,7 +172,7 @@ def table_markdown(rows: List[Dict], pp_note: str = "") -> str:
 
 
 def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "pycaffe",
-             vgg_weights: Optional[str] = None, decoding: str = "expectation", batch_size: int = 8,
+             vgg_weights: Optional[str] = None, decoding: str = "mmse", batch_size: int = 8,
              gpu: Optional[int] = None, figures_per_class: int = 2, gatys_iterations: Optional[int] = None,
              limit: Optional[int] = None, progress: bool = True) -> Dict:
     """Score a model on a dataset's test split; write the CSVs, Table 2, figures; return eval.json's dict."""
@@ -158,6 +191,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     t0 = time.time()
     predictor = Predictor(deploy, model, mean_file=mean_file, backend=backend, batch_size=batch_size, gpu=gpu)
     base = bl.Baselines(dataset)
+    weights = read_class_weights(dataset, int(info["num_bins"])) if decoding == "mmse" else None
 
     from tools import gatys
     pp_reason = gatys.unavailable_reason(vgg_weights)
@@ -177,7 +211,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
             if ir.shape != (int(info["height"]), int(info["width"])) or vis.shape[:2] != ir.shape:
                 raise ValueError("%s: test image %s is %s / IR %s, the dataset says %dx%d"
                                  % (dataset, r["id"], vis.shape[:2], ir.shape, info["height"], info["width"]))
-        preds = predictor.predict_brightness([p[0] for p in pairs], decoding)
+        preds = decode_batch(predictor, [p[0] for p in pairs], decoding, weights)
         for (vis, ir), r, tn in zip(pairs, chunk, preds):
             cls = r.get("object_class") or "unlabelled"
             gs = postprocess.gaussian3x3(tn)
@@ -240,7 +274,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tools.inference import BACKENDS, DECODINGS
+    from tools.inference import BACKENDS
     p = argparse.ArgumentParser(prog="python -m tools.evaluate",
                                 description="Table 2 of the paper for a trained Thermalnet: average RMS per object "
                                             "class for TN, TN + PP, TN + GS, beside the paper's numbers and "
@@ -252,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="pycaffe", choices=BACKENDS, help="inference back-end (default pycaffe)")
     p.add_argument("--vgg-weights", help="VGG_ILSVRC_16_layers.caffemodel for TN + PP (without it: 'not run')")
     p.add_argument("--gatys-iterations", type=int, help="TN + PP optimisation steps per image")
-    p.add_argument("--decoding", default="expectation", choices=DECODINGS,
-                   help="probabilities -> brightness (default expectation)")
+    p.add_argument("--decoding", default="mmse", choices=DECODINGS,
+                   help="probabilities -> brightness: mmse (default; mean of the softmax with the class "
+                        "rebalancing of eq. 1 divided out), expectation, argmax, annealed (spec.decode)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--gpu", type=int, help="GPU id (a GPU build of Caffe); default CPU")
     p.add_argument("--figures-per-class", type=int, default=2, help="triptych figures per object class")

@@ -162,9 +162,10 @@ def render_markdown(g: Dict, out_dir: str) -> str:
                       "The network does NOT beat the best trivial baseline."), ""]
     lines += ["## Table 2: average RMS (eq. 2, brightness 0..255 at %dx%d)" % (ev.get("height"), ev.get("width")), ""]
     lines += _table2_md(table)
-    lines += ["", "TN: Thermalnet (%s decoding), TN + PP: + Gatys style reconstruction, TN + GS: + 3x3 Gaussian "
+    lines += ["", "TN: Thermalnet (%s decoding%s), TN + PP: + Gatys style reconstruction, TN + GS: + 3x3 Gaussian "
               "(sigma %s). Paper columns: Kniaz et al. 2017, Table 2 (real FLIR ONE data)." %
-              (ev.get("decoding"), ev.get("gaussian_sigma")), ""]
+              (ev.get("decoding"), ": the mean of the softmax after dividing out eq. 1's class weights v(q)"
+               if ev.get("decoding") == "mmse" else "", ev.get("gaussian_sigma")), ""]
     if ev.get("tn_pp") != "run":
         lines += [ev.get("tn_pp_note", "TN + PP not run."), ""]
     lines += ["## Trivial baselines on the same test images", ""]
