@@ -193,7 +193,11 @@ def test_caffe_is_built_by_the_ci_script(name, flag):
     # the script is copied before it runs, from the repository's own tools/
     assert INSTALL in copy_sources(instrs)
     if flag:
-        assert arg_defaults(instrs)["CAFFE_GPU_FLAGS"].split()[0] == flag
+        flags = arg_defaults(instrs)["CAFFE_GPU_FLAGS"].split()
+        assert flags[0] == flag
+        script = open(os.path.join(REPO, INSTALL)).read()
+        for f in flags:   # every default flag is one the script parses
+            assert "    %s)" % f in script, "%s passes %s, which %s does not accept" % (name, f, INSTALL)
         assert all("$CAFFE_GPU_FLAGS" in r for r in build)
     else:
         assert all("--gpu" not in r for r in build)

@@ -5,7 +5,7 @@
 # One script for every place the kit builds Caffe: `make setup` (and so CI) and
 # the Dockerfiles in docker/ all call it, so CI exercises what the images run.
 #
-# Usage: tools/install_caffe.sh [--python PY] [--cache DIR] [--gpu] [--cuda-arch "..."]
+# Usage: tools/install_caffe.sh [--python PY] [--cache DIR] [--gpu [--no-cudnn]] [--cuda-arch "..."]
 #                               [--deps-only] [--no-apt] [--jobs N]
 # Prints the finished CAFFE_ROOT as its last line of output.
 set -euo pipefail
@@ -20,12 +20,13 @@ APT_PACKAGES=(build-essential pkg-config libprotobuf-dev protobuf-compiler
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}
 CACHE=${THERMALNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/thermalnet}
-GPU=0; CUDA_ARCH=""; DEPS_ONLY=0; USE_APT=1; JOBS=$(nproc 2>/dev/null || echo 2)
+GPU=0; NO_CUDNN=0; CUDA_ARCH=""; DEPS_ONLY=0; USE_APT=1; JOBS=$(nproc 2>/dev/null || echo 2)
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY=$2; shift 2;;
     --cache) CACHE=$2; shift 2;;
     --gpu) GPU=1; shift;;
+    --no-cudnn) NO_CUDNN=1; shift;;
     --cuda-arch) CUDA_ARCH=$2; shift 2;;
     --deps-only) DEPS_ONLY=1; shift;;
     --no-apt) USE_APT=0; shift;;
@@ -87,7 +88,7 @@ LIBPROTO_VER=$(dpkg-query -W -f='${Version}' libprotobuf-dev 2>/dev/null | cut -
   || die "protoc $PROTOC_VER does not match libprotobuf-dev $LIBPROTO_VER: another protoc shadows Debian's on PATH ($(command -v protoc))"
 
 # --- 3. cache key: every input of the build -----------------------------------
-key_src=$(printf '%s\n' "$CAFFE_SDIST" "$CAFFE_SDIST_SHA256" "$GPU" "$CUDA_ARCH" "$PY_VER" "$NP_MAJOR" \
+key_src=$(printf '%s\n' "$CAFFE_SDIST" "$CAFFE_SDIST_SHA256" "$GPU" "$NO_CUDNN" "$CUDA_ARCH" "$PY_VER" "$NP_MAJOR" \
   "$PROTOC_VER" "$PY_LIBDIR" "$(cat "$here/caffe/Makefile.config.in")" "$(sed -n '/^# --- 4/,$p' "$0")")
 KEY=$(printf '%s' "$key_src" | sha256sum | cut -c1-16)
 ROOT="$CACHE/caffe-$KEY"
@@ -126,6 +127,9 @@ src=${src%/}
 
 if [ "$GPU" = 1 ]; then
   CPU_LINE="# CPU_ONLY := 1"; CUDNN_LINE="USE_CUDNN := 1"
+  # Caffe 1.0's cuDNN convolution calls cudnnGetConvolutionForwardAlgorithm, removed in
+  # cuDNN 8: on cuDNN >= 8 images build with --no-cudnn (Caffe's own CUDA kernels).
+  [ "$NO_CUDNN" = 1 ] && CUDNN_LINE="# USE_CUDNN := 1"
   CUDA_DIR=${CUDA_HOME:-/usr/local/cuda}
   [ -n "$CUDA_ARCH" ] || CUDA_ARCH="-gencode arch=compute_60,code=sm_60 -gencode arch=compute_70,code=sm_70 -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=sm_86 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90"
 else
