@@ -1,0 +1,371 @@
+"""The Thermalnet networks in prototxt/ as the tools use them: paths, dataset binding, solvers.
+
+The prototxt files stay hand-written and DIGITS-ready (relative LMDB sources, a
+relative class-weights file); this module makes the copies a plain `caffe train`
+or pycaffe needs: the same network pointed at one dataset folder (materialize),
+a deploy file for another input size (deploy_for_size), and a solver whose
+iteration counts follow DIGITS' epoch arithmetic (solver_schedule, write_solver).
+
+    python -m tools.nets --counts        # parameter counts of every network
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import sys
+import tempfile
+from typing import Dict, Optional, Sequence, Tuple
+
+from dataset_builder import spec
+from dataset_builder.caffe_env import PROTOTXT_DIR, caffe_pb2
+
+Network = collections.namedtuple("Network", "net deploy base loss")
+
+# name -> all-in-one (train/val/deploy stages) and stand-alone deploy prototxt.
+NETWORKS: Dict[str, Network] = {
+    "v1_1": Network(os.path.join(PROTOTXT_DIR, "thermalnet_v1_1.prototxt"),
+                    os.path.join(PROTOTXT_DIR, "thermalnet_v1_1_deploy.prototxt"), "v1_1", "softmax"),
+    "v1_0": Network(os.path.join(PROTOTXT_DIR, "thermalnet_v1_0.prototxt"),
+                    os.path.join(PROTOTXT_DIR, "thermalnet_v1_0_deploy.prototxt"), "v1_0", "softmax"),
+    "v1_1_sigmoid": Network(os.path.join(PROTOTXT_DIR, "thermalnet_v1_1_sigmoid.prototxt"),
+                            os.path.join(PROTOTXT_DIR, "thermalnet_v1_1_sigmoid_deploy.prototxt"),
+                            "v1_1", "sigmoid"),
+}
+DEFAULT_NETWORK = spec.DEFAULT_BASE
+PAPER_NETWORK = spec.PAPER_BASE
+
+# SqueezeNet's published parameter counts minus its 1000-class conv10 (512*1000 + 1000):
+# v1.0 1,248,424 and v1.1 1,235,496 in total. Thermalnet keeps that body unchanged.
+SQUEEZENET_BODY_PARAMS = {"v1_0": 735424, "v1_1": 722496}
+SCORE_LAYER = "conv10"
+UPSAMPLE_LAYERS = ("upscore1", "upscore2")
+LOSS_MODULE = "digits_python_layers"
+
+
+def network(name: str) -> Network:
+    """Look a network up by name (v1_1, v1_0, v1_1_sigmoid) with a helpful error."""
+    try:
+        return NETWORKS[name]
+    except KeyError:
+        raise ValueError("unknown network %r (known: %s)" % (name, ", ".join(sorted(NETWORKS)))) from None
+
+
+def load_net(path: str):
+    """Parse a prototxt into a NetParameter; a bad file is a one-line error naming it."""
+    from google.protobuf import text_format
+
+    net = caffe_pb2().NetParameter()
+    try:
+        with open(path) as f:
+            text_format.Merge(f.read(), net)
+    except OSError as exc:
+        raise ValueError("%s: cannot read network (%s)" % (path, exc.strerror or exc)) from None
+    except text_format.ParseError as exc:
+        raise ValueError("%s: not a valid Caffe prototxt (%s)" % (path, str(exc).splitlines()[0])) from None
+    return net
+
+
+def _write_text(text: str, out_path: str) -> None:
+    """Write through a temporary file in the same folder, so readers never see half a file."""
+    folder = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(out_path), dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_net(net, out_path: str, header: str = "") -> None:
+    from google.protobuf import text_format
+
+    lines = "".join("# %s\n" % line for line in header.splitlines())
+    _write_text(lines + text_format.MessageToString(net), out_path)
+
+
+def num_classes(net_path: str) -> int:
+    """Q of a network: conv10's num_output (must equal spec.NUM_BINS for the kit's datasets)."""
+    for layer in load_net(net_path).layer:
+        if layer.name == SCORE_LAYER:
+            return int(layer.convolution_param.num_output)
+    raise ValueError("%s: no %s layer, so the number of thermal bins is unknown" % (net_path, SCORE_LAYER))
+
+
+def _stages(layer) -> set:
+    return {s for rule in layer.include for s in rule.stage}
+
+
+def _dataset_info(dataset_dir: str) -> dict:
+    path = os.path.join(dataset_dir, spec.DATASET_INFO_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError("%s: unreadable dataset description (%s)" % (path, exc)) from None
+
+
+def _set_input_shape(net, height: int, width: int, batch: Optional[int] = None, path: str = "") -> int:
+    """Resize every Input layer whose top is `data`; returns how many were changed."""
+    changed = 0
+    for layer in net.layer:
+        if layer.type == "Input" and "data" in layer.top:
+            if not layer.input_param.shape:
+                layer.input_param.shape.add()
+            shape = layer.input_param.shape[0]
+            old = list(shape.dim) or [1, 3, height, width]
+            n = batch if batch is not None else old[0]
+            channels = old[1] if len(old) > 1 else 3
+            shape.ClearField("dim")
+            shape.dim.extend([int(n), int(channels), int(height), int(width)])
+            changed += 1
+    return changed
+
+
+def materialize(net_path: str, dataset_dir: str, out_path: str, batch_size: Optional[int] = None,
+                val_batch_size: Optional[int] = None) -> str:
+    """Copy an all-in-one network bound to one dataset folder: absolute LMDB sources, mean
+    file and class weights, optional batch sizes, deploy Input sized like the dataset.
+
+    The shipped prototxt keeps DIGITS' relative names (DIGITS fills in its own paths);
+    `caffe train` and pycaffe need real ones, and this is the only place they are made.
+    """
+    ds = os.path.abspath(dataset_dir)
+    if not os.path.isdir(ds):
+        raise ValueError("%s: no dataset folder" % dataset_dir)
+    net = load_net(net_path)
+    info = _dataset_info(ds)
+    q = None
+    for layer in net.layer:
+        if layer.name == SCORE_LAYER:
+            q = int(layer.convolution_param.num_output)
+    if info.get("num_bins") is not None and q is not None and int(info["num_bins"]) != q:
+        raise ValueError("%s: dataset has %s thermal bins but %s scores %d (conv10 num_output)"
+                         % (os.path.join(ds, spec.DATASET_INFO_FILE), info["num_bins"], net_path, q))
+    weights = os.path.join(ds, spec.CLASS_WEIGHTS_FILE)
+    data_layers = 0
+    for layer in net.layer:
+        if layer.type == "Data":
+            data_layers += 1
+            source = layer.data_param.source
+            if not source:
+                raise ValueError("%s: Data layer %r has no source" % (net_path, layer.name))
+            resolved = source if os.path.isabs(source) else os.path.join(ds, source)
+            if not os.path.isdir(resolved):
+                raise ValueError("%s: LMDB %s (source of %s in %s) does not exist"
+                                 % (ds, resolved, layer.name, os.path.basename(net_path)))
+            layer.data_param.source = resolved
+            mean = layer.transform_param.mean_file
+            if mean:
+                mean = mean if os.path.isabs(mean) else os.path.join(ds, mean)
+                if not os.path.isfile(mean):
+                    raise ValueError("%s: mean file %s (of %s) does not exist" % (ds, mean, layer.name))
+                layer.transform_param.mean_file = mean
+            stages = _stages(layer)
+            if batch_size is not None and "train" in stages:
+                layer.data_param.batch_size = int(batch_size)
+            if val_batch_size is not None and "val" in stages:
+                layer.data_param.batch_size = int(val_batch_size)
+        elif layer.type == "Python" and layer.python_param.module == LOSS_MODULE:
+            params = json.loads(layer.python_param.param_str or "{}")
+            params["class_weights"] = weights
+            layer.python_param.param_str = json.dumps(params, sort_keys=True)
+    if data_layers == 0:
+        raise ValueError("%s: no Data layers to bind to a dataset (is it a deploy file?)" % net_path)
+    if any(layer.type == "Python" for layer in net.layer) and not os.path.isfile(weights):
+        raise ValueError("%s: class weights file missing (the loss layer needs it)" % weights)
+    if info.get("height") and info.get("width"):
+        _set_input_shape(net, int(info["height"]), int(info["width"]))
+    save_net(net, out_path, "%s bound to dataset %s by tools/nets.py materialize()"
+             % (os.path.basename(net_path), ds))
+    return out_path
+
+
+def deploy_for_size(deploy_path: str, height: int, width: int, out_path: str, batch: int = 1) -> str:
+    """Copy of a deploy (or all-in-one) file whose Input `data` is batch x 3 x height x width."""
+    if height < 1 or width < 1 or batch < 1:
+        raise ValueError("deploy_for_size: need positive sizes, got %dx%d batch %d" % (height, width, batch))
+    net = load_net(deploy_path)
+    if not _set_input_shape(net, height, width, batch):
+        raise ValueError("%s: no Input layer with top \"data\" to resize" % deploy_path)
+    save_net(net, out_path, "%s with input %dx3x%dx%d (tools/nets.py deploy_for_size)"
+             % (os.path.basename(deploy_path), batch, height, width))
+    return out_path
+
+
+def param_counts(net) -> Tuple["collections.OrderedDict[str, int]", int]:
+    """(layer -> number of parameters, total) of a caffe.Net, in layer order."""
+    counts = collections.OrderedDict()
+    for name, blobs in net.params.items():
+        counts[name] = int(sum(b.data.size for b in blobs))
+    return counts, int(sum(counts.values()))
+
+
+def count_summary(net) -> Dict[str, int]:
+    """Split the total into SqueezeNet body, conv10 scores and the bilinear upsampling."""
+    counts, total = param_counts(net)
+    conv10 = counts.get(SCORE_LAYER, 0)
+    upsample = sum(counts.get(n, 0) for n in UPSAMPLE_LAYERS)
+    return {"body": total - conv10 - upsample, "conv10": conv10, "upsample": upsample, "total": total}
+
+
+# -- Solver -------------------------------------------------------------------------------
+
+def solver_schedule(n_train: int, batch: int, epochs: float, iter_size: int = 1, n_val: int = 0,
+                    val_batch: Optional[int] = None, val_every_epochs: float = 1.0,
+                    snapshot_every_epochs: Optional[float] = None, step_percent: float = 33.0,
+                    display_per_epoch: int = 4) -> Dict[str, int]:
+    """Iteration counts from epochs, as DIGITS computes them.
+
+    iters_per_epoch = ceil(n_train / (batch * iter_size)); max_iter = iters_per_epoch * epochs;
+    test_interval = iters_per_epoch * val_every_epochs (one epoch by default, DIGITS'
+    "validation interval"); test_iter = ceil(n_val / val_batch); stepsize = step_percent % of
+    max_iter (DIGITS' "step size (% of total)", 33 by default). Paper: 1000 training pairs,
+    1000 epochs; at batch 8 that is 125 iterations per epoch, 125,000 in all.
+    """
+    if n_train < 1 or batch < 1 or iter_size < 1 or epochs <= 0:
+        raise ValueError("solver_schedule: need n_train, batch, iter_size >= 1 and epochs > 0 "
+                         "(got %r, %r, %r, %r)" % (n_train, batch, iter_size, epochs))
+    per_epoch = int(math.ceil(n_train / float(batch * iter_size)))
+    max_iter = max(1, int(math.ceil(per_epoch * epochs)))
+    out = {"iters_per_epoch": per_epoch, "max_iter": max_iter, "iter_size": int(iter_size),
+           "batch": int(batch),
+           "test_interval": max(1, int(round(per_epoch * val_every_epochs))),
+           "test_iter": 0, "stepsize": max(1, int(math.ceil(max_iter * step_percent / 100.0))),
+           "display": max(1, per_epoch // max(1, display_per_epoch))}
+    if n_val > 0:
+        out["test_iter"] = int(math.ceil(n_val / float(val_batch or batch)))
+    snap = snapshot_every_epochs if snapshot_every_epochs is not None else epochs
+    out["snapshot"] = max(1, int(round(per_epoch * snap)))
+    return out
+
+
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+LR_POLICIES = ("fixed", "step", "exp", "inv", "poly")
+
+
+def write_solver(out_path: str, net_path: str, schedule: Dict[str, int], base_lr: float,
+                 lr_policy: str = "fixed", solver_type: str = "Adam", momentum: float = 0.9,
+                 weight_decay: Optional[float] = None, snapshot_prefix: str = "snapshot",
+                 mode: str = "CPU", gamma: float = 0.1, power: float = 1.0,
+                 random_seed: Optional[int] = spec.SEED, test_initialization: bool = False) -> str:
+    """A solver.prototxt for an all-in-one net (train_state "train", test_state "val").
+
+    DIGITS' conventions: momentum 0.9 (left out for AdaGrad and RMSProp, which refuse it),
+    weight_decay = base_lr / 100 unless given, step and exp policies scaled to max_iter.
+    """
+    if solver_type not in SOLVER_TYPES:
+        raise ValueError("unknown solver type %r (known: %s)" % (solver_type, ", ".join(SOLVER_TYPES)))
+    if lr_policy not in LR_POLICIES:
+        raise ValueError("unknown lr_policy %r (known: %s)" % (lr_policy, ", ".join(LR_POLICIES)))
+    if mode not in ("CPU", "GPU"):
+        raise ValueError("mode must be CPU or GPU, got %r" % mode)
+    if not base_lr > 0:
+        raise ValueError("base_lr must be positive, got %r" % base_lr)
+    pb = caffe_pb2()
+    s = pb.SolverParameter()
+    s.net = os.path.abspath(net_path)
+    s.train_state.stage.append("train")
+    if schedule.get("test_iter", 0) > 0:
+        s.test_state.add().stage.append("val")
+        s.test_iter.append(int(schedule["test_iter"]))
+        s.test_interval = int(schedule["test_interval"])
+        s.test_initialization = bool(test_initialization)
+    else:
+        s.test_interval = int(schedule["max_iter"]) + 1   # no validation set: never test
+        s.test_initialization = False
+    s.max_iter = int(schedule["max_iter"])
+    s.iter_size = int(schedule.get("iter_size", 1))
+    s.display = int(schedule.get("display", 1))
+    s.snapshot = int(schedule.get("snapshot", schedule["max_iter"]))
+    s.snapshot_prefix = snapshot_prefix
+    s.type = solver_type
+    s.base_lr = float(base_lr)
+    s.lr_policy = lr_policy
+    if lr_policy == "step":
+        s.stepsize = int(schedule["stepsize"])
+        s.gamma = float(gamma)
+    elif lr_policy == "exp":
+        # DIGITS' "gamma per 1% of training": decay by `gamma` over every max_iter/100 iterations.
+        s.gamma = float(gamma) ** (1.0 / max(1.0, s.max_iter / 100.0))
+    elif lr_policy == "inv":
+        s.gamma, s.power = float(gamma), float(power)
+    elif lr_policy == "poly":
+        s.power = float(power)
+    if solver_type not in ("AdaGrad", "RMSProp"):   # Caffe refuses momentum for these two
+        s.momentum = float(momentum)
+    s.weight_decay = float(base_lr / 100.0 if weight_decay is None else weight_decay)
+    s.solver_mode = getattr(pb.SolverParameter, mode)
+    if random_seed is not None:
+        s.random_seed = int(random_seed)
+    from google.protobuf import text_format
+
+    _write_text("# written by tools/nets.py write_solver(); iterations: %s\n%s"
+                % (json.dumps(schedule, sort_keys=True), text_format.MessageToString(s)), out_path)
+    return out_path
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+def print_counts(names: Sequence[str], stream=sys.stdout) -> Dict[str, Dict[str, int]]:
+    """Instantiate each deploy net (random weights) and print its parameter budget."""
+    from dataset_builder.caffe_env import import_caffe
+
+    caffe = import_caffe()
+    caffe.set_mode_cpu()
+    result = {}
+    for name in names:
+        info = network(name)
+        net = caffe.Net(info.deploy, caffe.TEST)
+        summary = count_summary(net)
+        result[name] = summary
+        want = SQUEEZENET_BODY_PARAMS[info.base]
+        stream.write("%-13s body %9s (SqueezeNet %s without conv10: %s, %s)  conv10 %s  "
+                     "upsampling %s (fixed)  total %s\n"
+                     % (name, format(summary["body"], ","), info.base.replace("_", "."), format(want, ","),
+                        "match" if summary["body"] == want else "MISMATCH",
+                        format(summary["conv10"], ","), format(summary["upsample"], ","),
+                        format(summary["total"], ",")))
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.nets",
+        description="Thermalnet networks: parameter counts, binding a network to a dataset, resizing deploy.")
+    parser.add_argument("--counts", action="store_true", help="print parameter counts of the networks")
+    parser.add_argument("--net", choices=sorted(NETWORKS), action="append",
+                        help="network(s) for --counts (default: all)")
+    parser.add_argument("--materialize", nargs=2, metavar=("DATASET", "OUT"),
+                        help="write the --net network (one) bound to DATASET's LMDBs to OUT")
+    parser.add_argument("--batch-size", type=int, help="train batch size for --materialize")
+    parser.add_argument("--val-batch-size", type=int, help="val batch size for --materialize")
+    args = parser.parse_args(argv)
+    if not (args.counts or args.materialize):
+        parser.error("nothing to do: give --counts or --materialize")
+    try:
+        if args.counts:
+            print_counts(args.net or sorted(NETWORKS))
+        if args.materialize:
+            names = args.net or [DEFAULT_NETWORK]
+            if len(names) != 1:
+                parser.error("--materialize takes one --net")
+            out = materialize(network(names[0]).net, args.materialize[0], args.materialize[1],
+                              args.batch_size, args.val_batch_size)
+            print(out)
+    except ValueError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
