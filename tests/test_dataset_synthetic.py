@@ -152,3 +152,23 @@ def test_full_1100_pairs_paper_split(tmp_path, capsys):
         assert set(info["class_counts"][split]) == set(spec.OBJECT_CLASSES)
     assert sorted(info["class_counts"]["test"].values()) == [33, 33, 34]
     assert summary["count"] == 1100
+
+
+def test_demo_cli(tmp_path, capsys):
+    out = str(tmp_path / "demo")
+    assert cli_main(["demo", "--out", out, "--count", "12", "--workers", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "SYNTHETIC pairs: 12" in printed and "SYNTHETIC dataset" in printed and "11 train / 1 test" in printed
+    with open(os.path.join(out, "dataset", spec.DATASET_INFO_FILE)) as f:
+        assert json.load(f)["synthetic"] is True
+
+
+@pytest.mark.slow
+def test_bench_quick_reports_rates(capsys):
+    from dataset_builder import bench
+
+    res = bench.run(quick=True)
+    print(bench.format_results(res))
+    for k in ("img_per_s", "synthetic_pairs_per_s", "lmdb_write_pairs_per_s"):
+        assert res[k] > 0
+    assert "flir_pairs_per_s" in res or "flir_skipped" in res
