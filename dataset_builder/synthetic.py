@@ -598,7 +598,8 @@ def _clutter(rng, room: Room, w: int, h: int) -> Tuple[List[Prim], List[Tuple[fl
 
 def _camera_visible(rng, rgb: np.ndarray, lights) -> np.ndarray:
     h, w = rgb.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    yy = np.arange(h, dtype=np.float32)[:, None]
     xn, yn = xx / w - 0.5, yy / h - 0.5
     shade = 1.0 + rng.uniform(-0.3, 0.3) * xn + rng.uniform(-0.3, 0.3) * yn   # light direction
     shade *= 1.0 - rng.uniform(0.05, 0.3) * (xn * xn + yn * yn) * 2            # lens vignetting
@@ -607,12 +608,12 @@ def _camera_visible(rng, rgb: np.ndarray, lights) -> np.ndarray:
     wb = np.array([1 + rng.normal(0, 0.05), 1.0, 1 + rng.normal(0, 0.05)], dtype=np.float32)
     if rng.random() < 0.4:    # tungsten-ish light
         wb *= np.array([1.08, 1.0, 0.85], dtype=np.float32)
-    out = rgb * (shade * gain)[:, :, None] * wb
+    out = rgb * (shade * np.float32(gain))[:, :, None] * wb
     for lx, ly, strength in lights:
-        glow = np.exp(-((xx - lx) ** 2 + (yy - ly) ** 2) / (2 * (0.18 * w) ** 2)) * strength * 255
+        glow = np.exp(-((xx - lx) ** 2 + (yy - ly) ** 2) / np.float32(2 * (0.18 * w) ** 2)) * np.float32(strength * 255)
         out += glow[:, :, None] * np.array([1.0, 0.92, 0.75], dtype=np.float32)
     out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 0.9))
-    out += rng.normal(0, rng.uniform(1.0, 2.5), size=(h, w, 1)).astype(np.float32)   # luminance noise
+    out += rng.standard_normal((h, w, 1), dtype=np.float32) * np.float32(rng.uniform(1.0, 2.5))  # luminance noise
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -693,7 +694,7 @@ def _make_one(args):
     cv2.setNumThreads(1)
     visible, ir, info = render_scene(seed, index, object_class)
     sid = sample_id(index)
-    write_png(os.path.join(folder, "visible", sid + ".png"), visible, png_compression)
+    write_png(os.path.join(folder, "visible", sid + ".png"), visible, png_compression, fast=True)
     write_npy(os.path.join(folder, "ir", sid + ".npy"), ir)
     info["id"] = sid
     return info
