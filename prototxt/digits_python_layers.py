@@ -1,7 +1,8 @@
 """Thermalnet's loss (eq. 1 of Kniaz et al. 2017) as Caffe Python layers.
 
 This is the file DIGITS uploads next to a custom network ("Python layers file"),
-so it must stand alone: numpy and caffe only, nothing from the kit. Networks use
+so it must stand alone: numpy and caffe only, nothing from the kit, and plain
+Python 2.7/3 with old-numpy calls (DIGITS itself runs on Python 2). Networks use
 it as
 
     python_param { module: "digits_python_layers" layer: "WeightedSoftmaxLoss"

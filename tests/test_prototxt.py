@@ -256,3 +256,25 @@ def _copy_dataset_with_bins(root, tmp_path, bins):
     with open(info_path, "w") as f:
         json.dump(info, f)
     return info, other
+
+
+def test_counts_cli_prints_the_budget(caffe, capsys):
+    assert nets.main(["--counts"]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    for name in nets.NETWORKS:
+        assert name in out
+    assert "722,496" in out and "735,424" in out and "MISMATCH" not in out
+    with pytest.raises(SystemExit) as info:
+        nets.main(["--help"])
+    assert info.value.code == 0
+
+
+def test_materialize_cli(caffe, tiny_dataset, tmp_path, capsys):
+    root, _ = tiny_dataset
+    out = str(tmp_path / "cli.prototxt")
+    assert nets.main(["--net", "v1_0", "--materialize", root, out, "--batch-size", "3"]) == 0
+    assert capsys.readouterr().out.strip() == out
+    assert nets.load_net(out).layer[0].data_param.batch_size == 3
+    assert nets.main(["--materialize", str(tmp_path / "nowhere"), out]) == 1
+    assert "no dataset folder" in capsys.readouterr().err

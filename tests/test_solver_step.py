@@ -151,3 +151,33 @@ def test_caffe_tool_trains_with_the_python_loss(caffe, tmp_path, small_dataset):
     assert os.path.isfile(str(tmp_path / "snap_iter_2.caffemodel"))
     trained = caffe.Net(nets.network("v1_1").deploy, str(tmp_path / "snap_iter_2.caffemodel"), caffe.TEST)
     assert trained.params["conv10"][0].data.std() > 0
+
+
+@pytest.mark.parametrize("template,epochs,batch,val_batch,snapshot_epochs", [
+    ("solver_paper.prototxt", 1000, 8, 8, 100), ("solver_demo.prototxt", 40, 8, 5, 8)])
+def test_solver_templates_hold_the_documented_arithmetic(caffe, tmp_path, small_dataset, template, epochs, batch,
+                                                         val_batch, snapshot_epochs):
+    from google.protobuf import text_format
+
+    s = caffe.proto.caffe_pb2.SolverParameter()
+    with open(os.path.join(caffe_env.PROTOTXT_DIR, template)) as f:
+        text_format.Merge(f.read(), s)
+    want = nets.solver_schedule(spec.PAPER_TRAIN, batch, epochs, n_val=spec.PAPER_TEST, val_batch=val_batch,
+                                snapshot_every_epochs=snapshot_epochs)
+    assert (s.max_iter, s.test_interval, list(s.test_iter), s.snapshot) == \
+        (want["max_iter"], want["test_interval"], [want["test_iter"]], want["snapshot"])
+    if s.lr_policy == "step":
+        assert s.stepsize == want["stepsize"]
+    assert s.weight_decay == pytest.approx(s.base_lr / 100)      # DIGITS' rule
+    assert list(s.train_state.stage) == ["train"] and list(s.test_state[0].stage) == ["val"]
+    assert os.path.isfile(os.path.join(caffe_env.PROTOTXT_DIR, s.net))
+    # The template's optimiser runs: point it at a bound network and take one step.
+    s.net = nets.materialize(nets.network("v1_1").net, small_dataset, str(tmp_path / "net.prototxt"),
+                             batch_size=2, val_batch_size=2)
+    s.solver_mode = s.CPU
+    s.test_iter[0] = 1
+    path = tmp_path / "solver.prototxt"
+    path.write_text(text_format.MessageToString(s))
+    solver = caffe.get_solver(str(path))
+    solver.step(1)
+    assert np.isfinite(float(solver.net.blobs["loss"].data.flat[0]))

@@ -315,8 +315,9 @@ def write_solver(out_path: str, net_path: str, schedule: Dict[str, int], base_lr
 
 # -- CLI ------------------------------------------------------------------------------------
 
-def print_counts(names: Sequence[str], stream=sys.stdout) -> Dict[str, Dict[str, int]]:
+def print_counts(names: Sequence[str], stream=None) -> Dict[str, Dict[str, int]]:
     """Instantiate each deploy net (random weights) and print its parameter budget."""
+    stream = stream or sys.stdout
     from dataset_builder.caffe_env import import_caffe
 
     caffe = import_caffe()
