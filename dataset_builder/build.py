@@ -31,6 +31,9 @@ FITS = ("crop", "stretch", "rotate")
 MANIFEST_COLUMNS = ("id", "source", "object_class", "split", "t_min", "t_max", "vis_h", "vis_w", "ir_h", "ir_w",
                     "height", "width")
 SKIPPED_FILE = "skipped.csv"
+ALIGNMENT_FILE = "alignment.csv"     # FLIR inputs only: the tags and any refinement used per pair
+ALIGNMENT_COLUMNS = ("id", "model", "real2ir", "offset_x", "offset_y", "shift_x", "shift_y", "scale",
+                     "vis_x0", "vis_y0", "vis_x1", "vis_y1", "ir_u0", "ir_v0", "ir_u1", "ir_v1", "edge_agreement")
 _CHUNK = 8
 _MAX_WINDOW_SAMPLES = 20_000_000
 
@@ -177,6 +180,11 @@ def _load_item(it: Item, cfg: Dict, tags: Optional[Dict]):
     if it.kind == "flir":
         pair = flir.read_flir(it.path, tags=tags, refine_px=cfg["refine_px"])
         rgb, ir, units = pair.visible, pair.celsius, "degC"
+        m = pair.meta
+        on_ir = cv2.resize(rgb, (ir.shape[1], ir.shape[0]), interpolation=cv2.INTER_AREA)
+        align = [it.id, m["model"], "%.5f" % float(m["tags"]["Real2IR"]), m["tags"].get("OffsetX", 0),
+                 m["tags"].get("OffsetY", 0), m["shift"][0], m["shift"][1], "%.4f" % m["scale"]] + \
+            list(m["vis_box"]) + list(m["ir_box"]) + ["%.4f" % flir.edge_agreement(on_ir, ir)]
     else:
         rgb = read_rgb(it.path)
         irimg = read_ir(it.ir)
@@ -187,6 +195,8 @@ def _load_item(it: Item, cfg: Dict, tags: Optional[Dict]):
             raise ImageReadError(it.path, "visible %dx%d and IR %dx%d have different aspect ratios: not an "
                                           "aligned pair" % (rgb.shape[1], rgb.shape[0], ir.shape[1], ir.shape[0]))
     meta = {"vis_h": rgb.shape[0], "vis_w": rgb.shape[1], "ir_h": ir.shape[0], "ir_w": ir.shape[1]}
+    if it.kind == "flir":
+        meta["alignment"] = align
     vis, ir_n = fit_pair(rgb, ir, cfg["height"], cfg["width"], cfg["fit"])
     check_ir_values(ir_n, it.ir or it.path)
     return vis, ir_n, units, meta
@@ -391,6 +401,13 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
         wr.writerow(("file", "reason"))
         wr.writerows(skipped)
         write_text(os.path.join(tmp, SKIPPED_FILE), buf.getvalue())
+        align_rows = [loaded[it.id][2]["alignment"] for it in kept if "alignment" in loaded[it.id][2]]
+        if align_rows:
+            buf = io.StringIO()
+            wr = csv.writer(buf, lineterminator="\n")
+            wr.writerow(ALIGNMENT_COLUMNS)
+            wr.writerows(align_rows)
+            write_text(os.path.join(tmp, ALIGNMENT_FILE), buf.getvalue())
 
         present = [c for c in spec.OBJECT_CLASSES if c in cls] + sorted(set(cls) - set(spec.OBJECT_CLASSES))
         class_counts = {s: dict(Counter(cls[i] for i in idx)) for s, idx in (("train", train), ("test", test))}

@@ -339,6 +339,25 @@ def test_flir_folder_build(flir_samples, tmp_path, capsys):
     assert meta["synthetic"] is False and meta["counts"] == {"train": 2, "test": 1, "skipped": 5}
     rc = cli_main(["build", "--flir", src, "--out", str(tmp_path / "strict"), "--strict", "--quiet"])
     assert rc == 1 and not os.path.exists(str(tmp_path / "strict"))
+    with open(os.path.join(out, B.ALIGNMENT_FILE), newline="") as f:
+        align = {r["id"]: r for r in csv.DictReader(f)}
+    assert set(align) == set(rows)
+    a = align["flir_one_mug"]
+    assert (a["offset_x"], a["offset_y"], a["shift_x"], a["shift_y"]) == ("14", "-14", "0", "0")
+    assert (a["vis_x0"], a["vis_x1"], a["ir_u1"], a["ir_v1"]) == ("83", "425", "240", "320")
+
+
+def test_flir_refined_alignment(flir_samples, tmp_path):
+    """--refine-alignment moves the mug's crop to where its edges agree best, and says so."""
+    out = str(tmp_path / "ds")
+    rc = cli_main(["build", "--flir", os.path.join(flir_samples, "flir_one_mug.jpg"),
+                   os.path.join(flir_samples, "flir_b60_aqua_tower.jpg"), "--out", out,
+                   "--refine-alignment", "24", "--quiet"])
+    assert rc == 0
+    with open(os.path.join(out, B.ALIGNMENT_FILE), newline="") as f:
+        a = {r["id"]: r for r in csv.DictReader(f)}["flir_one_mug"]
+    assert (int(a["shift_x"]), int(a["shift_y"])) != (0, 0)
+    assert float(a["edge_agreement"]) > 0.45
 
 
 def test_refuses_to_replace_foreign_folder(syn_pairs, tmp_path):
