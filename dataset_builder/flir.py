@@ -132,9 +132,13 @@ def content_box(rgb: np.ndarray) -> Tuple[int, int, int, int]:
     # a border line is (almost) all dark; JPEG ringing lights a few of its pixels
     rows = np.flatnonzero(bright.mean(axis=1) > 0.05)
     cols = np.flatnonzero(bright.mean(axis=0) > 0.05)
+    h, w = rgb.shape[:2]
     if rows.size == 0 or cols.size == 0:
-        return 0, 0, rgb.shape[1], rgb.shape[0]
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+        return 0, 0, w, h
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    if box[2] - box[0] < w // 2 or box[3] - box[1] < h // 2:
+        return 0, 0, w, h       # a dark (night) photo, not a letterbox: keep it whole
+    return box
 
 
 def ir_window_inside(fp: Footprint, box: Tuple[int, int, int, int], ir_shape: Tuple[int, int]):

@@ -131,3 +131,12 @@ def test_overlay_cli(flir_samples, tmp_path, capsys):
     assert cli_main(["overlay", str(bad), "--out", str(tmp_path / "x.png")]) == 1
     err = capsys.readouterr().err
     assert str(bad) in err and "thermal only" in err and not (tmp_path / "x.png").exists()
+
+
+def test_content_box_letterbox_and_dark_photos():
+    img = np.zeros((480, 640, 3), np.uint8)
+    img[70:410, 66:574] = 120
+    assert flir.content_box(img) == (66, 70, 574, 410)
+    night = np.zeros((480, 640, 3), np.uint8)
+    night[200:260, 300:360] = 200          # one lit window in a dark scene: not a letterbox
+    assert flir.content_box(night) == (0, 0, 640, 480)
