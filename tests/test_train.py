@@ -281,3 +281,15 @@ def test_cli_help_lists_the_options():
     for opt in ("--dataset", "--net", "--solver-template", "--out", "--epochs", "--batch-size", "--base-lr",
                 "--gpu", "--resume", "--backend", "--paper-scale"):
         assert opt in out.stdout
+
+
+def test_log_and_plot_clis_on_a_real_run(full_run, tmp_path, capsys):
+    _, out = full_run
+    assert caffe_log.main([os.path.join(out, "train.log"), "--out", str(tmp_path)]) == 0
+    assert open(tmp_path / "train.csv").read() == open(os.path.join(out, "train.csv")).read()
+    from tools import plots
+    png = tmp_path / "curve.png"
+    assert plots.main([out, "--out", str(png), "--iters-per-epoch", "2"]) == 0
+    from PIL import Image
+    assert Image.open(png).size[0] > 300
+    assert plots.main([str(tmp_path / "nothing")]) == 1

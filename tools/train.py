@@ -46,7 +46,7 @@ PYCAFFE_SOLVER_FILE = "solver_pycaffe.prototxt"
 # and only falls when training works; 5x that is far outside any healthy curve.
 DIVERGE_FACTOR = 5.0
 DIVERGE_PATIENCE = 3
-# Optimiser of the demo and the default: Adam at 1e-3 (DIGITS' Adam default rate); a
+# Optimiser of the demo and the default: Adam at 1e-3 (Kingma & Ba's default rate); a
 # --solver-template or --base-lr overrides. lr_policy fixed keeps resumed runs simple.
 DEFAULT_SOLVER = {"solver_type": "Adam", "base_lr": 1e-3, "lr_policy": "fixed", "momentum": 0.9}
 DEFAULT_NET = os.path.join(PROTOTXT_DIR, "thermalnet_%s.prototxt" % spec.DEFAULT_BASE)
