@@ -156,6 +156,18 @@ class GlogWriter:
         self.f.close()
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), for the report's machine line."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 class DivergenceWatch:
     """NaN at once, or DIVERGE_PATIENCE displays in a row above DIVERGE_FACTOR x the first one."""
 
@@ -567,7 +579,7 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
     wall = time.time() - t0
     summary = dict(plan, backend=backend, resume=os.path.abspath(resume) if resume else None, status=status,
                    error=error, wall_seconds=wall, cpu_cores=os.cpu_count(), machine=platform.machine(),
-                   processor=platform.processor() or platform.machine(), gpu=gpu, **result)
+                   processor=cpu_model(), gpu=gpu, **result)
     if result.get("iterations") is not None and result.get("train_seconds"):
         done = result["iterations"] - result.get("start_iter", 0)
         summary["images_per_second"] = done * batch_size / result["train_seconds"] if done > 0 else None
