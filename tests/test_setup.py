@@ -98,3 +98,26 @@ def test_lmdb_grows_its_map(tmp_path):
     got = list(lmdb_io.read_lmdb(path))
     assert [k for k, _ in got] == ["%09d" % i for i in range(40)]
     assert all(int(a[0, 0, 0]) == i for i, (_, a) in enumerate(got))
+
+
+def test_crop_layer_forward_backward_match_numpy(caffe, tmp_path):
+    """The kit patches this Caffe's Crop (one copy per row, tools/caffe/patches): still exact."""
+    net_txt = """force_backward: true
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 11 dim: 13 } } }
+layer { name: "ref" type: "Input" top: "ref" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 7 } } }
+layer { name: "crop" type: "Crop" bottom: "x" bottom: "ref" top: "y" crop_param { axis: 2 offset: 3 offset: 2 } }
+"""
+    path = tmp_path / "crop.prototxt"
+    path.write_text(net_txt)
+    net = caffe.Net(str(path), caffe.TEST)
+    rng = np.random.RandomState(3)
+    x = rng.randn(2, 3, 11, 13).astype(np.float32)
+    net.blobs["x"].data[...] = x
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["y"].data, x[:, :, 3:9, 2:9])
+    g = rng.randn(2, 3, 6, 7).astype(np.float32)
+    net.blobs["y"].diff[...] = g
+    net.backward()
+    want = np.zeros_like(x)
+    want[:, :, 3:9, 2:9] = g
+    np.testing.assert_array_equal(net.blobs["x"].diff, want)

@@ -15,7 +15,7 @@ CAFFE_SDIST_SHA256="c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315
 APT_PACKAGES=(build-essential pkg-config libprotobuf-dev protobuf-compiler
   libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-regex-dev
   libboost-python-dev libopenblas-dev libhdf5-dev liblmdb-dev libgoogle-glog-dev
-  libgflags-dev libimage-exiftool-perl)
+  libgflags-dev libimage-exiftool-perl patch)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}
@@ -89,7 +89,7 @@ LIBPROTO_VER=$(dpkg-query -W -f='${Version}' libprotobuf-dev 2>/dev/null | cut -
 
 # --- 3. cache key: every input of the build -----------------------------------
 key_src=$(printf '%s\n' "$CAFFE_SDIST" "$CAFFE_SDIST_SHA256" "$GPU" "$NO_CUDNN" "$CUDA_ARCH" "$PY_VER" "$NP_MAJOR" \
-  "$PROTOC_VER" "$PY_LIBDIR" "$(cat "$here/caffe/Makefile.config.in")" "$(sed -n '/^# --- 4/,$p' "$0")")
+  "$PROTOC_VER" "$PY_LIBDIR" "$(cat "$here/caffe/Makefile.config.in" "$here"/caffe/patches/*.patch)" "$(sed -n '/^# --- 4/,$p' "$0")")
 KEY=$(printf '%s' "$key_src" | sha256sum | cut -c1-16)
 ROOT="$CACHE/caffe-$KEY"
 if [ -f "$ROOT/.thermalnet-complete" ]; then
@@ -124,6 +124,10 @@ tarball=$(ls "$WORK"/sdist/*.tar.gz)
 echo "$CAFFE_SDIST_SHA256  $tarball" | sha256sum -c --quiet >>"$LOG" 2>&1 || fail "checksum of $tarball"
 tar xzf "$tarball" -C "$WORK" && src=$(ls -d "$WORK"/brocolli-caffe-*/) || fail "unpacking"
 src=${src%/}
+# The kit's fixes to the source (tools/caffe/patches, each one explained in its header).
+for p in "$here"/caffe/patches/*.patch; do
+  patch -d "$src" -p1 --forward --quiet < "$p" >>"$LOG" 2>&1 || fail "applying $(basename "$p")"
+done
 
 if [ "$GPU" = 1 ]; then
   CPU_LINE="# CPU_ONLY := 1"; CUDNN_LINE="USE_CUDNN := 1"
