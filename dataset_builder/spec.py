@@ -87,25 +87,78 @@ def bin_centers(num_bins: int = NUM_BINS) -> np.ndarray:
     return (np.arange(num_bins) + 0.5) * width - 0.5
 
 
-def decode(probs: np.ndarray, method: str = "expectation", temperature: float = ANNEAL_T) -> np.ndarray:
+DECODINGS = ("mmse", "expectation", "argmax", "annealed")
+
+
+def unweight(probs: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
+    """q(y|x) of a net trained with eq. 1's weights v -> p(y|x) = (q / v) / sum over Q of (q / v).
+
+    Weighted cross-entropy is minimised by q proportional to v(y) p(y|x), not by p itself,
+    so a rebalanced net's softmax leans towards the rare (up-weighted) bins.
+    """
+    w = np.asarray(class_weights, dtype=np.float64).reshape((-1, 1, 1))
+    if w.shape[0] != np.shape(probs)[-3]:
+        raise ValueError("%d class weights for %d bins" % (w.shape[0], np.shape(probs)[-3]))
+    p = np.asarray(probs, dtype=np.float64) / np.maximum(w, 1e-12)
+    return p / np.maximum(p.sum(axis=-3, keepdims=True), 1e-300)
+
+
+def decode(probs: np.ndarray, method: str = "expectation", temperature: float = ANNEAL_T,
+           class_weights: np.ndarray = None) -> np.ndarray:
     """Per-pixel class probabilities (..., Q, H, W) -> brightness (..., H, W).
 
     argmax: centre of the likeliest bin; expectation: mean under the distribution;
-    annealed: mean of the distribution sharpened by 1/T (Zhang et al.), between the two.
+    annealed: mean of the distribution sharpened by 1/T (Zhang et al.), between the two;
+    mmse: mean of the distribution with eq. 1's class weights divided out (unweight), the
+    minimum-RMS estimate for a net trained with rebalancing (needs class_weights).
     """
     probs = np.asarray(probs, dtype=np.float64)
     q = probs.shape[-3]
     centers = bin_centers(q).reshape((q, 1, 1))
-    if method == "argmax":
+    if method == "mmse":
+        if class_weights is None:
+            raise ValueError("the mmse decoding needs the training class weights (%s)" % CLASS_WEIGHTS_FILE)
+        probs = unweight(probs, class_weights)
+    elif method == "argmax":
         return centers[np.argmax(probs, axis=-3), 0, 0]
-    if method == "annealed":
+    elif method == "annealed":
         logp = np.log(np.clip(probs, 1e-12, None)) / temperature
         logp -= logp.max(axis=-3, keepdims=True)
         probs = np.exp(logp)
         probs /= probs.sum(axis=-3, keepdims=True)
     elif method != "expectation":
-        raise ValueError("unknown decoding %r (argmax, expectation, annealed)" % method)
+        raise ValueError("unknown decoding %r (%s)" % (method, ", ".join(DECODINGS)))
     return (probs * centers).sum(axis=-3)
+
+
+def read_dataset_info(dataset_dir: str) -> dict:
+    """dataset.json of a dataset folder -> dict, with the keys every consumer relies on checked."""
+    import json
+    import os
+    path = os.path.join(dataset_dir, DATASET_INFO_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("%s: missing, not a dataset folder built by dataset_builder" % path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except ValueError as exc:
+        raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from None
+    for key in ("num_bins", "height", "width"):
+        if key not in info:
+            raise ValueError("%s: missing %r" % (path, key))
+    return info
+
+
+def read_class_weights(dataset_dir: str, num_bins: int = NUM_BINS) -> np.ndarray:
+    """v(Y) of a dataset folder (class_weights.txt), checked: Q finite positive values."""
+    import os
+    path = os.path.join(dataset_dir, CLASS_WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("%s: missing (written by the dataset builder)" % path)
+    w = np.loadtxt(path, dtype=np.float64).ravel()
+    if w.size != num_bins or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError("%s: need %d positive weights, got %d values" % (path, num_bins, w.size))
+    return w
 
 
 def class_prior(labels: np.ndarray, num_bins: int = NUM_BINS) -> np.ndarray:

@@ -183,14 +183,7 @@ class DatasetFacts:
         """
         from dataset_builder.lmdb_io import lmdb_count, read_lmdb
 
-        info_path = os.path.join(root, spec.DATASET_INFO_FILE)
-        if not os.path.isfile(info_path):
-            raise FileNotFoundError("%s: no dataset.json (not a dataset folder built by dataset_builder)" % info_path)
-        with open(info_path) as f:
-            try:
-                info = json.load(f)
-            except ValueError as exc:
-                raise ValueError("%s: not JSON (%s)" % (info_path, exc))
+        info = spec.read_dataset_info(root)
         feats = os.path.join(root, spec.TRAIN_DB, spec.FEATURES)
         if not os.path.isdir(feats):
             raise FileNotFoundError("%s: missing training features LMDB" % feats)
@@ -200,7 +193,7 @@ class DatasetFacts:
         c, h, w = first[1].shape
         if (h, w) != (int(info.get("height", h)), int(info.get("width", w))):
             raise ValueError("%s says %sx%s but %s holds %dx%d Datums"
-                             % (info_path, info.get("height"), info.get("width"), feats, h, w))
+                             % (os.path.join(root, spec.DATASET_INFO_FILE), info.get("height"), info.get("width"), feats, h, w))
         srv = server_root or os.path.abspath(root)
         path = lambda *p: os.path.join(srv, *p)   # noqa: E731
         have = lambda *p: os.path.exists(os.path.join(root, *p))   # noqa: E731

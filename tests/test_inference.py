@@ -304,6 +304,6 @@ def test_augment_takes_mean_and_window_from_the_dataset(tiny_net, tiny_dataset, 
                                rtol=1e-5, atol=1e-4)
     info = tmp_path / "ds"
     info.mkdir()
-    (info / spec.DATASET_INFO_FILE).write_text('{"window_mode": "image", "window": null}')
+    (info / spec.DATASET_INFO_FILE).write_text('{"num_bins": 32, "height": 120, "width": 160, "window_mode": "image", "window": null}')
     with pytest.raises(ValueError, match="--window"):
         augment.window_from_dataset(str(info))

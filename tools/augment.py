@@ -13,7 +13,6 @@ distinct names in every shard. Unreadable images are reported on one line and sk
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -134,11 +133,7 @@ def select_shard(items: Sequence, index: int, count: int) -> list:
 def window_from_dataset(dataset_dir: str) -> Tuple[float, float]:
     """The brightness window [tmin, tmax] (degC) recorded in a dataset's dataset.json."""
     path = os.path.join(dataset_dir, spec.DATASET_INFO_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ValueError("%s: cannot read the dataset info (%s)" % (path, exc)) from exc
+    info = spec.read_dataset_info(dataset_dir)
     window = info.get("window")
     if not window or len(window) != 2:
         raise ValueError("%s: no single brightness window (window_mode %r); pass --window TMIN TMAX"
@@ -190,7 +185,8 @@ def _chunks(seq: Sequence, n: int) -> Iterable[Sequence]:
 
 def run_augment(predictor, inputs: Sequence[Tuple[str, str]], out_dir: str, shard: Tuple[int, int] = (0, 1),
                 decoding: str = "expectation", temperature: float = spec.ANNEAL_T, window=None,
-                palette: bool = False, size=None, progress: bool = True, log=None) -> dict:
+                palette: bool = False, size=None, progress: bool = True, log=None,
+                class_weights=None) -> dict:
     """Predict and write every image of this shard; return a summary dict.
 
     inputs: the FULL sorted list from list_inputs (names are fixed on it before sharding).
@@ -215,7 +211,8 @@ def run_augment(predictor, inputs: Sequence[Tuple[str, str]], out_dir: str, shar
                 log("skipped %s: %s" % (path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
                 skipped.append(path)
         if images:
-            for rel, b in zip(names, predictor.predict_brightness(images, decoding, temperature)):
+            for rel, b in zip(names, predictor.predict_brightness(images, decoding, temperature,
+                                                                           class_weights)):
                 write_outputs(out_dir, stems[rel], b, window=window, palette=palette)
                 written += 1
         bar.update(len(chunk))
@@ -237,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="folder of images (searched recursively) or a text file list")
     p.add_argument("--out", required=True, help="output folder (input sub-folders are mirrored)")
     p.add_argument("--backend", choices=("pycaffe", "opencv"), default="pycaffe")
-    p.add_argument("--decoding", choices=("expectation", "argmax", "annealed"), default="expectation")
+    p.add_argument("--decoding", choices=spec.DECODINGS,
+                   help="mmse (default with --dataset: eq. 1's class weights divided out, the minimum-RMS "
+                        "estimate), expectation (default without), argmax, annealed")
     p.add_argument("--temperature", type=float, default=spec.ANNEAL_T, help="annealed-mean temperature")
     p.add_argument("--celsius", action="store_true", help="also write degC arrays (.npy float32)")
     p.add_argument("--window", nargs=2, type=float, metavar=("TMIN", "TMAX"),
@@ -267,13 +266,19 @@ def main(argv=None) -> int:
                 raise ValueError("--celsius needs --window TMIN TMAX or --dataset DS")
             if not window[1] > window[0]:
                 raise ValueError("--window needs TMAX > TMIN, got %g %g" % window)
+        decoding = args.decoding or ("mmse" if args.dataset else "expectation")
+        weights = None
+        if decoding == "mmse":
+            if not args.dataset:
+                raise ValueError("--decoding mmse needs --dataset DS (its class_weights.txt)")
+            weights = spec.read_class_weights(args.dataset, int(spec.read_dataset_info(args.dataset)["num_bins"]))
         inputs = list_inputs(args.input)
         if not inputs:
             raise ValueError("%s: no images found" % args.input)
         from tools.inference import Predictor
         predictor = Predictor(args.deploy, args.model, mean_file=mean, backend=args.backend,
                               batch_size=args.batch_size, gpu=args.gpu)
-        summary = run_augment(predictor, inputs, args.out, shard=shard, decoding=args.decoding,
+        summary = run_augment(predictor, inputs, args.out, shard=shard, decoding=decoding, class_weights=weights,
                               temperature=args.temperature, window=window, palette=args.palette,
                               size=tuple(args.size) if args.size else None, progress=not args.quiet)
     except (OSError, ValueError, RuntimeError) as exc:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from typing import Dict, List, Optional
 
@@ -32,20 +31,7 @@ BASELINE_LABELS = {
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)   # R, G, B (ITU-R BT.601)
 
 
-def read_dataset_info(dataset: str) -> Dict:
-    """dataset.json -> dict (num_bins, height, width, window, synthetic, ...)."""
-    path = os.path.join(dataset, spec.DATASET_INFO_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError("%s: no %s, not a dataset built by dataset_builder" % (path, spec.DATASET_INFO_FILE))
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from exc
-    for key in ("num_bins", "height", "width"):
-        if key not in info:
-            raise ValueError("%s: missing %r" % (path, key))
-    return info
+read_dataset_info = spec.read_dataset_info
 
 
 def read_manifest(dataset: str, split: Optional[str] = "test") -> List[Dict]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -41,37 +40,15 @@ REFERENCE_ROWS = bl.BASELINES + ("quantised_gt",)
 OVERALL = "overall"
 
 
-# "mmse": the loss of eq. 1 weights each bin by v(q), and weighted cross-entropy is
-# minimised by a softmax q(y|x) proportional to v(y) p(y|x), not by p(y|x). Dividing by
-# v and renormalising recovers p; its mean is the minimum-RMS brightness (eq. 2's
-# metric). The plain "expectation" of q is pulled towards rare (reweighted-up) bins.
-DECODINGS = ("mmse", "expectation", "argmax", "annealed")
-
-
-def unweight(probs: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
-    """q(y|x) of a net trained with per-class weights v -> p(y|x) = (q / v) / sum (q / v) over the Q axis."""
-    w = np.asarray(class_weights, dtype=np.float64).reshape((-1, 1, 1))
-    p = np.asarray(probs, dtype=np.float64) / np.maximum(w, 1e-12)
-    return p / np.maximum(p.sum(axis=-3, keepdims=True), 1e-300)
+# Default "mmse" (spec.decode): eq. 1's rebalancing divided out, then the mean, the
+# minimum-RMS estimate; plain "expectation" is pulled towards the up-weighted rare bins.
+DECODINGS = spec.DECODINGS
+unweight = spec.unweight
 
 
 def decode_batch(predictor, images, decoding: str, class_weights: Optional[np.ndarray]) -> List[np.ndarray]:
     """Brightness images for one batch with any of DECODINGS."""
-    if decoding not in DECODINGS:
-        raise ValueError("unknown decoding %r (choose from %s)" % (decoding, ", ".join(DECODINGS)))
-    if decoding != "mmse":
-        return predictor.predict_brightness(images, decoding)
-    return [spec.decode(unweight(q, class_weights), "expectation") for q in predictor.predict_probs(images)]
-
-
-def read_class_weights(dataset: str, num_bins: int) -> np.ndarray:
-    path = os.path.join(dataset, spec.CLASS_WEIGHTS_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError("%s: missing (the mmse decoding needs the training class weights)" % path)
-    w = np.loadtxt(path, dtype=np.float64).ravel()
-    if w.size != num_bins or not np.all(np.isfinite(w)) or np.any(w <= 0):
-        raise ValueError("%s: need %d positive weights, got %d values" % (path, num_bins, w.size))
-    return w
+    return predictor.predict_brightness(images, decoding, class_weights=class_weights)
 
 
 def class_label(name: str) -> str:
@@ -191,7 +168,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     t0 = time.time()
     predictor = Predictor(deploy, model, mean_file=mean_file, backend=backend, batch_size=batch_size, gpu=gpu)
     base = bl.Baselines(dataset)
-    weights = read_class_weights(dataset, int(info["num_bins"])) if decoding == "mmse" else None
+    weights = spec.read_class_weights(dataset, int(info["num_bins"])) if decoding == "mmse" else None
 
     from tools import gatys
     pp_reason = gatys.unavailable_reason(vgg_weights)

@@ -15,17 +15,16 @@ and images are grouped by size so a batch is always one size.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from dataset_builder import spec
+from dataset_builder.caffe_env import use_device
 
 BACKENDS = ("pycaffe", "opencv")
-DECODINGS = ("expectation", "argmax", "annealed")
+DECODINGS = spec.DECODINGS
 OUTPUT_BLOB = "prob"
 INPUT_BLOB = "data"
 
@@ -92,27 +91,11 @@ class _MeanCache:
         return self.cache[key]
 
 
-def check_gpu_available(gpu: int) -> None:
-    """Probe GPU mode in a child process: a CPU_ONLY Caffe aborts the process on set_device."""
-    code = ("from dataset_builder.caffe_env import import_caffe\n"
-            "c = import_caffe(); c.set_mode_gpu(); c.set_device(%d)\n" % int(gpu))
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError("GPU %d is not usable by this Caffe (a CPU_ONLY build, or no such device); "
-                           "drop --gpu to run on the CPU" % gpu)
 
 
 class _PycaffeBackend:
     def __init__(self, deploy: str, weights: str, gpu: Optional[int]):
-        from dataset_builder.caffe_env import import_caffe
-        caffe = import_caffe()
-        if gpu is not None:
-            check_gpu_available(gpu)
-            caffe.set_mode_gpu()
-            caffe.set_device(int(gpu))
-        else:
-            caffe.set_mode_cpu()
+        caffe = use_device(gpu)
         # The (prototxt, weights, phase) form exists in every pycaffe from 1.0-rc3 on.
         self.net = caffe.Net(deploy, weights, caffe.TEST)
         inputs = list(self.net.inputs)
@@ -214,11 +197,13 @@ class Predictor:
         return results  # type: ignore[return-value]
 
     def predict_brightness(self, images: Sequence[np.ndarray], decoding: str = "expectation",
-                           temperature: float = spec.ANNEAL_T) -> List[np.ndarray]:
-        """Per-image HxW brightness 0..255 (float), decoded with spec.decode."""
+                           temperature: float = spec.ANNEAL_T,
+                           class_weights: Optional[np.ndarray] = None) -> List[np.ndarray]:
+        """Per-image HxW brightness 0..255 (float), decoded with spec.decode
+        ("mmse" needs the training class weights, spec.read_class_weights)."""
         if decoding not in DECODINGS:
             raise ValueError("unknown decoding %r (choose from %s)" % (decoding, ", ".join(DECODINGS)))
-        return [spec.decode(p, decoding, temperature) for p in self.predict_probs(images)]
+        return [spec.decode(p, decoding, temperature, class_weights) for p in self.predict_probs(images)]
 
 
 def random_caffemodel(deploy_prototxt: str, out_path: str, seed: int = 0, logit_std: float = 4.0) -> str:

@@ -1,0 +1,97 @@
+"""spec.py: the numbers every part of the kit shares (bins, windows, decoding, v(Y), eq. 2)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dataset_builder import spec
+
+
+def test_window_and_bins_round_trip():
+    t = np.linspace(10, 50, 401)
+    b = spec.to_brightness(t, 15.0, 45.0)
+    assert b.min() == 0 and b.max() == 255
+    inside = (t >= 15) & (t <= 45)
+    np.testing.assert_allclose(spec.to_celsius(b[inside], 15.0, 45.0), t[inside])
+    bins = spec.brightness_to_bins(b)
+    assert bins.dtype == np.uint8 and bins.min() == 0 and bins.max() == spec.NUM_BINS - 1
+    # decoding a one-hot bin gives a brightness that falls back into the same bin
+    centers = spec.bin_centers()
+    np.testing.assert_array_equal(spec.brightness_to_bins(centers), np.arange(spec.NUM_BINS))
+    # on 8-bit levels (how IR images are stored) a bin centre is at most 3.5 levels off
+    levels = np.arange(256)
+    assert np.abs(centers[spec.brightness_to_bins(levels)] - levels).max() == spec.BIN_WIDTH / 2 - 0.5
+    assert np.abs(centers[bins] - b).max() <= spec.BIN_WIDTH / 2 + 0.5
+    with pytest.raises(ValueError, match="t_max > t_min"):
+        spec.to_brightness(t, 30.0, 30.0)
+
+
+def _random_probs(rng, q=spec.NUM_BINS, h=3, w=4):
+    logits = rng.randn(q, h, w) * 3
+    p = np.exp(logits - logits.max(0))
+    return p / p.sum(0)
+
+
+def test_decodings():
+    rng = np.random.RandomState(0)
+    p = _random_probs(rng)
+    c = spec.bin_centers()
+    np.testing.assert_allclose(spec.decode(p, "expectation"), np.einsum("q,qhw->hw", c, p))
+    np.testing.assert_array_equal(spec.decode(p, "argmax"), c[p.argmax(0)])
+    ann = spec.decode(p, "annealed", temperature=1.0)
+    np.testing.assert_allclose(ann, spec.decode(p, "expectation"))
+    sharp = spec.decode(p, "annealed", temperature=1e-3)
+    np.testing.assert_allclose(sharp, spec.decode(p, "argmax"), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown decoding"):
+        spec.decode(p, "median")
+
+
+def test_mmse_divides_out_the_class_weights():
+    rng = np.random.RandomState(1)
+    p = _random_probs(rng)
+    w = rng.uniform(0.2, 5.0, spec.NUM_BINS)
+    q = p * w[:, None, None]
+    q /= q.sum(0)                     # what a net trained with weights w outputs
+    np.testing.assert_allclose(spec.decode(q, "mmse", class_weights=w), spec.decode(p, "expectation"))
+    np.testing.assert_allclose(spec.decode(p, "mmse", class_weights=np.ones(spec.NUM_BINS)),
+                               spec.decode(p, "expectation"))
+    with pytest.raises(ValueError, match="class weights"):
+        spec.decode(p, "mmse")
+    with pytest.raises(ValueError, match="3 class weights for 32 bins"):
+        spec.decode(p, "mmse", class_weights=np.ones(3))
+
+
+def test_rebalance_weights_expectation_is_one():
+    prior = spec.class_prior(np.array([0, 0, 0, 1, 2, 2, 31]), spec.NUM_BINS)
+    w = spec.rebalance_weights(prior)
+    assert np.isclose((prior * w).sum(), 1.0)
+    assert w[5] > w[2] > w[0]          # unseen bins weigh most, the commonest least
+    np.testing.assert_allclose(spec.rebalance_weights(np.full(8, 1 / 8.0)), np.ones(8))
+    with pytest.raises(ValueError):
+        spec.class_prior(np.array([], dtype=np.uint8))
+
+
+def test_rms_is_eq_2():
+    y = np.array([[0.0, 10.0], [20.0, 30.0]])
+    assert spec.rms(y, y + 3) == pytest.approx(3.0)
+    assert spec.rms(y, np.zeros_like(y)) == pytest.approx(np.sqrt((0 + 100 + 400 + 900) / 4.0))
+    with pytest.raises(ValueError, match="equal shapes"):
+        spec.rms(y, y[:1])
+
+
+def test_dataset_readers_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset.json"):
+        spec.read_dataset_info(str(tmp_path))
+    (tmp_path / spec.DATASET_INFO_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        spec.read_dataset_info(str(tmp_path))
+    (tmp_path / spec.DATASET_INFO_FILE).write_text(json.dumps({"num_bins": 32, "height": 120}))
+    with pytest.raises(ValueError, match="missing 'width'"):
+        spec.read_dataset_info(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="class_weights.txt"):
+        spec.read_class_weights(str(tmp_path))
+    np.savetxt(str(tmp_path / spec.CLASS_WEIGHTS_FILE), np.ones(5))
+    with pytest.raises(ValueError, match="need 32 positive weights, got 5"):
+        spec.read_class_weights(str(tmp_path))
