@@ -71,3 +71,26 @@ def python_layer_env() -> dict:
     env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("GLOG_minloglevel", "0")
     return env
+
+
+def check_gpu_available(gpu: int) -> None:
+    """Probe GPU mode in a child process: a CPU_ONLY Caffe aborts the whole process on set_device."""
+    import subprocess
+    code = ("from dataset_builder.caffe_env import import_caffe\n"
+            "c = import_caffe(); c.set_mode_gpu(); c.set_device(%d)\n" % int(gpu))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("GPU %d is not usable by this Caffe (a CPU_ONLY build, or no such device); "
+                           "drop --gpu to run on the CPU" % gpu)
+
+
+def use_device(gpu=None):
+    """Import Caffe and select the CPU (gpu=None) or GPU `gpu`, probed first; returns the module."""
+    caffe = import_caffe()
+    if gpu is None:
+        caffe.set_mode_cpu()
+    else:
+        check_gpu_available(gpu)
+        caffe.set_mode_gpu()
+        caffe.set_device(int(gpu))
+    return caffe

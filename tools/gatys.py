@@ -100,15 +100,8 @@ class StyleReconstructor:
             raise FileNotFoundError(reason)
         if not os.path.isfile(prototxt):
             raise FileNotFoundError("%s: no such VGG-16 prototxt" % prototxt)
-        from dataset_builder.caffe_env import import_caffe
-        caffe = import_caffe()
-        if gpu is not None:
-            from tools.inference import check_gpu_available
-            check_gpu_available(gpu)
-            caffe.set_mode_gpu()
-            caffe.set_device(int(gpu))
-        else:
-            caffe.set_mode_cpu()
+        from dataset_builder.caffe_env import use_device
+        caffe = use_device(gpu)
         self.net = caffe.Net(prototxt, vgg_weights, caffe.TEST)
         self.content_layer = content_layer
         self.style_layers = tuple(style_layers)

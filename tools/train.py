@@ -294,15 +294,8 @@ def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optio
                   progress: bool, watch: DivergenceWatch) -> Dict:
     """The training loop itself; runs in the child process of _train_pycaffe."""
     from tqdm import tqdm
-    from dataset_builder.caffe_env import import_caffe
-    caffe = import_caffe()
-    if gpu is not None:
-        from tools.inference import check_gpu_available
-        check_gpu_available(gpu)
-        caffe.set_mode_gpu()
-        caffe.set_device(int(gpu))
-    else:
-        caffe.set_mode_cpu()
+    from dataset_builder.caffe_env import use_device
+    caffe = use_device(gpu)
     sp = _solver_param(plan["solver"])
     solver_file = _pycaffe_solver_file(plan)
     log("Initializing solver from parameters: %s (pycaffe loop, solver %s)" % (plan["solver"], solver_file))
