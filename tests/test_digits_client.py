@@ -89,8 +89,9 @@ def test_run_flow_creates_trains_fetches_and_evaluates(standin, dataset, caffe, 
     info = json.load(open(files["info"]))
     assert info["snapshot file"] == os.path.basename(files["caffemodel"])
     assert "not trained" in open(files["log"]).read().lower() or "NOT trained" in open(files["log"]).read()
-    # per-epoch iterations: ceil(6 / 8) = 1 -> 3 epochs = 3 iterations
-    assert os.path.basename(files["caffemodel"]) == "snapshot_iter_3.caffemodel"
+    # DIGITS: max_iter = ceil(N_train / batch) * epochs, with the job's batch and the 6 train pairs
+    batch = int(json.load(open(os.path.join(jd.JOBS_DIR, "model_demo.json")))["form"]["batch_size"])
+    assert os.path.basename(files["caffemodel"]) == "snapshot_iter_%d.caffemodel" % (-(-6 // batch) * 3)
     ev = s["evaluation"]
     assert ev["n_test"] == 4
     assert os.path.isfile(os.path.join(out, "eval", "eval.json"))

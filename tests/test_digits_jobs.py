@@ -116,3 +116,19 @@ def test_archive_round_trip(tmp_path):
     assert set(names) == {"info.json", "original.prototxt", "snap_iter_5.caffemodel", v.PYTHON_LAYER_FILE}
     assert info["snapshot file"] == "snap_iter_5.caffemodel" and info["model file"] == "original.prototxt"
     assert info["name"] == "thermalnet-kit-r1" and info["framework"] == "caffe"
+
+
+def test_paper_job_matches_the_paper_solver_template():
+    """The DIGITS paper job and prototxt/solver_paper.prototxt make the same assumption."""
+    import json
+    import re
+    job = json.load(open(os.path.join(jd.JOBS_DIR, "model_paper.json")))["form"]
+    solver = open(os.path.join(os.path.dirname(jd.JOBS_DIR), "..", "prototxt", "solver_paper.prototxt")).read()
+    field = lambda name: re.search(r"^%s:\s*\"?([^\"\n]+)" % name, solver, re.M).group(1)  # noqa: E731
+    assert job["solver_type"] == field("type")
+    assert float(job["learning_rate"]) == float(field("base_lr"))
+    assert job["lr_policy"] == field("lr_policy")
+    assert float(job["lr_step_gamma"]) == float(field("gamma"))
+    max_iter, stepsize = int(field("max_iter")), int(field("stepsize"))
+    assert stepsize == -(-max_iter * job["lr_step_size"] // 100)
+    assert job["train_epochs"] == 1000 and int(job["batch_size"]) * int(field("test_interval")) == 1000
