@@ -37,6 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from dataset_builder import spec
+from dataset_builder.atomic import replace_dir
 from digits_jobs import jobdefs as jd
 
 DEFAULT_URL = "http://localhost:5000"
@@ -436,9 +437,7 @@ def unpack_model_archive(blob: bytes, out_dir: str, where: str = "archive") -> D
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 with tf.extractfile(m) as src, open(dest, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)   # atomic swap (dataset_builder.atomic)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -544,9 +543,7 @@ def export_image_folders(dataset_dir: str, out_dir: str, progress: bool = True) 
                 bar.update(1)
             bar.close()
             counts[split] = n
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)   # atomic swap (dataset_builder.atomic)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

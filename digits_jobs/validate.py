@@ -55,6 +55,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dataset_builder import spec
+from dataset_builder.atomic import replace_dir
 from dataset_builder.caffe_env import PROTOTXT_DIR, caffe_pb2
 
 # File names in a DIGITS model job folder (digits/model/tasks/caffe_train.py).
@@ -653,9 +654,7 @@ def write_job_dir(files: DigitsFiles, out_dir: str, python_layer_file: Optional[
                 f.write(text)
         if python_layer_file:
             shutil.copyfile(python_layer_file, os.path.join(tmp, PYTHON_LAYER_FILE))
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)   # atomic swap (dataset_builder.atomic)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
