@@ -19,7 +19,7 @@ APT_PACKAGES=(build-essential pkg-config libprotobuf-dev protobuf-compiler
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}
-CACHE=${THERMALNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/thermalnet}
+CACHE=${THERMALNET_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/thermalnet}
 GPU=0; NO_CUDNN=0; CUDA_ARCH=""; DEPS_ONLY=0; USE_APT=1; JOBS=$(nproc 2>/dev/null || echo 2)
 while [ $# -gt 0 ]; do
   case "$1" in
