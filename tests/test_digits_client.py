@@ -297,15 +297,20 @@ def test_upload_and_import_keep_the_weights(standin, trained, dataset, caffe, tm
             np.testing.assert_array_equal(pa.data, pb.data)
 
 
-def test_archive_without_info_json_is_refused(standin):
-    c = make_client(standin.url)
+def _targz(name: str, data: bytes) -> bytes:
+    """A .tar.gz holding one member `name` (hand-made archives for the refusal tests)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        ti = tarfile.TarInfo("model.caffemodel")
-        ti.size = 3
-        tf.addfile(ti, io.BytesIO(b"abc"))
+        ti = tarfile.TarInfo(name)
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_archive_without_info_json_is_refused(standin):
+    c = make_client(standin.url)
     with pytest.raises(C.DigitsHTTPError, match="Missing or Incorrect json file"):
-        c.upload_archive(buf.getvalue())
+        c.upload_archive(_targz("model.caffemodel", b"abc"))
 
 
 def test_image_processing_export_matches_the_kits_lmdbs(standin, dataset, tmp_path):
@@ -330,13 +335,8 @@ def test_image_processing_export_matches_the_kits_lmdbs(standin, dataset, tmp_pa
 
 
 def test_unpack_refuses_escaping_members(tmp_path):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        ti = tarfile.TarInfo("../evil.txt")
-        ti.size = 1
-        tf.addfile(ti, io.BytesIO(b"x"))
     with pytest.raises(C.DigitsError, match="refusing archive member"):
-        C.unpack_model_archive(buf.getvalue(), str(tmp_path / "m"))
+        C.unpack_model_archive(_targz("../evil.txt", b"x"), str(tmp_path / "m"))
     assert not os.path.exists(str(tmp_path / "m")) and not os.path.exists(str(tmp_path / "evil.txt"))
 
 

@@ -51,6 +51,17 @@ def _run(net, scores, labels):
     return loss, net.blobs["scores"].diff.copy()
 
 
+
+def _assert_finite_differences(net, scores, labels, grad, count, seed, eps=1e-2):
+    """Central differences of the loss at `count` random score entries equal the layer's gradient."""
+    for flat in np.random.RandomState(seed).choice(scores.size, count, replace=False):
+        idx = np.unravel_index(flat, scores.shape)
+        plus, minus = scores.copy(), scores.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        fd = (_run(net, plus, labels)[0] - _run(net, minus, labels)[0]) / (2 * eps)
+        assert fd == pytest.approx(grad[idx], abs=2e-4), idx
+
 def eq1_numpy(scores, labels, weights, ignore_label=None):
     """Reference: L = -(1/#valid) sum v(y) log softmax(s)_y and its gradient, in float64."""
     s = scores.astype(np.float64)
@@ -104,15 +115,7 @@ def test_softmax_gradient_matches_finite_differences(caffe, tmp_path, data):
     net = _make_net(caffe, tmp_path, _net_text(SHAPE, "WeightedSoftmaxLoss", 1.0,
                                                {"class_weights": _weights_file(tmp_path, weights)}))
     _, grad = _run(net, scores, labels)
-    eps = 1e-2
-    rng = np.random.RandomState(3)
-    for flat in rng.choice(scores.size, 30, replace=False):
-        idx = np.unravel_index(flat, scores.shape)
-        plus, minus = scores.copy(), scores.copy()
-        plus[idx] += eps
-        minus[idx] -= eps
-        fd = (_run(net, plus, labels)[0] - _run(net, minus, labels)[0]) / (2 * eps)
-        assert fd == pytest.approx(grad[idx], abs=2e-4), idx
+    _assert_finite_differences(net, scores, labels, grad, count=30, seed=3)
 
 
 def test_softmax_is_numerically_stable(caffe, tmp_path, data):
@@ -157,14 +160,7 @@ def test_sigmoid_variant_matches_numpy_and_finite_differences(caffe, tmp_path, d
     ref_loss, ref_grad = sigmoid_ce_numpy(scores, labels, weights)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-7)
-    eps = 1e-2
-    for flat in np.random.RandomState(5).choice(scores.size, 20, replace=False):
-        idx = np.unravel_index(flat, scores.shape)
-        plus, minus = scores.copy(), scores.copy()
-        plus[idx] += eps
-        minus[idx] -= eps
-        fd = (_run(net, plus, labels)[0] - _run(net, minus, labels)[0]) / (2 * eps)
-        assert fd == pytest.approx(grad[idx], abs=2e-4), idx
+    _assert_finite_differences(net, scores, labels, grad, count=20, seed=5)
 
 
 def test_sigmoid_unit_weights_equal_caffe_sigmoid_cross_entropy(caffe, tmp_path, data):
