@@ -23,6 +23,8 @@ is divided by the number of non-ignored pixels, so with all weights 1 the layer
 equals Caffe's SoftmaxWithLoss exactly, and the loss scale does not depend on the
 batch or image size (the learning rate transfers between 120x160 and 240x320).
 """
+from __future__ import division
+
 import json
 import os
 
@@ -102,7 +104,14 @@ def _parse_param_str(param_str, layer):
 
 
 class _WeightedPixelLoss(caffe.Layer):
-    """Shared set-up for per-pixel losses over (N, Q, H, W) scores and (N, 1, H, W) labels."""
+    """Shared set-up for per-pixel losses over (N, Q, H, W) scores and (N, 1, H, W) labels.
+
+    Speed (the loss runs every training step): all work is float32 in buffers
+    allocated by reshape() when the shape changes, written in place with ufunc out=
+    arguments; no one-hot of N x Q x H x W is ever built -- the label's score and the
+    label's gradient entry are reached through flat indices (n, y, h, w). Only the
+    final sum over pixels is accumulated in float64.
+    """
 
     def setup(self, bottom, top):
         name = type(self).__name__
@@ -116,37 +125,86 @@ class _WeightedPixelLoss(caffe.Layer):
         params = _parse_param_str(self.param_str, name)
         self.num_classes = int(bottom[0].shape[1])
         self.weights = load_class_weights(params["class_weights"], self.num_classes)
+        self.weights32 = self.weights.astype(np.float32)
         self.ignore_label = params.get("ignore_label")
+        self._shape = None
 
     def reshape(self, bottom, top):
-        n, _, h, w = bottom[0].shape
+        n, q, h, w = [int(d) for d in bottom[0].shape]
         want = (n, 1, h, w)
         if tuple(bottom[1].shape) != want and tuple(bottom[1].shape) != (n, h, w):
             raise ValueError("%s: label shape %s does not match scores %s (want %s)"
                              % (type(self).__name__, tuple(bottom[1].shape), tuple(bottom[0].shape), want))
         top[0].reshape(1)
+        if self._shape != (n, q, h, w):      # Caffe calls reshape every step: allocate on change only
+            self._allocate(n, q, h, w)
+
+    def _allocate(self, n, q, h, w):
+        self._shape = (n, q, h, w)
+        pix = (n, h, w)
+        self.big = np.empty((n, q, h, w), np.float32)           # exp(scores - max), or sigmoid work
+        self.pix_a = np.empty(pix, np.float32)                   # per-pixel float32 work buffers
+        self.pix_b = np.empty(pix, np.float32)
+        self.pix_c = np.empty(pix, np.float32)
+        self.pixel_w = np.empty(pix, np.float32)                 # v(y), 0 where ignored
+        self.pix_64 = np.empty(pix, np.float64)                  # for the float64 sum
+        self.labels = np.empty(pix, np.intp)
+        self.flat = np.empty(pix, np.intp)                       # flat index of (n, y, h, w)
+        self.valid = np.empty(pix, np.bool_)
+        # Flat index of (n, 0, h, w) in an (N, Q, H, W) array; + y*H*W selects bin y.
+        self.base = (np.arange(n, dtype=np.intp).reshape(n, 1, 1) * (q * h * w)
+                     + np.arange(h * w, dtype=np.intp).reshape(1, h, w))
+        self.norm = 1.0
 
     def _labels(self, bottom):
-        """Integer labels (N, H, W), per-pixel weights v(y) (0 where ignored) and the normaliser."""
-        raw = bottom[1].data.reshape(bottom[0].shape[0], bottom[0].shape[2], bottom[0].shape[3])
-        labels = np.rint(raw).astype(np.int64)
-        valid = np.ones(labels.shape, dtype=bool)
+        """Fill self.labels (N, H, W), self.flat, self.pixel_w (0 where ignored); set self.norm."""
+        n, q, h, w = self._shape
+        raw = bottom[1].data.reshape(n, h, w)
+        rounded, labels = self.pix_a, self.labels
+        np.rint(raw, out=rounded)
+        np.copyto(labels, rounded, casting="unsafe")
+        np.subtract(raw, rounded, out=self.pix_b)
+        np.abs(self.pix_b, out=self.pix_b)
+        if self.ignore_label is None:
+            count = labels.size
+            bad = labels.min() < 0 or labels.max() >= q or self.pix_b.max() > 1e-3
+        else:
+            valid = self.valid
+            np.not_equal(labels, self.ignore_label, out=valid)
+            count = int(np.count_nonzero(valid))
+            np.copyto(labels, 0, where=~valid)
+            np.copyto(self.pix_b, 0, where=~valid)
+            bad = count and (labels.min() < 0 or labels.max() >= q or self.pix_b.max() > 1e-3)
+        if bad:
+            self._raise_bad_label(raw, labels)
+        np.take(self.weights32, labels, out=self.pixel_w, mode="clip")
         if self.ignore_label is not None:
-            valid = labels != self.ignore_label
-        bad = valid & ((labels < 0) | (labels >= self.num_classes) | (np.abs(raw - labels) > 1e-3))
-        if np.any(bad):
-            raise ValueError("%s: label %r outside the class indices 0..%d"
-                             % (type(self).__name__, float(raw[bad].flat[0]), self.num_classes - 1))
-        labels = np.where(valid, labels, 0)
-        pixel_w = np.where(valid, self.weights[labels], 0.0)
+            np.copyto(self.pixel_w, 0, where=~self.valid)
+        np.multiply(labels, h * w, out=self.flat)
+        self.flat += self.base
         # SoftmaxWithLoss' VALID normalisation: non-ignored pixels, at least 1.
-        norm = max(1.0, float(valid.sum()))
-        return labels, pixel_w, norm
+        self.norm = max(1.0, float(count))
 
-    def _onehot(self, labels):
-        """(N, H, W) indices -> (N, Q, H, W) float64 one-hot (plain broadcasting: old numpy too)."""
-        classes = np.arange(self.num_classes).reshape(1, self.num_classes, 1, 1)
-        return (labels[:, np.newaxis] == classes).astype(np.float64)
+    def _raise_bad_label(self, raw, labels):
+        """The slow path: find the first offending value for the message."""
+        rounded = np.rint(raw)
+        valid = np.ones(raw.shape, dtype=bool) if self.ignore_label is None else rounded != self.ignore_label
+        bad = valid & ((rounded < 0) | (rounded >= self.num_classes) | (np.abs(raw - rounded) > 1e-3))
+        raise ValueError("%s: label %r outside the class indices 0..%d"
+                         % (type(self).__name__, float(raw[bad].flat[0]), self.num_classes - 1))
+
+    def _weighted_sum(self, per_pixel):
+        """sum over pixels of v(y) * per_pixel, accumulated in float64."""
+        np.multiply(self.pixel_w, per_pixel, out=self.pix_64)
+        return float(self.pix_64.sum())
+
+    def _subtract_at_labels(self, diff, amount):
+        """diff[n, y, h, w] -= amount[n, h, w] (one entry per pixel, no one-hot)."""
+        flat = diff.reshape(-1)
+        at = self.pix_c
+        np.take(flat, self.flat, out=at, mode="clip")
+        at -= amount
+        np.put(flat, self.flat, at, mode="clip")
 
     def _clear_label_diff(self, propagate_down, bottom):
         # Labels have no gradient; Caffe may still ask when force_backward is set.
@@ -155,25 +213,38 @@ class _WeightedPixelLoss(caffe.Layer):
 
 
 class WeightedSoftmaxLoss(_WeightedPixelLoss):
-    """Eq. 1: L = -(1/#valid) sum_{n,h,w} v(y) log softmax(scores)_y over the Q channels."""
+    """Eq. 1: L = -(1/#valid) sum_{n,h,w} v(y) log softmax(scores)_y over the Q channels.
+
+    Forward keeps e = exp(s - max) and its channel sum Z; backward writes
+    e * v / (Z * #valid) into the scores' diff and subtracts v / #valid at the label.
+    """
 
     def forward(self, bottom, top):
-        scores = bottom[0].data.astype(np.float64)
-        labels, pixel_w, norm = self._labels(bottom)
-        shifted = scores - scores.max(axis=1, keepdims=True)   # stable softmax
-        exp = np.exp(shifted)
-        total = exp.sum(axis=1, keepdims=True)
-        self.prob = exp / total
-        onehot = self._onehot(labels)
-        log_p = (shifted * onehot).sum(axis=1) - np.log(total[:, 0])
-        self.onehot, self.pixel_w, self.norm = onehot, pixel_w, norm
-        top[0].data[...] = -np.sum(pixel_w * log_p) / norm
+        x = bottom[0].data
+        self._labels(bottom)
+        peak, total, log_p = self.pix_a, self.pix_b, self.pix_c
+        e = self.big
+        np.amax(x, axis=1, out=peak)                          # stable softmax
+        np.subtract(x, peak[:, np.newaxis], out=e)
+        np.exp(e, out=e)
+        np.sum(e, axis=1, out=total)
+        # log p_y = s_y - max - log Z
+        np.take(x.reshape(-1), self.flat, out=log_p, mode="clip")
+        log_p -= peak
+        np.log(total, out=peak)                               # peak no longer needed
+        log_p -= peak
+        top[0].data[...] = -self._weighted_sum(log_p) / self.norm
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            grad = self.prob - self.onehot
-            grad *= self.pixel_w[:, np.newaxis] * (float(top[0].diff.flat[0]) / self.norm)
-            bottom[0].diff[...] = grad
+            scale = float(top[0].diff.flat[0]) / self.norm
+            total, factor = self.pix_b, self.pix_a
+            np.divide(self.pixel_w, total, out=factor)        # v / Z
+            factor *= scale
+            diff = bottom[0].diff
+            np.multiply(self.big, factor[:, np.newaxis], out=diff)   # v p / #valid
+            np.multiply(self.pixel_w, scale, out=factor)
+            self._subtract_at_labels(diff, factor)             # - v / #valid at the label
         self._clear_label_diff(propagate_down, bottom)
 
 
@@ -182,21 +253,40 @@ class WeightedSigmoidCrossEntropyLoss(_WeightedPixelLoss):
 
     L = -(1/#valid) sum_{n,h,w} v(y) sum_q [t_q log s(x_q) + (1 - t_q) log(1 - s(x_q))],
     t = one-hot(y). With all weights 1 this is Caffe's SigmoidCrossEntropyLoss on the
-    one-hot targets (which divides by N only) divided by H*W.
+    one-hot targets (which divides by N only) divided by H*W. Computed without t:
+    sum_q [...] = sum_q softplus(x_q) - x_y, and the gradient is v (s(x) - t) / #valid.
     """
 
     def forward(self, bottom, top):
-        x = bottom[0].data.astype(np.float64)
-        labels, pixel_w, norm = self._labels(bottom)
-        target = self._onehot(labels)
-        # Stable -[t log s(x) + (1-t) log(1-s(x))] = max(x,0) - x t + log(1 + exp(-|x|)).
-        per_bin = np.maximum(x, 0) - x * target + np.log1p(np.exp(-np.abs(x)))
-        self.sigmoid = 0.5 * (1.0 + np.tanh(0.5 * x))
-        self.target, self.pixel_w, self.norm = target, pixel_w, norm
-        top[0].data[...] = np.sum(pixel_w * per_bin.sum(axis=1)) / norm
+        x = bottom[0].data
+        self._labels(bottom)
+        b = self.big
+        # softplus(x) = max(x, 0) + log(1 + exp(-|x|)), stable for any x.
+        np.abs(x, out=b)
+        np.negative(b, out=b)
+        np.exp(b, out=b)
+        np.log1p(b, out=b)
+        b += np.maximum(x, 0, out=self.big_b)
+        per_pixel = self.pix_a
+        np.sum(b, axis=1, out=per_pixel)
+        np.take(x.reshape(-1), self.flat, out=self.pix_c, mode="clip")
+        per_pixel -= self.pix_c
+        top[0].data[...] = self._weighted_sum(per_pixel) / self.norm
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            grad = (self.sigmoid - self.target) * self.pixel_w[:, np.newaxis]
-            bottom[0].diff[...] = grad * (float(top[0].diff.flat[0]) / self.norm)
+            scale = float(top[0].diff.flat[0]) / self.norm
+            x, diff, factor = bottom[0].data, bottom[0].diff, self.pix_a
+            # sigmoid(x) = (1 + tanh(x / 2)) / 2, stable for any x.
+            np.multiply(x, 0.5, out=self.big)
+            np.tanh(self.big, out=self.big)
+            np.multiply(self.pixel_w, 0.5 * scale, out=factor)
+            self.big += 1.0
+            np.multiply(self.big, factor[:, np.newaxis], out=diff)
+            np.multiply(self.pixel_w, scale, out=factor)
+            self._subtract_at_labels(diff, factor)
         self._clear_label_diff(propagate_down, bottom)
+
+    def _allocate(self, n, q, h, w):
+        _WeightedPixelLoss._allocate(self, n, q, h, w)
+        self.big_b = np.empty((n, q, h, w), np.float32)

@@ -268,4 +268,39 @@ def test_layer_file_stands_alone():
             imported.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-    assert imported <= {"json", "os", "numpy", "caffe"}, imported
+    assert imported <= {"__future__", "json", "os", "numpy", "caffe"}, imported
+
+
+@pytest.mark.parametrize("layer,ref", [("WeightedSoftmaxLoss", eq1_numpy),
+                                       ("WeightedSigmoidCrossEntropyLoss", sigmoid_ce_numpy)])
+def test_new_shape_reallocates_and_steps_allocate_nothing_big(caffe, tmp_path, layer, ref):
+    """The layer keeps float32 buffers sized in reshape: a second shape must still be
+    right, and a training step (forward + backward) must not allocate anything near
+    an N x Q x H x W array (no one-hot, no float64 copies)."""
+    import tracemalloc
+
+    rng = np.random.RandomState(5)
+    q = spec.NUM_BINS
+    weights = rng.uniform(0.2, 3.0, q)
+    param = {"class_weights": _weights_file(tmp_path, weights)}
+    net = _make_net(caffe, tmp_path, _net_text((2, q, 8, 10), layer, 1.0, param))
+    for shape in ((2, q, 8, 10), (3, q, 24, 32)):
+        net.blobs["scores"].reshape(*shape)
+        net.blobs["label"].reshape(shape[0], 1, shape[2], shape[3])
+        net.reshape()
+        scores = (rng.randn(*shape) * 3).astype(np.float32)
+        labels = rng.randint(0, q, size=(shape[0], 1) + shape[2:]).astype(np.float32)
+        loss, grad = _run(net, scores, labels)
+        ref_loss, ref_grad = ref(scores, labels, weights)
+        assert loss == pytest.approx(ref_loss, rel=1e-5), shape
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-8)
+    big = scores.nbytes                                # one N x Q x H x W float32 array
+    tracemalloc.start()
+    try:
+        for _ in range(3):
+            net.forward()
+            net.backward()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < big // 8, "a step allocated %d bytes (scores are %d)" % (peak, big)
