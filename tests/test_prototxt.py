@@ -109,7 +109,7 @@ def test_parameter_counts_match_squeezenet(caffe, base):
     squeezenet_body = {"v1_0": 735424, "v1_1": 722496}[base]   # SqueezeNet minus its conv10
     print("\n%s parameters: %s" % (base, summary))
     assert summary["body"] == squeezenet_body
-    assert summary["conv10"] == 512 * q + q
+    assert summary["score"] == 512 * q + q
     assert summary["upsample"] == 2 * q * 8 * 8                 # grouped 8x8 kernels, no bias
     assert summary["total"] == squeezenet_body + 512 * q + q + 2 * q * 64
     counts, total = nets.param_counts(net)
@@ -133,8 +133,8 @@ def test_upsampling_is_bilinear_per_class(caffe, base):
         for q in range(spec.NUM_BINS):
             np.testing.assert_allclose(w.data[q, 0], _bilinear(8), atol=1e-6)
     # A constant score map stays constant inside the image after both upsamplings and the crop.
-    net.params["conv10"][0].data[...] = 0
-    net.params["conv10"][1].data[...] = np.arange(spec.NUM_BINS, dtype=np.float32)
+    net.params[nets.SCORE_LAYER][0].data[...] = 0
+    net.params[nets.SCORE_LAYER][1].data[...] = np.arange(spec.NUM_BINS, dtype=np.float32)
     h, w = net.blobs["data"].data.shape[2:]
     net.forward()
     score = net.blobs["score"].data[0]
@@ -185,7 +185,7 @@ def test_opencv_gives_the_same_output_as_pycaffe(caffe, tmp_path, name, size):
     # Scale the scores to a trained network's range (|score| <= 20: confident, not saturated);
     # float32 rounding differs between the two libraries in proportion to the magnitudes.
     scale = 20.0 / np.abs(net.blobs["score"].data).max()
-    for blob in net.params["conv10"]:
+    for blob in net.params[nets.SCORE_LAYER]:
         blob.data[...] *= scale
     net.save(model)
     net.forward()
@@ -235,7 +235,7 @@ def test_materialize_refuses_bad_inputs(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="bad.prototxt: not a valid Caffe prototxt"):
         nets.num_classes(str(bad))
     no_input = tmp_path / "no_input.prototxt"
-    no_input.write_text('layer { name: "conv10" type: "Convolution" convolution_param { num_output: 3 } }')
+    no_input.write_text('layer { name: "conv10_thermal" type: "Convolution" convolution_param { num_output: 3 } }')
     with pytest.raises(ValueError, match="no_input.prototxt: no Input layer"):
         nets.deploy_for_size(str(no_input), 10, 10, str(tmp_path / "d.prototxt"))
     with pytest.raises(ValueError, match="thermal bins"):

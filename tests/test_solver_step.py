@@ -77,7 +77,7 @@ def test_one_step_changes_weights_but_not_the_fixed_upsampling(caffe, tmp_path, 
     before = {k: [b.data.copy() for b in v] for k, v in solver.net.params.items()}
     solver.step(1)
     assert np.isfinite(_loss(solver))
-    for layer in ("conv1", "fire5/expand3x3", "conv10"):
+    for layer in ("conv1", "fire5/expand3x3", "conv10_thermal"):
         assert not np.allclose(solver.net.params[layer][0].data, before[layer][0]), layer
     for layer in nets.UPSAMPLE_LAYERS:
         np.testing.assert_array_equal(solver.net.params[layer][0].data, before[layer][0])
@@ -150,7 +150,7 @@ def test_caffe_tool_trains_with_the_python_loss(caffe, tmp_path, small_dataset):
     assert "Test net output #1: loss" in out.stderr or "Test net output #0: loss" in out.stderr
     assert os.path.isfile(str(tmp_path / "snap_iter_2.caffemodel"))
     trained = caffe.Net(nets.network("v1_1").deploy, str(tmp_path / "snap_iter_2.caffemodel"), caffe.TEST)
-    assert trained.params["conv10"][0].data.std() > 0
+    assert trained.params["conv10_thermal"][0].data.std() > 0
 
 
 @pytest.mark.parametrize("template,epochs,batch,val_batch,snapshot_epochs", [

@@ -122,7 +122,7 @@ def test_pycaffe_run_folder_log_csv_and_snapshots(full_run, caffe):
     # The snapshot is a real Caffe model of the deploy net.
     net = caffe.Net(os.path.join(REPO, "prototxt", "thermalnet_v1_1_deploy.prototxt"),
                     os.path.join(out, "snap_iter_4.caffemodel"), caffe.TEST)
-    assert net.params["conv10"][0].data.shape[0] == spec.NUM_BINS
+    assert net.params["conv10_thermal"][0].data.shape[0] == spec.NUM_BINS
     assert json.load(open(os.path.join(out, "train_summary.json")))["final_caffemodel"].endswith("snap_iter_4.caffemodel")
 
 

@@ -40,7 +40,9 @@ PAPER_NETWORK = spec.PAPER_BASE
 # SqueezeNet's published parameter counts minus its 1000-class conv10 (512*1000 + 1000):
 # v1.0 1,248,424 and v1.1 1,235,496 in total. Thermalnet keeps that body unchanged.
 SQUEEZENET_BODY_PARAMS = {"v1_0": 735424, "v1_1": 722496}
-SCORE_LAYER = "conv10"
+# The score layer. Not SqueezeNet's name "conv10" (1000 outputs there): Caffe copies weights
+# by layer name, and a different name lets the ImageNet caffemodels load (tools.train --weights).
+SCORE_LAYER = "conv10_thermal"
 UPSAMPLE_LAYERS = ("upscore1", "upscore2")
 LOSS_MODULE = "digits_python_layers"
 
@@ -91,7 +93,7 @@ def save_net(net, out_path: str, header: str = "") -> None:
 
 
 def num_classes(net_path: str) -> int:
-    """Q of a network: conv10's num_output (must equal spec.NUM_BINS for the kit's datasets)."""
+    """Q of a network: the score layer's num_output (must equal spec.NUM_BINS for the kit's datasets)."""
     for layer in load_net(net_path).layer:
         if layer.name == SCORE_LAYER:
             return int(layer.convolution_param.num_output)
@@ -148,8 +150,8 @@ def materialize(net_path: str, dataset_dir: str, out_path: str, batch_size: Opti
         if layer.name == SCORE_LAYER:
             q = int(layer.convolution_param.num_output)
     if info.get("num_bins") is not None and q is not None and int(info["num_bins"]) != q:
-        raise ValueError("%s: dataset has %s thermal bins but %s scores %d (conv10 num_output)"
-                         % (os.path.join(ds, spec.DATASET_INFO_FILE), info["num_bins"], net_path, q))
+        raise ValueError("%s: dataset has %s thermal bins but %s scores %d (%s num_output)"
+                         % (os.path.join(ds, spec.DATASET_INFO_FILE), info["num_bins"], net_path, q, SCORE_LAYER))
     weights = os.path.join(ds, spec.CLASS_WEIGHTS_FILE)
     data_layers = 0
     for layer in net.layer:
@@ -210,11 +212,11 @@ def param_counts(net) -> Tuple["collections.OrderedDict[str, int]", int]:
 
 
 def count_summary(net) -> Dict[str, int]:
-    """Split the total into SqueezeNet body, conv10 scores and the bilinear upsampling."""
+    """Split the total into SqueezeNet body, the score layer (SCORE_LAYER) and the bilinear upsampling."""
     counts, total = param_counts(net)
-    conv10 = counts.get(SCORE_LAYER, 0)
+    score = counts.get(SCORE_LAYER, 0)
     upsample = sum(counts.get(n, 0) for n in UPSAMPLE_LAYERS)
-    return {"body": total - conv10 - upsample, "conv10": conv10, "upsample": upsample, "total": total}
+    return {"body": total - score - upsample, "score": score, "upsample": upsample, "total": total}
 
 
 # -- Solver -------------------------------------------------------------------------------
@@ -329,11 +331,11 @@ def print_counts(names: Sequence[str], stream=None) -> Dict[str, Dict[str, int]]
         summary = count_summary(net)
         result[name] = summary
         want = SQUEEZENET_BODY_PARAMS[info.base]
-        stream.write("%-13s body %9s (SqueezeNet %s without conv10: %s, %s)  conv10 %s  "
+        stream.write("%-13s body %9s (SqueezeNet %s without conv10: %s, %s)  %s %s  "
                      "upsampling %s (fixed)  total %s\n"
                      % (name, format(summary["body"], ","), info.base.replace("_", "."), format(want, ","),
                         "match" if summary["body"] == want else "MISMATCH",
-                        format(summary["conv10"], ","), format(summary["upsample"], ","),
+                        SCORE_LAYER, format(summary["score"], ","), format(summary["upsample"], ","),
                         format(summary["total"], ",")))
     return result
 

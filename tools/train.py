@@ -67,7 +67,7 @@ class ClassCountMismatch(ValueError):
 
 # -- checks ----------------------------------------------------------------------------
 def check_class_count(net_path: str, dataset: str) -> int:
-    """conv10's num_output must equal the dataset's num_bins; returns it."""
+    """The score layer's (nets.SCORE_LAYER) num_output must equal the dataset's num_bins; returns it."""
     from tools import nets
     from tools.baselines import read_dataset_info
     info = read_dataset_info(dataset)
@@ -75,9 +75,9 @@ def check_class_count(net_path: str, dataset: str) -> int:
     q_ds = int(info["num_bins"])
     if q_net != q_ds:
         raise ClassCountMismatch(
-            "%s: the network predicts %d classes (conv10 num_output) but %s has num_bins %d "
+            "%s: the network predicts %d classes (%s num_output) but %s has num_bins %d "
             "(%s); rebuild the dataset with %d bins or use a network with num_output %d"
-            % (net_path, q_net, dataset, q_ds, spec.DATASET_INFO_FILE, q_net, q_ds))
+            % (net_path, q_net, nets.SCORE_LAYER, dataset, q_ds, spec.DATASET_INFO_FILE, q_net, q_ds))
     return q_net
 
 
