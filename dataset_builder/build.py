@@ -60,6 +60,12 @@ class BuildConfig:
     workers: Optional[int] = None
     synthetic: Optional[bool] = None      # None: from the inputs (pairs.json / README.txt)
     progress: bool = True
+    num_bins: int = spec.NUM_BINS         # Q of eq. 1 (the network's score layer must have Q outputs)
+    rebalance_lambda: float = spec.REBALANCE_LAMBDA   # v(Y)'s mix of prior and uniform
+    # Mirrored copy of every TRAINING pair, features and labels flipped together, written
+    # into both LMDBs. DIGITS' own `mirror` must stay off: it flips the two Data layers
+    # independently, so a visible image would meet the unflipped IR labels.
+    mirror: bool = False
 
     def check(self) -> None:
         if self.height < 8 or self.width < 8:
@@ -76,6 +82,10 @@ class BuildConfig:
             raise BuildError("fit %r not one of %s" % (self.fit, ", ".join(FITS)))
         if not 0 < self.test_fraction < 1:
             raise BuildError("test fraction must be in (0, 1), got %r" % self.test_fraction)
+        if not 2 <= self.num_bins <= spec.BRIGHTNESS_LEVELS:
+            raise BuildError("Q = %r thermal bins: need 2..%d" % (self.num_bins, spec.BRIGHTNESS_LEVELS))
+        if not 0.0 <= self.rebalance_lambda <= 1.0:
+            raise BuildError("rebalancing lambda %r: need 0..1" % (self.rebalance_lambda,))
 
 
 @dataclass
@@ -357,7 +367,8 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
 
         synthetic = facts["synthetic"] if cfg.synthetic is None else bool(cfg.synthetic)
         manifest_rows = []
-        counts = np.zeros(spec.NUM_BINS, np.int64)
+        q = cfg.num_bins
+        counts = np.zeros(q, np.int64)
         mean_sum = np.zeros((3, h, w), np.float64)
         t_all = [np.inf, -np.inf]
         for split, order, db in (("train", train, spec.TRAIN_DB), ("test", test, spec.VAL_DB)):
@@ -371,26 +382,32 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
                     ir = np.asarray(ir_mm[slot])
                     lo, hi = window if window is not None else (float(ir.min()), float(ir.max()))
                     bright = spec.to_brightness(ir, lo, hi)
-                    labels = spec.brightness_to_bins(bright)
+                    labels = spec.brightness_to_bins(bright, q)
                     bgr = np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1))
-                    fw.put(bgr)
-                    lw.put(labels[np.newaxis])
+                    copies = [(bgr, labels)]
+                    if split == "train" and cfg.mirror:
+                        copies.append((np.ascontiguousarray(bgr[:, :, ::-1]), np.ascontiguousarray(labels[:, ::-1])))
+                    for feat, lab in copies:
+                        fw.put(feat)
+                        lw.put(lab[np.newaxis])
+                        if split == "train":
+                            mean_sum += feat
+                            counts += np.bincount(lab.ravel(), minlength=q)[:q]
                     t_all = [min(t_all[0], float(ir.min())), max(t_all[1], float(ir.max()))]
-                    if split == "train":
-                        mean_sum += bgr
-                        counts += np.bincount(labels.ravel(), minlength=spec.NUM_BINS)[:spec.NUM_BINS]
-                    else:
+                    if split == "test":
                         td = os.path.join(tmp, spec.TEST_DIR)
                         write_png(os.path.join(td, "visible", it.id + ".png"), rgb)
                         write_png(os.path.join(td, "ir", it.id + ".png"), np.round(bright).astype(np.uint8))
                         write_npy(os.path.join(td, "ir_degC", it.id + ".npy"), ir.astype(np.float32))
                     manifest_rows.append([it.id, it.source, it.object_class, split, "%.4f" % lo, "%.4f" % hi,
                                           meta["vis_h"], meta["vis_w"], meta["ir_h"], meta["ir_w"], h, w])
-        write_mean_binaryproto((mean_sum / len(train)).astype(np.float32),
+        n_train_entries = len(train) * (2 if cfg.mirror else 1)
+        write_mean_binaryproto((mean_sum / n_train_entries).astype(np.float32),
                                os.path.join(tmp, spec.TRAIN_DB, spec.MEAN_FILE))
         prior = counts / float(counts.sum())
         np.savetxt(os.path.join(tmp, spec.CLASS_PRIOR_FILE), prior, fmt="%.8f")
-        np.savetxt(os.path.join(tmp, spec.CLASS_WEIGHTS_FILE), spec.rebalance_weights(prior), fmt="%.8f")
+        np.savetxt(os.path.join(tmp, spec.CLASS_WEIGHTS_FILE), spec.rebalance_weights(prior, cfg.rebalance_lambda),
+                   fmt="%.8f")
         buf = io.StringIO()
         wr = csv.writer(buf, lineterminator="\n")
         wr.writerow(MANIFEST_COLUMNS)
@@ -416,10 +433,11 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
         else:
             note = "real data: %d FLIR file(s), %d aligned pair(s) given" % (facts["flir"], facts["pairs"])
         info = {
-            "synthetic": synthetic, "note": note, "num_bins": spec.NUM_BINS, "height": h, "width": w,
+            "synthetic": synthetic, "note": note, "num_bins": q, "height": h, "width": w,
             "window_mode": mode, "window": list(window) if window is not None else None,
-            "lambda": spec.REBALANCE_LAMBDA,
-            "counts": {"train": len(train), "test": len(test), "skipped": len(skipped)},
+            "lambda": cfg.rebalance_lambda, "mirror": cfg.mirror,
+            "counts": {"train": len(train), "test": len(test), "skipped": len(skipped),
+                       "train_entries": n_train_entries},
             "object_classes": present, "class_counts": class_counts, "ir_units": ir_units,
             "ir_range": list(cfg.ir_range) if cfg.ir_range else None,
             "temperature_range": t_all, "fit": cfg.fit, "refine_px": cfg.refine_px, "seed": cfg.seed,

@@ -35,6 +35,15 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine-alignment", type=int, default=0, metavar="PX",
                    help="FLIR: search +-PX visible pixels around the tag alignment for the best edge "
                         "agreement (parallax of close objects); 0 = tags only (default)")
+    p.add_argument("--bins", type=int, default=spec.NUM_BINS, metavar="Q",
+                   help="thermal bins Q of eq. 1 (default %d; the network's score layer needs Q outputs)"
+                   % spec.NUM_BINS)
+    p.add_argument("--lambda", dest="rebalance_lambda", type=float, default=spec.REBALANCE_LAMBDA,
+                   help="class rebalancing lambda of v(Y): 0 = pure inverse prior, 1 = no rebalancing "
+                        "(default %g)" % spec.REBALANCE_LAMBDA)
+    p.add_argument("--mirror", action="store_true",
+                   help="also write a left-right mirrored copy of every training pair (visible and IR flipped "
+                        "together); keep DIGITS' own mirror off: it flips features and labels independently")
     p.add_argument("--strict", action="store_true", help="any bad input: exit 1 and write nothing")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -50,7 +59,8 @@ def _config(a):
     return BuildConfig(height=h, width=w, window_mode=a.window_mode, window=tuple(a.window) if a.window else None,
                        ir_range=tuple(a.ir_range) if a.ir_range else None, test_count=a.test_count,
                        test_fraction=a.test_fraction, seed=a.seed, fit=a.fit, refine_px=a.refine_alignment,
-                       strict=a.strict, workers=a.workers, progress=not a.quiet)
+                       strict=a.strict, workers=a.workers, progress=not a.quiet, num_bins=a.bins,
+                       rebalance_lambda=a.rebalance_lambda, mirror=a.mirror)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,9 +1,12 @@
 """Folders of already-aligned visible/IR pairs, matched by file stem.
 
-Recognised layouts (a folder holding both subfolders; searched recursively, so
-KAIST's set00/V000/{visible,lwir} nests work): tv/+ir/ (the paper's "TV image"),
-visible/+lwir/ (KAIST), visible/+infrared/ (LLVIP), visible/+ir/ (the kit's own
-synthetic generator). Optional classes.csv (stem,object_class) at the root gives
+Recognised layouts (a folder holding both subfolders, names matched without regard
+to case; searched recursively, so KAIST's set00/V000/{visible,lwir} nests work):
+crop_LR_visible/+cropinfrared/ (RoadScene: FLIR ADAS frames, visible resized to the
+IR's size), tv/+ir/ (the paper's "TV image"), visible/+lwir/ (KAIST),
+visible/+infrared/ (LLVIP, and Visible/+Infrared/ spellings), vi/+ir/ (fusion
+benchmarks such as TNO/MSRS-style folders), visible/+ir/ (the kit's own synthetic
+generator). Optional classes.csv (stem,object_class) at the root gives
 per-class RMS groups; pairs.json {"synthetic": true} marks SYNTHETIC data.
 """
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Dict, List, Optional, Tuple
 
 from .imageio import IMAGE_EXTS, IR_EXTS
 
-LAYOUTS = (("tv", "ir"), ("visible", "lwir"), ("visible", "infrared"), ("visible", "ir"))
+LAYOUTS = (("crop_lr_visible", "cropinfrared"), ("tv", "ir"), ("visible", "lwir"), ("visible", "infrared"),
+           ("vi", "ir"), ("visible", "ir"))
 UNKNOWN_CLASS = "unknown"
 # An aligned pair covers one field of view: aspect ratios agree within this.
 MAX_ASPECT_MISMATCH = 0.05

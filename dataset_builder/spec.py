@@ -171,9 +171,16 @@ def class_prior(labels: np.ndarray, num_bins: int = NUM_BINS) -> np.ndarray:
 
 
 def rebalance_weights(prior: np.ndarray, lam: float = REBALANCE_LAMBDA) -> np.ndarray:
-    """v(Y) of eq. 1: w ~ 1/((1-lam) p + lam/Q), scaled so that sum_q p_q w_q = 1."""
+    """v(Y) of eq. 1: w ~ 1/((1-lam) p + lam/Q), scaled so that sum_q p_q w_q = 1.
+
+    With lam = 0 a bin that never occurs would get an infinite weight; it never meets a
+    label in training, so it takes the largest finite weight instead (the file stays valid).
+    """
     prior = np.asarray(prior, dtype=np.float64)
-    w = 1.0 / ((1.0 - lam) * prior + lam / prior.size)
+    mix = (1.0 - lam) * prior + lam / prior.size
+    w = 1.0 / np.where(mix > 0, mix, np.inf)
+    if np.any(mix <= 0):
+        w[mix <= 0] = w[mix > 0].max()
     return w / float((prior * w).sum())
 
 
