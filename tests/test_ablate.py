@@ -1,0 +1,82 @@
+"""tools.ablate: arms differ from the default in exactly what they name, share one split,
+and each trains and is scored for real (tiny SYNTHETIC pairs, a few iterations)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+from dataset_builder import spec, synthetic
+from tools import ablate, nets
+
+
+def _deconvs(path):
+    return [l for l in nets.load_net(path).layer if l.type == "Deconvolution"]
+
+
+def _layers(path):
+    return {l.name: l for l in nets.load_net(path).layer}
+
+
+@pytest.mark.parametrize("mode,lr,group", [("fixed", 0.0, 32), ("learned", 1.0, 32), ("learned-full", 1.0, 1)])
+def test_edit_net_changes_only_the_deconvolutions(tmp_path, mode, lr, group):
+    src = nets.network(spec.DEFAULT_BASE).net
+    out = ablate.edit_net(src, str(tmp_path / "n.prototxt"), 32, mode)
+    before, after = _layers(src), _layers(out)
+    assert list(before) == list(after)
+    for name in before:
+        if before[name].type == "Deconvolution":
+            cp = after[name].convolution_param
+            assert [p.lr_mult for p in after[name].param] == [lr] and cp.group == group
+            assert cp.num_output == 32 and cp.weight_filler.type == "bilinear"
+        else:
+            assert before[name] == after[name], name
+
+
+def test_edit_net_sets_q_on_score_and_deconvolutions(tmp_path):
+    out = ablate.edit_net(nets.network(spec.DEFAULT_BASE).deploy, str(tmp_path / "d.prototxt"), 16)
+    layers = _layers(out)
+    assert layers[nets.SCORE_LAYER].convolution_param.num_output == 16
+    assert all(d.convolution_param.num_output == 16 and d.convolution_param.group in (1, 16) for d in _deconvs(out))
+
+
+def test_unknown_arm_is_an_error():
+    with pytest.raises(ValueError, match="unknown arm 'nope'"):
+        ablate.plan_arms(["default", "nope"], None)
+
+
+def test_ablation_runs_every_arm_on_one_split(caffe, tmp_path):
+    pairs = str(tmp_path / "pairs")
+    synthetic.generate(pairs, count=22, seed=5, workers=1, progress=False)
+    out = str(tmp_path / "abl")
+    rc = ablate.main(["--pairs", pairs, "--out", out, "--iterations", "4", "--batch-size", "2", "--quiet",
+                      "--arms", "default,deconv-fixed,q16,mirror,decoding,imagenet"])
+    assert rc == 0
+    doc = json.load(open(os.path.join(out, "ablation.json")))
+    res = {r["arm"]: r for r in doc["results"]}
+    assert set(res) == {"default", "deconv-fixed", "q16", "mirror", "decoding-expectation", "decoding-argmax",
+                        "decoding-annealed", "imagenet"}
+    assert res["imagenet"]["skip"].startswith("not run")
+    ran = [r for r in res.values() if not r.get("skip")]
+    for r in ran:
+        assert r["iterations"] == 4
+        assert r["snapshots"]["last"]["table"][-1]["object_class"] == "overall"
+    # same pairs held out in every arm's dataset
+    tests = {r["arm"]: sorted(x["id"] for x in csv.DictReader(open(os.path.join(r["dataset"], spec.MANIFEST_FILE)))
+                              if x["split"] == "test") for r in ran}
+    assert len({tuple(v) for v in tests.values()}) == 1
+    # what each arm changed reached its files
+    assert json.load(open(os.path.join(res["q16"]["dataset"], spec.DATASET_INFO_FILE)))["num_bins"] == 16
+    assert _layers(res["q16"]["deploy"])[nets.SCORE_LAYER].convolution_param.num_output == 16
+    assert json.load(open(os.path.join(res["mirror"]["dataset"], spec.DATASET_INFO_FILE)))["mirror"] is True
+    assert [p.lr_mult for p in _deconvs(res["deconv-fixed"]["deploy"])[0].param] == [0.0]
+    # decoding arms reuse the default arm's model but score differently
+    assert res["decoding-argmax"]["snapshots"]["last"]["model"] == res["default"]["snapshots"]["last"]["model"]
+    assert res["decoding-argmax"]["snapshots"]["last"]["table"] != res["default"]["snapshots"]["last"]["table"]
+    md = open(os.path.join(out, "ablation.md")).read()
+    assert "SYNTHETIC" in md and "| q16 | last | 4 |" in md
+    assert os.path.getsize(os.path.join(out, "grid.png")) > 10000
+    rows = list(csv.DictReader(open(os.path.join(out, "ablation.csv"))))
+    assert {r["arm"] for r in rows} == set(res)

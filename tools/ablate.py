@@ -1,0 +1,409 @@
+"""The paper's unstated choices, measured: train each arm for the same budget, one table.
+
+    python -m tools.ablate --pairs PAIRS_DIR --out runs/ablate/NAME --iterations 3000 \\
+        --arms default,deconv-fixed,size-240x320,q16,q64,lambda0,lambda1,mirror,decoding
+
+The paper does not say whether its deconvolutions learn, its input size, Q, the
+rebalancing lambda, its solver, whether it mirrored its pairs or started from ImageNet
+weights. Every arm here changes ONE of those against the kit's default network
+(prototxt/thermalnet_v1_1.prototxt) and trains on datasets built from the same pairs
+with the same seed (so the same split), for the same budget (iterations, so that
+machines of different speed give the same arms; --minutes for a wall-clock budget).
+Each arm is scored on its held-out pairs at the snapshot with the lowest validation
+loss and at the last one, and the table names which. Decoding arms reuse the default
+arm's model (decoding is a choice at evaluation time).
+
+Arms are derived from the default network by editing a copy of its prototxt, never by
+hand, so the default and every arm differ exactly in what the arm names.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from dataset_builder import spec
+
+DEFAULT_ITERATIONS = 3000
+DEFAULT_BATCH = 4
+DEFAULT_BASE_LR = 1e-3
+DEFAULT_DECODING = "mmse"
+GRID_IMAGES = 4
+
+# Every arm: what it changes (data = dataset build settings, net = network edits,
+# decoding = evaluation only, weights = pretrained caffemodel) and the question it answers.
+ARMS: Dict[str, Dict] = {
+    "default": {"why": "the kit's default network and dataset settings"},
+    "deconv-fixed": {"net": {"deconv": "fixed"},
+                     "why": "both deconvolutions fixed bilinear (lr_mult 0), as in FCN"},
+    "deconv-learned": {"net": {"deconv": "learned"},
+                       "why": "both deconvolutions learned, bilinear initialisation, one filter per bin"},
+    "deconv-learned-full": {"net": {"deconv": "learned-full"},
+                            "why": "both deconvolutions learned and mixing all bins (group 1), bilinear init"},
+    "size-240x320": {"data": {"size": [spec.PAPER_HEIGHT, spec.PAPER_WIDTH]},
+                     "why": "input and output at 240x320 (paper scale) instead of 120x160"},
+    "q16": {"data": {"num_bins": 16}, "why": "Q = 16 thermal bins"},
+    "q64": {"data": {"num_bins": 64}, "why": "Q = 64 thermal bins"},
+    "lambda0": {"data": {"rebalance_lambda": 0.0}, "why": "v(Y): lambda 0, pure inverse prior"},
+    "lambda1": {"data": {"rebalance_lambda": 1.0}, "why": "v(Y): lambda 1, no rebalancing (plain cross-entropy)"},
+    "mirror": {"data": {"mirror": True}, "why": "mirrored copy of every training pair in both LMDBs"},
+    "imagenet": {"weights": True, "why": "body initialised from the ImageNet SqueezeNet caffemodel (--imagenet)"},
+    "decoding": {"decoding": [d for d in spec.DECODINGS if d != DEFAULT_DECODING],
+                 "why": "the default arm's model decoded otherwise"},
+}
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def build_variant(pairs: str, data: Dict, root: str, progress: bool = True) -> str:
+    """Dataset built from `pairs` with the arm's settings; cached by a hash of them (and the pairs path)."""
+    from dataset_builder.build import BuildConfig, build
+    settings = {"pairs": os.path.abspath(pairs), "size": data.get("size", [spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH]),
+                "num_bins": data.get("num_bins", spec.NUM_BINS),
+                "rebalance_lambda": data.get("rebalance_lambda", spec.REBALANCE_LAMBDA),
+                "mirror": bool(data.get("mirror", False)), "seed": spec.SEED}
+    out = os.path.join(root, "dataset-%s" % _key(settings))
+    if os.path.isfile(os.path.join(out, spec.DATASET_INFO_FILE)):
+        return out
+    h, w = settings["size"]
+    cfg = BuildConfig(height=h, width=w, num_bins=settings["num_bins"], seed=settings["seed"],
+                      rebalance_lambda=settings["rebalance_lambda"], mirror=settings["mirror"], progress=progress)
+    build(out, (), [pairs], cfg)
+    return out
+
+
+def edit_net(net_path: str, out_path: str, num_bins: int, deconv: Optional[str] = None) -> str:
+    """Copy of a Thermalnet prototxt with Q outputs and the deconvolutions fixed/learned (None: as is)."""
+    from tools import nets
+    net = nets.load_net(net_path)
+    deconvs = [l for l in net.layer if l.type == "Deconvolution"]
+    if not deconvs:
+        raise ValueError("%s: no Deconvolution layers" % net_path)
+    score = [l for l in net.layer if l.type == "Convolution" and deconvs[0].bottom[0] in l.top]
+    if len(score) != 1:
+        raise ValueError("%s: cannot find the score layer feeding %s" % (net_path, deconvs[0].name))
+    score[0].convolution_param.num_output = num_bins
+    for layer in deconvs:
+        cp = layer.convolution_param
+        grouped = cp.group > 1
+        cp.num_output = num_bins
+        if deconv is not None:
+            grouped = deconv != "learned-full"
+            lr = 0.0 if deconv == "fixed" else 1.0
+            del layer.param[:]
+            p = layer.param.add()
+            p.lr_mult, p.decay_mult = lr, lr
+        cp.group = num_bins if grouped else 1
+        cp.weight_filler.type = "bilinear"
+    nets.save_net(net, out_path, "%s, Q = %d, deconvolutions %s (tools/ablate.py)"
+                  % (os.path.basename(net_path), num_bins, deconv or "as in the file"))
+    return out_path
+
+
+def plan_arms(names: Sequence[str], imagenet: Optional[str]) -> List[Dict]:
+    """Expand arm names (decoding -> one arm per decoding) into runnable arms; unknown -> error."""
+    arms = []
+    for name in names:
+        if name not in ARMS:
+            raise ValueError("unknown arm %r (known: %s)" % (name, ", ".join(ARMS)))
+        a = ARMS[name]
+        if "decoding" in a:
+            for d in a["decoding"]:
+                arms.append({"name": "decoding-%s" % d, "decoding": d, "reuse": "default",
+                             "why": "the default arm's model, %s decoding" % d})
+            continue
+        arm = {"name": name, "data": a.get("data", {}), "net": a.get("net", {}), "why": a["why"],
+               "decoding": DEFAULT_DECODING}
+        if a.get("weights"):
+            arm["weights"] = imagenet
+            if not imagenet:
+                arm["skip"] = ("not run: needs the ImageNet SqueezeNet v1.1 caffemodel (--imagenet); a stand-in "
+                               "with random weights would prove the plumbing, not the effect")
+        arms.append(arm)
+    return arms
+
+
+def _row_metrics(table: List[Dict]) -> Dict[str, Dict]:
+    return {r["object_class"]: r for r in table}
+
+
+def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes: Optional[float], batch: int,
+            base_lr: float, net_path: str, deploy_path: str, progress: bool = True, evaluate_limit=None) -> Dict:
+    """Build (cached) -> edit net -> train for the budget -> evaluate best and last snapshots."""
+    from tools import evaluate, nets, train
+    adir = os.path.join(out, "arms", arm["name"])
+    os.makedirs(adir, exist_ok=True)
+    ds = build_variant(pairs, arm["data"], os.path.join(out, "datasets"), progress)
+    info = json.load(open(os.path.join(ds, spec.DATASET_INFO_FILE)))
+    q = int(info["num_bins"])
+    net = edit_net(net_path, os.path.join(adir, "net.prototxt"), q, arm["net"].get("deconv"))
+    deploy = edit_net(deploy_path, os.path.join(adir, "deploy.prototxt"), q, arm["net"].get("deconv"))
+    n_train = int(info["counts"].get("train_entries", info["counts"]["train"]))
+    per_epoch = int(np.ceil(n_train / float(batch)))
+    epochs = (iterations / float(per_epoch)) if iterations else 10000.0
+    kw = {"weights": arm["weights"]} if arm.get("weights") else {}
+    t0 = time.time()
+    s = train.train(ds, net, os.path.join(adir, "train"), epochs=epochs, batch_size=batch, base_lr=base_lr,
+                    seed=spec.SEED, progress=progress, overwrite=True, max_minutes=minutes,
+                    snapshot_epochs=max(epochs / 10.0, 1.0 / per_epoch), **kw)
+    result = {"arm": arm["name"], "why": arm["why"], "dataset": ds, "synthetic": bool(info.get("synthetic")),
+              "num_bins": q, "height": info["height"], "width": info["width"], "iterations": s["iterations"],
+              "epochs": s["iterations"] / float(per_epoch), "train_seconds": time.time() - t0,
+              "images_per_second": s.get("images_per_second"), "decoding": arm["decoding"], "deploy": deploy,
+              "snapshots": {}}
+    snaps = {"last": s["final_caffemodel"]}
+    best = s.get("best") or {}
+    if best.get("caffemodel"):
+        snaps["best"] = best["caffemodel"]
+        result["best_iteration"], result["best_val_loss"] = best.get("iteration"), best.get("val_loss")
+    for which, model in snaps.items():
+        ev = evaluate.evaluate(ds, deploy, model, os.path.join(adir, "eval-%s" % which), decoding=arm["decoding"],
+                               progress=progress, figures_per_class=0, limit=evaluate_limit)
+        result["snapshots"][which] = {"model": model, "table": ev["table"]}
+    return result
+
+
+def reuse_for_decoding(arm: Dict, base: Dict, out: str, progress: bool = True, evaluate_limit=None) -> Dict:
+    from tools import evaluate
+    adir = os.path.join(out, "arms", arm["name"])
+    result = dict(base, arm=arm["name"], why=arm["why"], decoding=arm["decoding"], snapshots={})
+    for which, snap in base["snapshots"].items():
+        ev = evaluate.evaluate(base["dataset"], base["deploy"], snap["model"], os.path.join(adir, "eval-%s" % which),
+                               decoding=arm["decoding"], progress=progress, figures_per_class=0,
+                               limit=evaluate_limit)
+        result["snapshots"][which] = {"model": snap["model"], "table": ev["table"]}
+    return result
+
+
+# -- the table ---------------------------------------------------------------------------------------
+
+METRICS = (("tn", "RMS", "%.1f"), ("tn_ssim", "SSIM", "%.3f"), ("tn_psnr", "PSNR", "%.1f"),
+           ("tn_rms_offset_free", "RMS (offset removed)", "%.1f"))
+BASELINE_KEYS = ("mean_ir", "fitted_luminance")
+
+
+def table_rows(results: List[Dict]) -> List[Dict]:
+    """One flat row per (arm, snapshot, class) with every metric present in the evaluation."""
+    rows = []
+    for r in results:
+        if r.get("skip"):
+            rows.append({"arm": r["arm"], "snapshot": "", "object_class": "", "note": r["skip"]})
+            continue
+        for which, snap in sorted(r["snapshots"].items()):
+            for t in snap["table"]:
+                row = {"arm": r["arm"], "snapshot": which, "object_class": t["object_class"],
+                       "iterations": r["iterations"], "epochs": round(r["epochs"], 2),
+                       "best_iteration": r.get("best_iteration") if which == "best" else r["iterations"]}
+                for k, v in t.items():
+                    if k not in ("object_class",) and isinstance(v, (int, float)) and v is not None:
+                        row[k] = v
+                rows.append(row)
+    return rows
+
+
+def markdown(results: List[Dict], meta: Dict) -> str:
+    """The ablation table: overall metrics per arm and snapshot, then RMS per class."""
+    lines = ["# Ablation: %s" % meta["title"], "",
+             "Data: %s. Budget: %s, batch %d, Adam %g, seed %d; every arm scored on the same %s held-out pairs. "
+             "`best` = snapshot with the lowest validation loss, `last` = end of the budget."
+             % (meta["data"], meta["budget"], meta["batch"], meta["base_lr"], spec.SEED, meta["n_test"]),
+             "", "Command: `%s`" % meta["command"], ""]
+    first = next((r for r in results if not r.get("skip")), None)
+    if first is None:
+        return "\n".join(lines + ["No arm ran."]) + "\n"
+    overall = _row_metrics(first["snapshots"]["last"]["table"]).get("overall", {})
+    metric_cols = [(k, label, fmt) for k, label, fmt in METRICS if k in overall]
+    head = ["arm", "snapshot", "iter", "epochs"] + [label for _, label, _ in metric_cols]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        if r.get("skip"):
+            lines.append("| %s | %s |" % (r["arm"], r["skip"]) + " |" * (len(head) - 2))
+            continue
+        for which in ("best", "last"):
+            if which not in r["snapshots"]:
+                continue
+            o = _row_metrics(r["snapshots"][which]["table"]).get("overall", {})
+            it = r.get("best_iteration") if which == "best" else r["iterations"]
+            cells = [r["arm"], which, str(it), "%.1f" % r["epochs"]]
+            cells += [(fmt % o[k]) if o.get(k) is not None else "—" for k, _, fmt in metric_cols]
+            lines.append("| " + " | ".join(cells) + " |")
+    # baselines (same for every arm of one size/Q; shown from the default arm)
+    base_cols = [(k, k) for k in overall if any(k.startswith(b) for b in BASELINE_KEYS)]
+    if base_cols:
+        lines += ["", "Baselines on the same held-out pairs (default arm's dataset):", "",
+                  "| baseline | value |", "|---|---|"]
+        for k, _ in base_cols:
+            lines.append("| %s | %.3f |" % (k, overall[k]))
+    # per class, RMS
+    classes = [t["object_class"] for t in first["snapshots"]["last"]["table"]]
+    lines += ["", "RMS (eq. 2) per class, best snapshot where kept:", "",
+              "| arm | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for r in results:
+        if r.get("skip"):
+            continue
+        snap = r["snapshots"].get("best") or r["snapshots"]["last"]
+        t = _row_metrics(snap["table"])
+        lines.append("| %s | " % r["arm"] + " | ".join("%.1f" % t[c]["tn"] if c in t and t[c].get("tn") is not None
+                                                      else "—" for c in classes) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Optional[str]:
+    """One row per arm (its synthetic IR of the same test pairs), under the visible and real IR rows."""
+    from tools import baselines as bl
+    from tools import plots
+    from tools.inference import Predictor
+    ran = [r for r in results if not r.get("skip")]
+    if not ran:
+        return None
+    plt = plots._plt()
+    ds0 = ran[0]["dataset"]
+    ids = [row["id"] for row in bl.read_manifest(ds0, "test")][:n_images]
+    fig, axes = plt.subplots(len(ran) + 2, len(ids), figsize=(2.2 * len(ids), 1.8 * (len(ran) + 2)), squeeze=False)
+    for j, iid in enumerate(ids):
+        vis, ir = bl.load_test_pair(ds0, iid)
+        axes[0][j].imshow(vis)
+        axes[1][j].imshow(ir, cmap="inferno", vmin=0, vmax=255)
+    axes[0][0].set_ylabel("visible", fontsize=8)
+    axes[1][0].set_ylabel("real IR", fontsize=8)
+    for i, r in enumerate(ran):
+        snap = r["snapshots"].get("best") or r["snapshots"]["last"]
+        info = json.load(open(os.path.join(r["dataset"], spec.DATASET_INFO_FILE)))
+        pred = Predictor(r["deploy"], snap["model"], mean_file=os.path.join(r["dataset"], spec.TRAIN_DB,
+                                                                             spec.MEAN_FILE))
+        weights = spec.read_class_weights(r["dataset"], int(info["num_bins"])) if r["decoding"] == "mmse" else None
+        for j, iid in enumerate(ids):
+            vis, ir = bl.load_test_pair(r["dataset"], iid)
+            tn = pred.predict_brightness([vis], r["decoding"], class_weights=weights)[0]
+            axes[i + 2][j].imshow(np.clip(tn, 0, 255), cmap="inferno", vmin=0, vmax=255)
+        axes[i + 2][0].set_ylabel(r["arm"], fontsize=8)
+    for row in axes:
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    synthetic = bool(json.load(open(os.path.join(ds0, spec.DATASET_INFO_FILE))).get("synthetic"))
+    fig.suptitle("Ablation arms on the same test pairs%s" % (" (SYNTHETIC data)" if synthetic else ""), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    return plots._save(fig, out_png)
+
+
+def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] = DEFAULT_ITERATIONS,
+           minutes: Optional[float] = None, batch: int = DEFAULT_BATCH, base_lr: float = DEFAULT_BASE_LR,
+           imagenet: Optional[str] = None, title: str = "", progress: bool = True, command: str = "",
+           evaluate_limit: Optional[int] = None) -> Dict:
+    """Run every arm; write ablation.md/.csv/.json and grid.png into `out`; return the JSON's dict."""
+    from dataset_builder.imageio import write_text
+    from tools import nets
+    if not iterations and not minutes:
+        raise ValueError("give a budget: iterations or minutes")
+    plan = plan_arms(arms, imagenet)
+    default = nets.network(spec.DEFAULT_BASE)
+    os.makedirs(out, exist_ok=True)
+    results: List[Dict] = []
+    by_name: Dict[str, Dict] = {}
+    for arm in plan:
+        print("[ablate] arm %s: %s" % (arm["name"], arm["why"]), flush=True)
+        if arm.get("skip"):
+            results.append({"arm": arm["name"], "why": arm["why"], "skip": arm["skip"]})
+            continue
+        if arm.get("reuse"):
+            base = by_name.get(arm["reuse"])
+            if base is None:
+                results.append({"arm": arm["name"], "why": arm["why"],
+                                "skip": "not run: needs the %s arm in the same run" % arm["reuse"]})
+                continue
+            r = reuse_for_decoding(arm, base, out, progress, evaluate_limit)
+        else:
+            r = run_arm(arm, pairs, out, iterations, minutes, batch, base_lr, default.net, default.deploy,
+                        progress, evaluate_limit)
+        by_name[arm["name"]] = r
+        results.append(r)
+        write_text(os.path.join(out, "ablation.json"), json.dumps({"results": results}, indent=1))
+    first = next((r for r in results if not r.get("skip")), None)
+    synthetic = bool(first and first["synthetic"])
+    n_test = len(first["snapshots"]["last"]["table"]) and first and \
+        int(json.load(open(os.path.join(first["dataset"], spec.DATASET_INFO_FILE)))["counts"]["test"]) if first else 0
+    meta = {"title": title or os.path.basename(os.path.abspath(pairs)),
+            "data": ("SYNTHETIC pairs from dataset_builder.synthetic (%s)" if synthetic else "real pairs (%s)")
+            % os.path.basename(os.path.abspath(pairs)),
+            "budget": ("%d iterations" % iterations) if iterations else ("%g minutes" % minutes),
+            "batch": batch, "base_lr": base_lr, "n_test": evaluate_limit or n_test, "command": command}
+    md = markdown(results, meta)
+    rows = table_rows(results)
+    fields = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(os.path.join(out, "ablation.csv"), buf.getvalue())
+    write_text(os.path.join(out, "ablation.md"), md)
+    png = grid(results, os.path.join(out, "grid.png"))
+    doc = {"meta": meta, "results": results, "grid": png}
+    write_text(os.path.join(out, "ablation.json"), json.dumps(doc, indent=1))
+    print(md)
+    return doc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.ablate",
+                                description="Train each ablation arm for the same budget on datasets built from the "
+                                            "same pairs (same seed and split); write ablation.md/.csv/.json and "
+                                            "grid.png (one row of synthetic IR per arm).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", help="folder of aligned pairs (any layout dataset_builder reads)")
+    src.add_argument("--synthetic", type=int, metavar="COUNT",
+                     help="SYNTHETIC pairs from dataset_builder.synthetic (cached like the demo's)")
+    p.add_argument("--out", required=True, help="output folder, e.g. runs/ablate/NAME")
+    p.add_argument("--arms", default="default", help="comma-separated: %s" % ", ".join(ARMS))
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--iterations", type=int, help="training iterations per arm (default %d)"
+                        % DEFAULT_ITERATIONS)
+    budget.add_argument("--minutes", type=float, help="wall-clock minutes per arm instead of iterations")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="default %d" % DEFAULT_BATCH)
+    p.add_argument("--base-lr", type=float, default=DEFAULT_BASE_LR, help="Adam learning rate (default %g)"
+                   % DEFAULT_BASE_LR)
+    p.add_argument("--imagenet", help="ImageNet SqueezeNet v1.1 caffemodel for the imagenet arm")
+    p.add_argument("--limit", type=int, help="evaluate only the first N test pairs (quick checks)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    arms = [x.strip() for x in a.arms.split(",") if x.strip()]
+    pairs = a.pairs
+    try:
+        if a.synthetic:
+            from dataset_builder.synthetic import generate
+            pairs = os.path.join(a.out, "pairs-synthetic-%d" % a.synthetic)
+            if not os.path.isdir(pairs):
+                generate(pairs, a.synthetic, spec.SEED, progress=not a.quiet)
+        if not os.path.isdir(pairs):
+            raise ValueError("%s: no such pairs folder" % pairs)
+        iterations = None if a.minutes else (a.iterations or DEFAULT_ITERATIONS)
+        ablate(pairs, a.out, arms, iterations, a.minutes, a.batch_size, a.base_lr, a.imagenet,
+               progress=not a.quiet, command="python -m tools.ablate " + " ".join(argv or sys.argv[1:]),
+               evaluate_limit=a.limit)
+    except (ValueError, FileNotFoundError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
