@@ -2,8 +2,10 @@
 
 The dataset comes from dataset_builder.synthetic (labelled SYNTHETIC) built at 48x64
 so the test stays fast; the model is a 2-iteration training run of the real v1.1 net.
-Every RMS the tool writes is recomputed here independently: pycaffe forward by hand,
-numpy softmax/decoding, numpy RMS.
+Every metric the tool writes is recomputed here independently: pycaffe forward by hand,
+numpy softmax/decoding, numpy RMS / offset-free RMS / PSNR, SSIM by the numpy
+implementation of tests/test_metrics.py, the 3x3 Gaussian by hand, the fitted-luminance
+line by np.linalg.lstsq over the training LMDBs.
 """
 from __future__ import annotations
 
@@ -78,19 +80,52 @@ def _rms(a, b):
     return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
 
 
-def test_per_image_rms_recomputed_independently(evaluated, caffe):
-    ds, model, out, _ = evaluated
+def _gaussian3x3_by_hand(img, sigma=0.8):
+    """3x3 taps exp(-x^2 / 2 sigma^2) normalised, applied as a full 2-D kernel, borders mirrored without repeat."""
+    t = np.exp(-0.5 * (np.array([-1.0, 0.0, 1.0]) / sigma) ** 2)
+    k = np.outer(t, t) / np.outer(t, t).sum()
+    p = np.pad(img, 1, mode="reflect")
+    h, w = img.shape
+    return sum(k[i, j] * p[i:i + h, j:j + w] for i in range(3) for j in range(3))
+
+
+def _train_luma_fit(ds):
+    from dataset_builder.lmdb_io import read_lmdb
+    feats = np.stack([f for _, f in read_lmdb(os.path.join(ds, "train_db", "features"))]).astype(np.float64)
+    labels = np.stack([l[0] for _, l in read_lmdb(os.path.join(ds, "train_db", "labels"))]).astype(np.float64)
+    luma = 0.299 * feats[:, 2] + 0.587 * feats[:, 1] + 0.114 * feats[:, 0]       # BGR
+    ir = (labels + 0.5) * (256.0 / spec.NUM_BINS) - 0.5
+    (a, b), *_ = np.linalg.lstsq(np.stack([luma.ravel(), np.ones(luma.size)], 1), ir.ravel(), rcond=None)
+    return a, b, ir.mean(axis=0)
+
+
+def test_per_image_metrics_recomputed_independently(evaluated, caffe):
+    from tests.test_metrics import ssim_reference
+    ds, model, out, summary = evaluated
     rows = ev.read_table_csv(os.path.join(out, "per_image.csv"))
     assert len(rows) == 6
-    from dataset_builder.lmdb_io import read_lmdb
-    labels = np.stack([l[0] for _, l in read_lmdb(os.path.join(ds, "train_db", "labels"))]).astype(np.float64)
-    mean_img = (labels + 0.5) * (256.0 / spec.NUM_BINS) - 0.5
-    mean_img = mean_img.mean(axis=0)
+    a, b, mean_img = _train_luma_fit(ds)
+    fit = summary["baseline_fit"]["fitted_luminance"]
+    assert (fit["a"], fit["b"]) == pytest.approx((a, b), abs=1e-6)
     for r in rows[:3]:
         ir = _png(os.path.join(ds, "test", "ir", r["id"] + ".png")).astype(np.float64)
         rgb = _png(os.path.join(ds, "test", "visible", r["id"] + ".png")).astype(np.float64)
         tn = _by_hand_tn(caffe, ds, model, r["id"])
         assert r["tn"] == pytest.approx(_rms(ir, tn), abs=1e-3)
+        d = tn - ir
+        assert r["tn_rms_offset_free"] == pytest.approx(np.sqrt(np.mean((d - d.mean()) ** 2)), abs=1e-3)
+        assert r["tn_psnr"] == pytest.approx(10 * np.log10(255.0 ** 2 / np.mean(d ** 2)), abs=1e-3)
+        assert r["tn_ssim"] == pytest.approx(ssim_reference(ir, tn), abs=1e-4)
+        # TN + GS: the 3x3 Gaussian (sigma 0.8) of TN, recomputed here; a 5x5 kernel or another sigma fails
+        gs = _gaussian3x3_by_hand(tn)
+        assert r["tn_gs"] == pytest.approx(_rms(ir, gs), abs=1e-3)
+        assert r["tn_gs_ssim"] == pytest.approx(ssim_reference(ir, gs), abs=1e-4)
+        fitted = np.clip(a * (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]) + b, 0, 255)
+        assert r["fitted_luminance"] == pytest.approx(_rms(ir, fitted), abs=1e-3)
+        assert r["fitted_luminance_ssim"] == pytest.approx(ssim_reference(ir, fitted), abs=1e-4)
+        e = mean_img - ir
+        assert r["mean_ir_rms_offset_free"] == pytest.approx(np.sqrt(np.mean((e - e.mean()) ** 2)), abs=1e-3)
+        assert r["mean_ir_psnr"] == pytest.approx(10 * np.log10(255.0 ** 2 / np.mean(e ** 2)), abs=1e-3)
         assert r["mean_ir"] == pytest.approx(_rms(ir, mean_img), abs=1e-3)
         assert r["constant"] == pytest.approx(_rms(ir, np.full_like(ir, mean_img.mean())), abs=1e-3)
         luma = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
@@ -98,9 +133,43 @@ def test_per_image_rms_recomputed_independently(evaluated, caffe):
         quant = (np.minimum(np.floor(ir * spec.NUM_BINS / 256.0), spec.NUM_BINS - 1) + 0.5) * 8 - 0.5
         assert r["quantised_gt"] == pytest.approx(_rms(ir, quant), abs=1e-3)
         assert r["quantised_gt"] <= 8 / np.sqrt(12) + 0.3      # uniform quantisation error of 8-level bins
-        assert r["tn_pp"] is None
-        # TN + GS is a smoothing of TN: different, same order of magnitude.
-        assert r["tn_gs"] != r["tn"] and abs(r["tn_gs"] - r["tn"]) < 0.5 * r["tn"]
+        assert r["tn_pp"] is None and r["tn_pp_ssim"] is None
+
+
+def _gaussian5x5_by_hand(img, sigma=0.8):
+    t = np.exp(-0.5 * (np.arange(-2.0, 3.0) / sigma) ** 2)
+    k = np.outer(t, t) / np.outer(t, t).sum()
+    p = np.pad(img, 2, mode="reflect")
+    h, w = img.shape
+    return sum(k[i, j] * p[i:i + h, j:j + w] for i in range(5) for j in range(5))
+
+
+def test_tn_gs_is_exactly_the_3x3_gaussian_on_a_sharp_prediction(evaluated, tmp_path, monkeypatch):
+    """A trained net's output is already smooth, so smoothing barely moves its RMS; here TN is made
+    sharp (a seeded random image per test image) so that a 5x5 kernel or a wrong sigma would show."""
+    ds, model, _, _ = evaluated
+    fake = {}
+
+    def sharp(predictor, images, decoding, class_weights):
+        out = []
+        for img in images:
+            rng = np.random.RandomState(int(img.sum()) % (2 ** 31))
+            out.append(rng.uniform(0, 255, size=img.shape[:2]))
+            fake[len(fake)] = out[-1]
+        return out
+
+    monkeypatch.setattr(ev, "decode_batch", sharp)
+    ev.evaluate(ds, DEPLOY, model, str(tmp_path / "e"), progress=False, figures_per_class=0, limit=3)
+    rows = ev.read_table_csv(str(tmp_path / "e" / "per_image.csv"))
+    assert len(rows) == 3
+    for i, r in enumerate(rows):
+        ir = _png(os.path.join(ds, "test", "ir", r["id"] + ".png")).astype(np.float64)
+        tn = fake[i]
+        assert r["tn"] == pytest.approx(_rms(ir, tn), abs=1e-3)
+        right = _rms(ir, _gaussian3x3_by_hand(tn))
+        assert r["tn_gs"] == pytest.approx(right, abs=1e-3)
+        for wrong in (_gaussian5x5_by_hand(tn), _gaussian3x3_by_hand(tn, 1.5), _gaussian3x3_by_hand(tn, 0.5)):
+            assert abs(_rms(ir, wrong) - right) > 0.5      # each wrong smoothing is far outside the tolerance
 
 
 def test_table_rows_are_class_means_with_the_papers_numbers(evaluated):
@@ -112,15 +181,25 @@ def test_table_rows_are_class_means_with_the_papers_numbers(evaluated):
     for r in table:
         sel = per if r["object_class"] == "overall" else [p for p in per if p["object_class"] == r["object_class"]]
         assert r["n"] == len(sel)
-        for k in ("tn", "tn_gs", "mean_ir", "constant", "luminance", "quantised_gt"):
-            assert r[k] == pytest.approx(np.mean([p[k] for p in sel]), abs=1e-3)
+        for k in ev.METRIC_KEYS:
+            if not k.startswith("tn_pp"):
+                assert r[k] == pytest.approx(np.mean([p[k] for p in sel]), abs=1e-3), k
         assert r["tn_pp"] is None
+        nested = summary["metrics"][r["object_class"]]
+        assert nested["n"] == r["n"]
+        assert nested["tn"]["ssim"] == r["tn_ssim"] or nested["tn"]["ssim"] == pytest.approx(r["tn_ssim"], abs=1e-4)
+        assert nested["fitted_luminance"]["psnr"] == pytest.approx(r["fitted_luminance_psnr"], abs=1e-4)
+        assert nested["mean_ir"]["rms_offset_free"] == pytest.approx(r["mean_ir_rms_offset_free"], abs=1e-4)
     human = table[0]
     assert (human["paper_tn"], human["paper_tn_pp"], human["paper_tn_gs"]) == (9.1, 31.9, 7.5)
     assert table[1]["paper_tn"] == 37.8 and table[2]["paper_tn_gs"] == 13.5
     md = open(os.path.join(out, "table2.md")).read()
     assert "| Human | %d | %.1f | not run | %.1f | 9.1 | 31.9 | 7.5 |" % (human["n"], human["tn"], human["tn_gs"]) in md
-    assert "SYNTHETIC" in md
+    assert "Data: **SYNTHETIC** (dataset.json: SYNTHETIC" in md and "Table 2 (SYNTHETIC data)" in md
+    for caption in ("RMS (eq. 2) per class", "offset-free RMS) per class", "SSIM per class", "PSNR (dB) per class"):
+        assert caption in md and caption + ", mean over images" in md
+    assert "Fitted luminance: IR = " in md
+    assert summary["data"]["label"] == "SYNTHETIC data" and summary["data"]["synthetic"] is True
     assert summary["tn_pp"] == "not run" and "no VGG-16 weights" in summary["tn_pp_note"]
 
 

@@ -54,16 +54,25 @@ def test_table2_in_the_report_equals_the_csv(reported):
         assert cells[2] == _fmt(t["tn"]) and cells[4] == _fmt(t["tn_gs"])
         assert cells[3] == "not run"
         assert cells[5:] == [_fmt(t["paper_tn"]), _fmt(t["paper_tn_pp"]), _fmt(t["paper_tn_gs"])]
-    base = _md_table(md, "| Object | n | TN | TN + GS | Mean training IR")
-    for cells, t in zip(base, table):
-        assert cells[2:] == [_fmt(t[k]) for k in ("tn", "tn_gs", "mean_ir", "constant", "luminance", "quantised_gt")]
+    # Table 2's companion: one table per metric (TN + PP absent when not run), each cell from table2.csv
+    cols = ("tn", "tn_gs", "mean_ir", "fitted_luminance", "constant", "luminance", "quantised_gt")
+    digits = {"rms": 1, "rms_offset_free": 1, "ssim": 3, "psnr": 2}
+    blocks = md.split("| Object | n | TN | TN + GS | Mean training IR | Fitted luminance |")
+    assert len(blocks) == 5, "four metric tables expected"
+    for metric, block in zip(("rms", "rms_offset_free", "ssim", "psnr"), blocks[1:]):
+        rows = [[c.strip() for c in l.strip().strip("|").split("|")] for l in block.splitlines()[2:]
+                if l.startswith("|")][:len(table)]
+        assert len(rows) == len(table)
+        for cells, t in zip(rows, table):
+            key = lambda c: c if metric == "rms" else "%s_%s" % (c, metric)
+            assert cells[2:] == ["%.*f" % (digits[metric], t[key(c)]) for c in cols], (metric, cells)
 
 
 def test_result_line_and_verdict_come_from_the_overall_row(reported):
     run, r = reported
     md = open(r["md"]).read()
     overall = ev.read_table_csv(os.path.join(run, "eval", "table2.csv"))[-1]
-    best = min(("mean_ir", "constant", "luminance"), key=lambda k: overall[k])
+    best = min(("mean_ir", "fitted_luminance", "constant", "luminance"), key=lambda k: overall[k])
     m = re.search(r"TN \*\*([0-9.]+)\*\*, TN \+ GS ([0-9.]+); best trivial baseline \((.*?)\) ([0-9.]+)\.", md)
     assert m, md[:800]
     assert (m.group(1), m.group(2), m.group(4)) == (_fmt(overall["tn"]), _fmt(overall["tn_gs"]), _fmt(overall[best]))
@@ -84,6 +93,65 @@ def test_settings_and_the_synthetic_statement(reported):
     assert settings["Iterations (epochs)"] == "%d (%.1f)" % (s["iterations"], s["iterations"] / s["iters_per_epoch"])
     assert settings["Training throughput"] == "%.1f img/s" % s["images_per_second"]
     assert settings["Network"] == "thermalnet_v1_1.prototxt"
+
+
+def test_data_source_and_fitted_baseline_are_named(reported):
+    run, r = reported
+    md = open(r["md"]).read()
+    ev_json = json.load(open(os.path.join(run, "eval", "eval.json")))
+    assert "## Table 2: average RMS (eq. 2, brightness 0..255 at 48x64), SYNTHETIC data" in md
+    assert "## Table 2's companion: every metric, TN beside the trivial baselines (SYNTHETIC data)" in md
+    fit = ev_json["baseline_fit"]["fitted_luminance"]
+    assert "IR = %.4f * luma + %.2f" % (fit["a"], fit["b"]) in md
+    assert "RMS after removing each image's mean difference (offset-free RMS)" in md
+
+
+def test_fidelity_register_is_in_the_report(reported):
+    run, r = reported
+    md = open(r["md"]).read()
+    assert "## Paper-fidelity register (tools.fidelity)" in md
+    rows = _md_table(md, "| Kind | Statement | Paper | Where | Status |")
+    from tools import fidelity
+    assert len(rows) == len(fidelity.REGISTER)
+    status = {row[1]: row[4] for row in rows}
+    assert status["Two deconvolution layers restore the input resolution"] == "**PASS**"
+    assert status["Global average pooling removed"] == "**PASS**"
+    assert status["1000 training pairs, 100 test pairs"] == "**FAIL**"         # 18 / 6 pairs here
+    assert status["Trained for 1000 epochs"] == "**FAIL**"
+    assert status["TN + PP: Gatys style reconstruction with VGG-16, the real IR image as style"] == "**NOT RUN**"
+    assert all(row[4] in ("**PASS**", "**FAIL**", "**ASSUMED**", "**NOT RUN**") for row in rows)
+    html = open(r["html"]).read()
+    assert "Paper-fidelity register" in html and "Output size = input size (H x W)" in html
+
+
+def test_weights_and_best_snapshot_from_the_summary(reported, tmp_path):
+    run, _ = reported
+    path = os.path.join(run, "train_summary.json")
+    original = open(path).read()
+    s = json.loads(original)
+    for k in ("weights", "best", "evaluated_snapshot"):
+        s.pop(k, None)
+    with open(path, "w") as f:
+        json.dump(s, f)
+    settings = dict(_md_table(open(report.write_report(run, out_dir=str(tmp_path))["md"]).read(),
+                              "| Setting | Value |"))
+    assert settings["Pretrained weights"].startswith("none")
+    assert settings["Best validation snapshot"] == "not recorded"
+    s["weights"] = [os.path.join("models", "squeezenet_v1.1.caffemodel")]
+    s["best"] = {"iteration": 1234, "val_loss": 2.71828, "caffemodel": os.path.join(run, "best.caffemodel")}
+    s["evaluated_snapshot"] = {"which": "best", "caffemodel": os.path.join(run, "best.caffemodel"),
+                               "iteration": 1234, "val_loss": 2.71828}
+    with open(os.path.join(run, "train_summary.json"), "w") as f:
+        json.dump(s, f)
+    try:
+        r = report.write_report(run, out_dir=str(tmp_path))
+        settings = dict(_md_table(open(r["md"]).read(), "| Setting | Value |"))
+        assert settings["Pretrained weights"] == "squeezenet_v1.1.caffemodel"
+        assert settings["Best validation snapshot"] == "iteration 1234, validation loss 2.7183"
+        assert settings["Evaluated snapshot"] == "best.caffemodel (best, iteration 1234)"
+    finally:
+        with open(path, "w") as f:
+            f.write(original)
 
 
 def test_markdown_links_resolve_and_html_is_self_contained(reported):

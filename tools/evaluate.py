@@ -7,11 +7,18 @@ For every test image (the dataset's test/ folder, at the network's HxW): TN (the
 network's output decoded to brightness), TN + GS (3x3 Gaussian, tools.postprocess),
 TN + PP (Gatys style reconstruction with VGG-16: only with --vgg-weights, otherwise
 reported "not run" and never approximated), and the trivial baselines of
-tools.baselines on the same images. RMS is spec.rms on brightness 0..255.
-Per-class figures are the mean of per-image RMS, as the paper's "average RMS".
+tools.baselines on the same images (mean training IR image, visible luminance fitted
+to the IR on the training split, ...). Each is scored with tools.metrics on brightness
+0..255: eq. 2's RMS, the offset-free RMS (each image's mean difference removed), SSIM
+and PSNR. Per-class figures are means of per-image values, as the paper's "average RMS".
+dataset.json says whether the data are SYNTHETIC or real pairs; every table says which.
 
-Writes into --out: per_image.csv, table2.csv, table2.md, eval.json, bars.png and
+Writes into --out: per_image.csv, table2.csv (column `tn` is TN's RMS, `tn_ssim` its
+SSIM, ...: evaluate.metric_key), table2.md, eval.json, bars.png and
 triptychs/<class>_<id>.png (TV | IR | synthetic IR, paper Figs. 9-10).
+
+Python API (used by ablations): evaluate(dataset, deploy, model, out, decoding=...) returns
+eval.json's dict; its "metrics" is {class or "overall": {"n": n, row: {metric: value}}}.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from dataset_builder import spec
-from tools import baselines as bl
+from tools import baselines as bl, metrics
 
 # Table 2 of Kniaz et al. 2017: (TN, TN + PP, TN + GS) average RMS.
 PAPER_TABLE2 = {
@@ -37,7 +44,33 @@ PAPER_TABLE2 = {
 METHODS = ("tn", "tn_pp", "tn_gs")
 METHOD_LABELS = {"tn": "TN", "tn_pp": "TN + PP", "tn_gs": "TN + GS"}
 REFERENCE_ROWS = bl.BASELINES + ("quantised_gt",)
+ROWS = METHODS + REFERENCE_ROWS          # everything scored on each test image
+ROW_SHORT = {"tn": "TN", "tn_gs": "TN + GS", "tn_pp": "TN + PP", "mean_ir": "Mean training IR",
+             "fitted_luminance": "Fitted luminance", "constant": "Constant", "luminance": "Luminance (unfitted)",
+             "quantised_gt": "Quantised IR (floor)"}
 OVERALL = "overall"
+METRICS = metrics.METRICS
+
+
+def metric_key(row: str, metric: str) -> str:
+    """Column name of one (method or baseline, metric): the bare name is eq. 2's RMS (Table 2's unit)."""
+    if metric not in METRICS:
+        raise ValueError("unknown metric %r (choose from %s)" % (metric, ", ".join(METRICS)))
+    return row if metric == "rms" else "%s_%s" % (row, metric)
+
+
+METRIC_KEYS = tuple(metric_key(r, m) for m in METRICS for r in ROWS)
+
+
+def data_label(info: Dict) -> str:
+    """Which data a number comes from, as dataset.json says: 'SYNTHETIC data' or 'real pairs'."""
+    return "SYNTHETIC data" if info.get("synthetic") else "real pairs"
+
+
+def data_statement(info: Dict) -> str:
+    """One line saying which data the numbers come from, from dataset.json (synthetic flag and note)."""
+    return "Data: **%s** (dataset.json: %s)." % ("SYNTHETIC" if info.get("synthetic") else "real pairs",
+                                                 info.get("note") or "no note")
 
 
 # Default "mmse" (spec.decode): eq. 1's rebalancing divided out, then the mean, the
@@ -67,8 +100,13 @@ def _cell(v: Optional[float], digits: int = 1) -> str:
     return "—" if v is None else ("%.*f" % (digits, v))
 
 
+def score_image(ir: np.ndarray, prediction: np.ndarray, row: str) -> Dict[str, float]:
+    """Every metric of one prediction against the real IR, under its column names."""
+    return {metric_key(row, m): v for m, v in metrics.all_metrics(ir, prediction).items()}
+
+
 def table_rows(per_image: List[Dict], classes: Sequence[str]) -> List[Dict]:
-    """Per-class rows (paper classes first, then any other class present, then overall)."""
+    """Per-class rows (paper classes first, then any other class present, then overall): means of per-image values."""
     present = []
     for r in per_image:
         if r["object_class"] not in present:
@@ -79,7 +117,7 @@ def table_rows(per_image: List[Dict], classes: Sequence[str]) -> List[Dict]:
     for cls in order + [OVERALL]:
         sel = per_image if cls == OVERALL else [r for r in per_image if r["object_class"] == cls]
         row = {"object_class": cls, "n": len(sel)}
-        for key in METHODS + REFERENCE_ROWS:
+        for key in METRIC_KEYS:
             row[key] = _mean([r.get(key) for r in sel])
         paper = PAPER_TABLE2.get(cls)
         for key, v in zip(METHODS, paper or (None, None, None)):
@@ -88,8 +126,21 @@ def table_rows(per_image: List[Dict], classes: Sequence[str]) -> List[Dict]:
     return rows
 
 
-TABLE_FIELDS = (("object_class", "n") + METHODS + tuple("paper_" + m for m in METHODS) + REFERENCE_ROWS)
-PER_IMAGE_FIELDS = ("id", "object_class") + METHODS + REFERENCE_ROWS
+def nested_metrics(table: List[Dict]) -> Dict[str, Dict]:
+    """table rows -> {class or 'overall': {'n': n, method or baseline: {metric: value}}} (the API's shape)."""
+    out = {}
+    for r in table:
+        d = {"n": r["n"]}
+        for row in ROWS:
+            d[row] = {m: r.get(metric_key(row, m)) for m in METRICS}
+        out[r["object_class"]] = d
+    return out
+
+
+RMS_KEYS = METHODS + REFERENCE_ROWS
+TABLE_FIELDS = (("object_class", "n") + METHODS + tuple("paper_" + m for m in METHODS) + REFERENCE_ROWS
+                + tuple(k for k in METRIC_KEYS if k not in RMS_KEYS))
+PER_IMAGE_FIELDS = ("id", "object_class") + METRIC_KEYS
 
 
 def _write_csv(path: str, fields: Sequence[str], rows: List[Dict]) -> str:
@@ -123,41 +174,78 @@ def read_table_csv(path: str) -> List[Dict]:
     return out
 
 
-def table_markdown(rows: List[Dict], pp_note: str = "") -> str:
-    """Table 2 in the paper's layout, ours beside the paper's, then the baselines."""
+def _name(r: Dict) -> str:
+    name = class_label(r["object_class"])
+    return "**%s**" % name if r["object_class"] == OVERALL else name
+
+
+def metric_caption(metric: str, data: str = "") -> str:
+    better = "higher is better" if metrics.HIGHER_IS_BETTER[metric] else "lower is better"
+    return "%s per class, mean over images (%s)%s:" % (metrics.METRIC_LABELS[metric], better,
+                                                       " -- " + data if data else "")
+
+
+def metric_table_lines(rows: List[Dict], metric: str, with_pp: bool = True) -> List[str]:
+    """One markdown table: a metric per class for TN, its variants, every baseline and the floor."""
+    cols = [c for c in ROWS if with_pp or c != "tn_pp"]
+    lines = ["| Object | n | %s |" % " | ".join(ROW_SHORT[c] for c in cols), "|---|---:|%s" % ("---:|" * len(cols))]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(metric_key(c, metric))
+            cells.append(_cell(v, metrics.DIGITS[metric]) if v is not None else ("not run" if c == "tn_pp" else "—"))
+        lines.append("| %s | %d | %s |" % (_name(r), r["n"], " | ".join(cells)))
+    return lines
+
+
+def metrics_markdown(rows: List[Dict], data: str = "", with_pp: bool = True) -> str:
+    """Table 2's companion: one table per metric, TN and its variants beside every baseline."""
+    lines = []
+    for m in METRICS:
+        lines += [metric_caption(m, data), ""] + metric_table_lines(rows, m, with_pp) + [""]
+    return "\n".join(lines)
+
+
+def table_markdown(rows: List[Dict], pp_note: str = "", data: str = "") -> str:
+    """Table 2 in the paper's layout, ours beside the paper's, then every metric for TN and the baselines."""
     lines = ["| Object | n | TN | TN + PP | TN + GS | paper TN | paper TN + PP | paper TN + GS |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        name = class_label(r["object_class"])
-        if r["object_class"] == OVERALL:
-            name = "**%s**" % name
         lines.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
-            name, r["n"], _cell(r["tn"]), _cell(r["tn_pp"]) if r["tn_pp"] is not None else "not run",
+            _name(r), r["n"], _cell(r["tn"]), _cell(r["tn_pp"]) if r["tn_pp"] is not None else "not run",
             _cell(r["tn_gs"]), _cell(r["paper_tn"]), _cell(r["paper_tn_pp"]), _cell(r["paper_tn_gs"])))
-    lines += ["", "Trivial baselines and the quantisation floor on the same test images (average RMS):", "",
-              "| Object | n | TN (ours) | %s |" % " | ".join(bl.BASELINE_LABELS[k] for k in REFERENCE_ROWS),
-              "|---|---:|---:|%s" % ("---:|" * len(REFERENCE_ROWS))]
-    for r in rows:
-        name = class_label(r["object_class"])
-        if r["object_class"] == OVERALL:
-            name = "**%s**" % name
-        lines.append("| %s | %d | %s | %s |" % (name, r["n"], _cell(r["tn"]),
-                                              " | ".join(_cell(r[k]) for k in REFERENCE_ROWS)))
     if pp_note:
         lines += ["", pp_note]
+    lines += ["", "Table 2's companion: every metric, TN beside the trivial baselines and the quantisation floor "
+              "on the same test images%s." % (" (" + data + ")" if data else ""), ""]
+    lines.append(metrics_markdown(rows, data))
     return "\n".join(lines) + "\n"
+
+
+def fit_markdown(fit: Dict) -> str:
+    return ("Fitted luminance: IR = %.4f * luma + %.2f (least squares over %d pixels of %d training images, "
+            "R^2 %.3f), clipped to 0..255." % (fit["a"], fit["b"], fit["pixels"], fit["images"], fit["r2"]))
 
 
 def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "pycaffe",
              vgg_weights: Optional[str] = None, decoding: str = "mmse", batch_size: int = 8,
              gpu: Optional[int] = None, figures_per_class: int = 2, gatys_iterations: Optional[int] = None,
-             limit: Optional[int] = None, progress: bool = True) -> Dict:
-    """Score a model on a dataset's test split; write the CSVs, Table 2, figures; return eval.json's dict."""
+             limit: Optional[int] = None, progress: bool = True,
+             baselines: Optional["bl.Baselines"] = None) -> Dict:
+    """Score a model on a dataset's test split; write the CSVs, Table 2, figures; return eval.json's dict.
+
+    The dict's "metrics" holds {class or "overall": {"n": n, row: {metric: value}}} for every
+    row of ROWS (TN, TN + PP, TN + GS, the baselines, the quantisation floor) and metric of
+    METRICS (rms = eq. 2, rms_offset_free, ssim, psnr); "baseline_fit" the fitted-luminance
+    line; "data" which data the numbers come from (dataset.json). Pass `baselines` (a
+    tools.baselines.Baselines of the same dataset) to reuse its training statistics across calls.
+    """
     from tqdm import tqdm
     from tools import plots, postprocess
     from tools.inference import Predictor
 
     info = bl.read_dataset_info(dataset)
+    data = data_label(info)
     rows = bl.read_manifest(dataset, "test")
     if limit:
         rows = rows[:limit]
@@ -167,7 +255,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
     predictor = Predictor(deploy, model, mean_file=mean_file, backend=backend, batch_size=batch_size, gpu=gpu)
-    base = bl.Baselines(dataset)
+    base = baselines if baselines is not None else bl.Baselines(dataset)
     weights = spec.read_class_weights(dataset, int(info["num_bins"])) if decoding == "mmse" else None
 
     from tools import gatys
@@ -191,26 +279,25 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
         preds = decode_batch(predictor, [p[0] for p in pairs], decoding, weights)
         for (vis, ir), r, tn in zip(pairs, chunk, preds):
             cls = r.get("object_class") or "unlabelled"
-            gs = postprocess.gaussian3x3(tn)
-            res = {"id": r["id"], "object_class": cls, "tn": spec.rms(ir, tn), "tn_gs": spec.rms(ir, gs),
-                   "tn_pp": None}
+            res = {"id": r["id"], "object_class": cls}
+            res.update(score_image(ir, tn, "tn"))
+            res.update(score_image(ir, postprocess.gaussian3x3(tn), "tn_gs"))
+            res.update({metric_key("tn_pp", m): None for m in METRICS})
             if reconstructor is not None:
                 kw = {"iterations": gatys_iterations} if gatys_iterations else {}
                 pp, _ = reconstructor.run(tn, ir, **kw)
-                res["tn_pp"] = spec.rms(ir, pp)
+                res.update(score_image(ir, pp, "tn_pp"))
             for name in REFERENCE_ROWS:
-                res[name] = spec.rms(ir, base.predict(name, vis, ir))
+                res.update(score_image(ir, base.predict(name, vis, ir), name))
             per_image.append(res)
             if shown.get(cls, 0) < figures_per_class:
                 shown[cls] = shown.get(cls, 0) + 1
                 png = os.path.join(trip_dir, "%s_%s.png" % (cls, r["id"]))
                 plots.plot_triptych(vis, ir, np.clip(tn, 0, 255), png,
-                                    title="%s %s: TN RMS %.1f (SYNTHETIC data)" % (class_label(cls), r["id"],
-                                                                                  res["tn"])
-                                    if info.get("synthetic") else
-                                    "%s %s: TN RMS %.1f" % (class_label(cls), r["id"], res["tn"]))
+                                    title="%s %s: TN RMS %.1f, SSIM %.2f, PSNR %.1f dB (%s)"
+                                    % (class_label(cls), r["id"], res["tn"], res["tn_ssim"], res["tn_psnr"], data))
                 fig_paths.append({"id": r["id"], "object_class": cls, "png": os.path.relpath(png, out),
-                                  "tn": res["tn"]})
+                                  "tn": res["tn"], "tn_ssim": res["tn_ssim"], "tn_psnr": res["tn_psnr"]})
             bar.update(1)
     bar.close()
 
@@ -218,9 +305,10 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     pp_note = pp_reason or ("TN + PP: Gatys style reconstruction with VGG-16 (%s)" % vgg_weights)
     _write_csv(os.path.join(out, "per_image.csv"), PER_IMAGE_FIELDS, per_image)
     _write_csv(os.path.join(out, "table2.csv"), TABLE_FIELDS, table)
-    md = ("Average RMS (eq. 2, brightness 0..255 at %dx%d), %s decoding, TN + GS: 3x3 Gaussian sigma %.1f.%s\n\n"
-          % (info["height"], info["width"], decoding, postprocess.GAUSSIAN_SIGMA,
-             " Data are SYNTHETIC." if info.get("synthetic") else "")) + table_markdown(table, pp_note)
+    md = ("%s\n\nTable 2 (%s): average RMS (eq. 2, brightness 0..255 at %dx%d), %s decoding, TN + GS: 3x3 "
+          "Gaussian sigma %.1f.\n\n" % (data_statement(info), data, info["height"], info["width"], decoding,
+                                        postprocess.GAUSSIAN_SIGMA)
+          + table_markdown(table, pp_note, data) + fit_markdown(base.fit) + "\n")
     tmp = os.path.join(out, "table2.md.tmp")
     with open(tmp, "w") as f:
         f.write(md)
@@ -230,17 +318,21 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     if reconstructor is not None:
         series["TN + PP"] = [r["tn_pp"] for r in table]
     for k in bl.BASELINES:
-        series[bl.BASELINE_LABELS[k]] = [r[k] for r in table]
+        series[ROW_SHORT[k]] = [r[k] for r in table]
     plots.plot_bars(groups, series, os.path.join(out, "bars.png"),
-                    title="Average RMS per object class%s" % (" (SYNTHETIC data)" if info.get("synthetic") else ""))
+                    title="Average RMS (eq. 2) per object class (%s)" % data)
     summary = {
         "dataset": os.path.abspath(dataset), "synthetic": bool(info.get("synthetic")),
+        "data": {"label": data, "synthetic": bool(info.get("synthetic")), "note": info.get("note"),
+                 "source": os.path.join(os.path.abspath(dataset), spec.DATASET_INFO_FILE)},
         "deploy": os.path.abspath(deploy), "model": os.path.abspath(model), "backend": backend,
         "decoding": decoding, "gaussian_sigma": postprocess.GAUSSIAN_SIGMA,
         "tn_pp": "run" if reconstructor is not None else "not run", "tn_pp_note": pp_note,
         "height": int(info["height"]), "width": int(info["width"]), "num_bins": int(info["num_bins"]),
         "n_test": len(per_image), "seconds": time.time() - t0,
-        "table": table, "triptychs": fig_paths,
+        "metric_names": {m: metrics.METRIC_LABELS[m] for m in METRICS}, "ssim_options": metrics.SSIM_OPTIONS,
+        "baseline_fit": {"fitted_luminance": base.fit},
+        "table": table, "metrics": nested_metrics(table), "triptychs": fig_paths,
         "files": {"per_image": "per_image.csv", "table": "table2.csv", "markdown": "table2.md", "bars": "bars.png"},
     }
     tmp = os.path.join(out, "eval.json.tmp")

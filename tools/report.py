@@ -2,10 +2,12 @@
 
     python -m tools.report --run runs/NAME [--eval runs/NAME/eval]
 
-Sources: RUN/train_summary.json (settings, time, throughput), RUN/train.csv and
-RUN/val.csv (loss curve), RUN/loss.png, EVAL/eval.json and EVAL/table2.csv (Table 2,
-baselines), EVAL/bars.png, EVAL/triptychs/*.png. Nothing is typed in by hand except the
-paper's own Table 2, which tools.evaluate writes into table2.csv beside ours.
+Sources: RUN/train_summary.json (settings, time, throughput, pretrained weights, best
+snapshot), RUN/train.csv and RUN/val.csv (loss curve), RUN/loss.png, EVAL/eval.json and
+EVAL/table2.csv (Table 2, its companion tables of RMS, offset-free RMS, SSIM and PSNR,
+baselines), EVAL/bars.png, EVAL/triptychs/*.png, and the paper-fidelity register
+(tools.fidelity, checked on the same run's artifacts). Nothing is typed in by hand except
+the paper's own Table 2, which tools.evaluate writes into table2.csv beside ours.
 report.md links the PNGs relatively; report.html embeds them (base64) so it can be
 mailed or opened anywhere.
 """
@@ -20,11 +22,23 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from tools import baselines as bl
+from tools import baselines as bl, fidelity, metrics
 from tools.caffe_log import read_csv
-from tools.evaluate import (METHOD_LABELS, METHODS, OVERALL, REFERENCE_ROWS, class_label, read_table_csv)
+from tools.evaluate import (METHODS, OVERALL, class_label, fit_markdown, metric_caption, metric_table_lines,
+                            read_table_csv)
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
+BASELINES_NOTE = ("Mean training IR: per-pixel mean of the training labels decoded at bin centres; fitted luminance: "
+                  "the visible image's luma through the straight line fitted to the IR by least squares on the "
+                  "training split; constant: the mean training brightness; luminance (unfitted): the visible luma "
+                  "used as brightness as it is; quantised IR: the real IR through the Q bins (what a perfect "
+                  "classifier scores with argmax decoding). Offset-free RMS: the RMS after removing each image's "
+                  "mean difference (cameras with automatic gain shift whole frames). SSIM: Wang et al. 2004, "
+                  "Gaussian window sigma 1.5; PSNR: 10 log10(255^2 / MSE), averaged in dB.")
+FIDELITY_NOTE = ("Each claim of the paper and each assumption of the kit, checked on this run's artifacts (the "
+                 "train_val.prototxt it trained, its solver, train_summary.json, the dataset's LMDBs and "
+                 "dataset.json, the evaluation): PASS / FAIL / ASSUMED / NOT RUN. "
+                 "`python -m tools.fidelity RUN` prints the same table.")
 
 
 def _load_json(path: str) -> Dict:
@@ -63,8 +77,22 @@ def gather(run: str, eval_dir: Optional[str] = None) -> Dict:
     ds_json = os.path.join(summary.get("dataset", ""), "dataset.json")
     if os.path.isfile(ds_json):
         dataset_info = _load_json(ds_json)
+    try:
+        register, register_error = fidelity.check(run, eval_dir=eval_dir), None
+    except (OSError, ValueError) as exc:
+        register, register_error = [], str(exc)
     return {"run": run, "eval_dir": eval_dir, "summary": summary, "eval": ev, "table": table,
-            "train": train_rows, "val": val_rows, "dataset": dataset_info}
+            "train": train_rows, "val": val_rows, "dataset": dataset_info, "fidelity": register,
+            "fidelity_error": register_error}
+
+
+def data_label(g: Dict) -> str:
+    """'SYNTHETIC data' or 'real pairs', from eval.json (itself from the dataset's dataset.json)."""
+    d = g["eval"].get("data") or {}
+    if d.get("label"):
+        return d["label"]
+    synthetic = g["eval"].get("synthetic", g["summary"].get("synthetic"))
+    return "SYNTHETIC data" if synthetic else "real pairs"
 
 
 def _overall(table: List[Dict]) -> Dict:
@@ -114,9 +142,18 @@ def settings_rows(g: Dict) -> List[tuple]:
                                             (", GPU %s" % s["gpu"]) if s.get("gpu") is not None else "")),
         ("Training back-end", s.get("backend", "")),
         ("Final train / validation loss", "%s / %s" % (_f(s.get("last_train_loss"), 4), _f(s.get("last_val_loss"), 4))),
+        ("Pretrained weights", ", ".join(os.path.basename(str(w)) for w in _as_list(s.get("weights")))
+         or "none (random initialisation from the prototxt fillers)"),
+        ("Best validation snapshot", "iteration %s, validation loss %s" % (s["best"].get("iteration"),
+                                                                          _f(s["best"].get("val_loss"), 4))
+         if isinstance(s.get("best"), dict) else "not recorded"),
+        ("Evaluated snapshot", _evaluated(s, ev)),
         ("Decoding", ev.get("decoding", "")),
         ("TN + GS", "3x3 Gaussian, sigma %s" % ev.get("gaussian_sigma")),
         ("TN + PP", ev.get("tn_pp_note", ev.get("tn_pp", ""))),
+        ("Fitted luminance baseline", fit_markdown(ev["baseline_fit"]["fitted_luminance"])
+         if (ev.get("baseline_fit") or {}).get("fitted_luminance") else "—"),
+        ("SSIM settings", ", ".join("%s=%s" % kv for kv in sorted((ev.get("ssim_options") or {}).items())) or "—"),
         ("Model", os.path.basename(ev.get("model", ""))),
     ]
     if g["dataset"].get("window") is not None:
@@ -124,6 +161,20 @@ def settings_rows(g: Dict) -> List[tuple]:
         rows.insert(3, ("Brightness window", "%.1f .. %.1f degC -> 0..255 (%s window)"
                         % (lo, hi, g["dataset"].get("window_mode", ""))))
     return rows
+
+
+def _as_list(v) -> List:
+    if not v:
+        return []
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _evaluated(s: Dict, ev: Dict) -> str:
+    e = s.get("evaluated_snapshot")
+    if isinstance(e, dict):
+        return "%s (%s, iteration %s)" % (os.path.basename(str(e.get("caffemodel", ""))), e.get("which"),
+                                          e.get("iteration"))
+    return os.path.basename(ev.get("model", ""))
 
 
 def _table2_md(table: List[Dict]) -> List[str]:
@@ -137,13 +188,29 @@ def _table2_md(table: List[Dict]) -> List[str]:
     return out
 
 
-def _baselines_md(table: List[Dict]) -> List[str]:
-    out = ["| Object | n | TN | TN + GS | %s |" % " | ".join(bl.BASELINE_LABELS[k] for k in REFERENCE_ROWS),
-           "|---|---:|---:|---:|%s" % ("---:|" * len(REFERENCE_ROWS))]
-    for r in table:
-        out.append("| %s | %d | %s | %s | %s |" % (class_label(r["object_class"]), r["n"], _f(r["tn"]), _f(r["tn_gs"]),
-                                                  " | ".join(_f(r[k]) for k in REFERENCE_ROWS)))
+def _trip_scores(t: Dict) -> str:
+    out = "TN RMS %s" % _f(t["tn"])
+    if t.get("tn_ssim") is not None:
+        out += ", SSIM %s, PSNR %s dB" % (_f(t["tn_ssim"], 3), _f(t.get("tn_psnr"), 1))
     return out
+
+
+def _with_pp(g: Dict) -> bool:
+    return g["eval"].get("tn_pp") == "run"
+
+
+def _companion_md(g: Dict) -> List[str]:
+    """Table 2's companion (tools.evaluate's tables): RMS, offset-free RMS, SSIM, PSNR for TN and every baseline."""
+    out = []
+    for m in metrics.METRICS:
+        out += [metric_caption(m, data_label(g)), ""] + metric_table_lines(g["table"], m, _with_pp(g)) + [""]
+    return out
+
+
+def _fidelity_md(g: Dict) -> List[str]:
+    if g["fidelity_error"]:
+        return ["The register could not be checked: %s" % g["fidelity_error"], ""]
+    return fidelity.markdown(g["fidelity"]).splitlines() + [""]
 
 
 def _rel(path: str, start: str) -> str:
@@ -160,7 +227,8 @@ def render_markdown(g: Dict, out_dir: str) -> str:
                       _f(v["best_baseline_rms"]),
                       "The network beats every trivial baseline." if v["beats_baselines"] else
                       "The network does NOT beat the best trivial baseline."), ""]
-    lines += ["## Table 2: average RMS (eq. 2, brightness 0..255 at %dx%d)" % (ev.get("height"), ev.get("width")), ""]
+    lines += ["## Table 2: average RMS (eq. 2, brightness 0..255 at %dx%d), %s" % (ev.get("height"), ev.get("width"),
+                                                                              data_label(g)), ""]
     lines += _table2_md(table)
     lines += ["", "TN: Thermalnet (%s decoding%s), TN + PP: + Gatys style reconstruction, TN + GS: + 3x3 Gaussian "
               "(sigma %s). Paper columns: Kniaz et al. 2017, Table 2 (real FLIR ONE data)." %
@@ -168,11 +236,11 @@ def render_markdown(g: Dict, out_dir: str) -> str:
                if ev.get("decoding") == "mmse" else "", ev.get("gaussian_sigma")), ""]
     if ev.get("tn_pp") != "run":
         lines += [ev.get("tn_pp_note", "TN + PP not run."), ""]
-    lines += ["## Trivial baselines on the same test images", ""]
-    lines += _baselines_md(table)
-    lines += ["", "Mean training IR: per-pixel mean of the training labels decoded at bin centres; constant: its "
-              "mean; luminance: the visible image's luma used as brightness; quantised IR: the real IR through the "
-              "Q bins (what a perfect classifier scores with argmax decoding).", ""]
+    lines += ["## Table 2's companion: every metric, TN beside the trivial baselines (%s)" % data_label(g), ""]
+    lines += _companion_md(g)
+    lines += [BASELINES_NOTE, ""]
+    if (ev.get("baseline_fit") or {}).get("fitted_luminance"):
+        lines += [fit_markdown(ev["baseline_fit"]["fitted_luminance"]), ""]
     lines += ["## Training", ""]
     loss_png = os.path.join(g["run"], "loss.png")
     if os.path.isfile(loss_png):
@@ -186,12 +254,13 @@ def render_markdown(g: Dict, out_dir: str) -> str:
     lines += ["## Examples (paper Figs. 9-10): TV | IR | synthetic IR", ""]
     for t in ev.get("triptychs", []):
         png = os.path.join(g["eval_dir"], t["png"])
-        lines += ["%s %s (TN RMS %s):" % (class_label(t["object_class"]), t["id"], _f(t["tn"])), "",
+        lines += ["%s %s (%s):" % (class_label(t["object_class"]), t["id"], _trip_scores(t)), "",
                   "![%s](%s)" % (t["id"], _rel(png, out_dir)), ""]
     bars = os.path.join(g["eval_dir"], "bars.png")
     if os.path.isfile(bars):
         lines += ["## RMS per class", "", "![bars](%s)" % _rel(bars, out_dir), ""]
-    lines += ["Files: per-image RMS `%s`, Table 2 `%s`, training log `%s`." % (
+    lines += ["## Paper-fidelity register (tools.fidelity)", "", FIDELITY_NOTE, ""] + _fidelity_md(g)
+    lines += ["Files: per-image metrics `%s`, Table 2 `%s`, training log `%s`." % (
         _rel(os.path.join(g["eval_dir"], "per_image.csv"), out_dir),
         _rel(os.path.join(g["eval_dir"], "table2.csv"), out_dir), _rel(os.path.join(g["run"], "train.log"), out_dir)),
         ""]
@@ -232,19 +301,37 @@ def render_html(g: Dict) -> str:
                                    html.escape(bl.BASELINE_LABELS[v["best_baseline"]]), _f(v["best_baseline_rms"]),
                                    "The network beats every trivial baseline." if v["beats_baselines"] else
                                    "The network does NOT beat the best trivial baseline."),
-             "<h2>Table 2: average RMS (eq. 2, brightness 0..255 at %sx%s)</h2>" % (ev.get("height"), ev.get("width")),
+             "<h2>Table 2: average RMS (eq. 2, brightness 0..255 at %sx%s), %s</h2>" % (
+                 ev.get("height"), ev.get("width"), html.escape(data_label(g))),
              _html_table(*_md_table_to_rows(_table2_md(table))),
              "<p>%s</p>" % html.escape(ev.get("tn_pp_note", "")),
-             "<h2>Trivial baselines on the same test images</h2>",
-             _html_table(*_md_table_to_rows(_baselines_md(table))),
+             "<h2>Table 2's companion: every metric, TN beside the trivial baselines (%s)</h2>"
+             % html.escape(data_label(g))]
+    for m in metrics.METRICS:
+        parts += ["<p>%s</p>" % html.escape(metric_caption(m, data_label(g))),
+                  _html_table(*_md_table_to_rows(metric_table_lines(table, m, _with_pp(g))))]
+    parts += ["<p>%s</p>" % html.escape(BASELINES_NOTE)]
+    if (ev.get("baseline_fit") or {}).get("fitted_luminance"):
+        parts.append("<p>%s</p>" % html.escape(fit_markdown(ev["baseline_fit"]["fitted_luminance"])))
+    parts += [
              "<h2>Training</h2>", _img_tag(os.path.join(g["run"], "loss.png"), "loss curve"),
              _html_table(["Setting", "Value"], [[k, v_] for k, v_ in settings_rows(g)]),
              "<h2>Examples (paper Figs. 9-10): TV | IR | synthetic IR</h2>"]
     for t in ev.get("triptychs", []):
-        parts.append("<p>%s %s (TN RMS %s)</p>%s" % (html.escape(class_label(t["object_class"])),
-                                                     html.escape(t["id"]), _f(t["tn"]),
+        parts.append("<p>%s %s (%s)</p>%s" % (html.escape(class_label(t["object_class"])),
+                                              html.escape(t["id"]), html.escape(_trip_scores(t)),
                                                      _img_tag(os.path.join(g["eval_dir"], t["png"]), t["id"])))
-    parts += ["<h2>RMS per class</h2>", _img_tag(os.path.join(g["eval_dir"], "bars.png"), "bars"), "</body></html>"]
+    parts += ["<h2>RMS per class</h2>", _img_tag(os.path.join(g["eval_dir"], "bars.png"), "bars"),
+              "<h2>Paper-fidelity register (tools.fidelity)</h2>", "<p>%s</p>" % html.escape(FIDELITY_NOTE)]
+    if g["fidelity_error"]:
+        parts.append("<p>The register could not be checked: %s</p>" % html.escape(g["fidelity_error"]))
+    else:
+        parts.append("<p>%s</p>" % html.escape(fidelity.markdown(g["fidelity"]).splitlines()[0]))
+        parts.append(_html_table(["Kind", "Statement", "Paper", "Where", "Status", "Evidence (from the artifacts)"],
+                                 [[r["kind"], r["statement"], r["paper"], r["where"], r["status"],
+                                   r["evidence"] + (". Behind the choice: %s" % r["behind"] if r["behind"] else "")]
+                                  for r in g["fidelity"]]))
+    parts.append("</body></html>")
     return "\n".join(parts)
 
 

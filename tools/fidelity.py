@@ -1,0 +1,813 @@
+"""Paper-fidelity register: every claim of Kniaz et al. 2017 and every assumption of the kit, checked on artifacts.
+
+    python -m tools.fidelity RUN_OR_DATASET [--net PROTOTXT] [--deploy PROTOTXT] [--json OUT] [--strict]
+
+A reviewer asks two questions of a reproduction: does it do what the paper says, and
+what did it have to guess? REGISTER answers both, one row per claim or assumption,
+each with where it lives in the kit and a check that reads the ARTIFACTS of a run (the
+train_val.prototxt the run trained, its solver.prototxt, train_summary.json, the
+dataset's LMDB counts and dataset.json, eval.json / per_image.csv) or, given a dataset
+folder, the default network on that dataset. Networks are parsed, never looked up by
+layer name: Deconvolution layers by type, the score layer as the producer of the first
+deconvolution's input, fire modules by their squeeze -> expand 1x1 + 3x3 -> Concat shape;
+output sizes and parameter counts come from the real Caffe (in a child process, so a
+broken network cannot abort the caller).
+
+Status: PASS (the artifact agrees with the paper), FAIL (it does not, with the evidence),
+ASSUMED (the paper is silent; the kit's choice, the value read from the artifact and the
+measurement behind the choice), NOT RUN (cannot be checked from these artifacts, and why).
+
+REGISTER is the one table to extend: add an Item and, if it needs a new check, a
+function `check_<name>(ctx) -> (status, evidence)`. The "behind" text of assumptions
+says what measurement supports the choice; PLACEHOLDER marks those still to be written.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dataset_builder import spec
+
+PASS, FAIL, ASSUMED, NOT_RUN = "PASS", "FAIL", "ASSUMED", "NOT RUN"
+STATUSES = (PASS, FAIL, ASSUMED, NOT_RUN)
+PLACEHOLDER = "[placeholder] measurement: see README 'Ablations'"
+
+# kind: "claim" (the paper says so) or "assumption" (the paper is silent; the kit chose).
+# check: name of a function check_<check>(ctx) in this module.
+# behind: for assumptions, the measurement (or reason) behind the choice.
+Item = collections.namedtuple("Item", "key kind statement paper where check behind")
+
+REGISTER: Tuple[Item, ...] = (
+    # ---- claims of the paper ----------------------------------------------------------------
+    Item("table1_sizes", "claim", "FLIR ONE pairs: visible 640x480, infrared 160x120", "Table 1",
+         "dataset_builder/spec.py FLIR_ONE_*; manifest.csv vis_h/vis_w/ir_h/ir_w", "table1_sizes", ""),
+    Item("table2_classes", "claim", "Test objects: human, microwave oven, computer", "Table 2",
+         "dataset_builder/spec.py OBJECT_CLASSES; dataset.json class_counts", "table2_classes", ""),
+    Item("squeezenet_fire", "claim", "SqueezeNet body built of fire modules (8, as in SqueezeNet)", "Sec. 3.2",
+         "prototxt/thermalnet_*.prototxt", "fire_modules", ""),
+    Item("squeezenet_body", "claim", "The SqueezeNet body is unchanged (parameter count of SqueezeNet minus its "
+         "classifier)", "Sec. 3.2", "prototxt/thermalnet_*.prototxt; tools/nets.py SQUEEZENET_BODY_PARAMS",
+         "body_params", ""),
+    Item("avgpool_removed", "claim", "Global average pooling removed", "Sec. 3.2", "prototxt/thermalnet_*.prototxt",
+         "no_global_pool", ""),
+    Item("two_deconv", "claim", "Two deconvolution layers restore the input resolution", "Sec. 3.2",
+         "prototxt/thermalnet_*.prototxt (Deconvolution layers)", "two_deconv", ""),
+    Item("output_size", "claim", "Output size = input size (H x W)", "Sec. 3.1",
+         "prototxt/*.prototxt Crop layer; checked in Caffe", "output_size", ""),
+    Item("eq1_loss", "claim", "Eq. 1: per-pixel multinomial cross-entropy weighted by v(Y)", "Sec. 3.1, eq. 1",
+         "prototxt/digits_python_layers.py WeightedSoftmaxLoss; class_weights.txt", "eq1_loss", ""),
+    Item("split_1000_100", "claim", "1000 training pairs, 100 test pairs", "Sec. 4.1, 5.1",
+         "dataset_builder/spec.py PAPER_TRAIN/PAPER_TEST; train_db/, val_db/", "split", ""),
+    Item("epochs_1000", "claim", "Trained for 1000 epochs", "Sec. 5", "tools/train.py; train_summary.json",
+         "epochs", ""),
+    Item("digits_titanx", "claim", "Trained in NVIDIA DIGITS on a Titan X (Pascal) GPU", "Sec. 3.3, 5",
+         "digits_jobs/; tools/train.py --gpu", "digits", ""),
+    Item("eq2_rms", "claim", "Eq. 2 RMS of brightness, averaged per object class", "Sec. 5.1, eq. 2, Table 2",
+         "dataset_builder/spec.py rms; tools/evaluate.py", "eq2_rms", ""),
+    Item("gaussian_3x3", "claim", "TN + GS: 3x3 Gaussian smoothing", "Table 2", "tools/postprocess.py gaussian3x3",
+         "gaussian_3x3", ""),
+    Item("gatys_vgg16", "claim", "TN + PP: Gatys style reconstruction with VGG-16, the real IR image as style",
+         "Sec. 3.4, 5.2", "tools/gatys.py; tools/evaluate.py --vgg-weights", "gatys", ""),
+    # ---- assumptions of the kit ---------------------------------------------------------------
+    Item("q_bins", "assumption", "Q thermal bins (the paper does not give Q)", "—",
+         "dataset_builder/spec.py NUM_BINS; score layer num_output", "q_bins", PLACEHOLDER),
+    Item("lambda", "assumption", "v(Y): Zhang et al.'s rebalancing, lambda (paper: v(Y) without values)", "—",
+         "dataset_builder/spec.py REBALANCE_LAMBDA; dataset.json lambda", "rebalance_lambda", PLACEHOLDER),
+    Item("input_size", "assumption", "Network input size (the paper does not give it)", "—",
+         "dataset_builder/spec.py DEFAULT_HEIGHT/WIDTH, PAPER_HEIGHT/WIDTH; dataset.json", "input_size", PLACEHOLDER),
+    Item("squeezenet_version", "assumption", "SqueezeNet version (the paper does not say v1.0 or v1.1)", "—",
+         "prototxt/thermalnet_v1_1.prototxt, thermalnet_v1_0.prototxt", "squeezenet_version", PLACEHOLDER),
+    Item("deconv_learned", "assumption", "Deconvolutions fixed bilinear or learned; kernel and stride", "—",
+         "prototxt/thermalnet_*.prototxt Deconvolution param lr_mult", "deconv_kind", PLACEHOLDER),
+    Item("crop", "assumption", "Crop back to the input size and its offset", "—",
+         "prototxt/thermalnet_*.prototxt Crop (offset derived in the file's header)", "crop", PLACEHOLDER),
+    Item("loss_normalisation", "assumption", "Loss normalised by the number of pixels (paper: 'unnormalised')",
+         "Sec. 3.1", "prototxt/digits_python_layers.py (SoftmaxWithLoss' VALID normalisation)", "loss_norm",
+         PLACEHOLDER),
+    Item("dropout", "assumption", "SqueezeNet's dropout kept before the score layer", "—",
+         "prototxt/thermalnet_*.prototxt Dropout", "dropout", PLACEHOLDER),
+    Item("init", "assumption", "Initial weights: ImageNet-pretrained SqueezeNet or random fillers", "—",
+         "tools/train.py (train_summary.json 'weights'); prototxt fillers", "init", PLACEHOLDER),
+    Item("solver", "assumption", "Solver, learning rate and policy, batch size (the paper gives none)", "—",
+         "prototxt/solver_*.prototxt; tools/train.py; the run's solver.prototxt", "solver", PLACEHOLDER),
+    Item("mirror", "assumption", "Mirror augmentation of the training pairs", "—",
+         "dataset_builder/build.py BuildConfig.mirror; dataset.json mirror", "mirror", PLACEHOLDER),
+    Item("window", "assumption", "Temperature -> brightness 0..255 window", "—",
+         "dataset_builder/spec.py WINDOW_MODES; dataset.json window", "window", PLACEHOLDER),
+    Item("val_is_test", "assumption", "Validation loss (Fig. 8) computed on the test split", "Fig. 8",
+         "dataset_builder/build.py (val_db = test split)", "val_is_test", PLACEHOLDER),
+    Item("decoding", "assumption", "Decoding of the per-pixel distribution into brightness", "—",
+         "dataset_builder/spec.py decode; tools/evaluate.py --decoding", "decoding", PLACEHOLDER),
+    Item("gs_sigma", "assumption", "TN + GS sigma (the paper gives only 3x3)", "—",
+         "tools/postprocess.py GAUSSIAN_SIGMA", "gs_sigma", PLACEHOLDER),
+    Item("snapshot", "assumption", "Which snapshot is evaluated (final or best validation loss)", "—",
+         "tools/train.py (train_summary.json 'best'); eval.json model", "snapshot", PLACEHOLDER),
+    Item("gatys_impl", "assumption", "TN + PP in pycaffe with the VGG-16 Caffe model (paper: Torch7)", "Sec. 3.4",
+         "tools/gatys.py", "gatys_impl", PLACEHOLDER),
+)
+
+
+# ---- artifacts ---------------------------------------------------------------------------------
+
+class Context:
+    """What the checks read: a run folder (train_summary.json) or a dataset folder (dataset.json)."""
+
+    def __init__(self, path: str, net: Optional[str] = None, deploy: Optional[str] = None,
+                 eval_dir: Optional[str] = None, caffe_check: bool = True):
+        from tools import nets
+        path = os.path.abspath(path)
+        self.path = path
+        self.summary: Dict = {}
+        self.run: Optional[str] = None
+        if os.path.isfile(os.path.join(path, "eval.json")) and \
+                os.path.isfile(os.path.join(os.path.dirname(path), "train_summary.json")):
+            eval_dir, path = eval_dir or path, os.path.dirname(path)
+        if os.path.isfile(os.path.join(path, "train_summary.json")):
+            self.run = path
+            self.summary = _load_json(os.path.join(path, "train_summary.json"))
+            self.dataset = self.summary.get("dataset") or ""
+        elif os.path.isfile(os.path.join(path, spec.DATASET_INFO_FILE)):
+            self.dataset = path
+        else:
+            raise FileNotFoundError("%s: neither a run folder (train_summary.json) nor a dataset folder (%s)"
+                                    % (path, spec.DATASET_INFO_FILE))
+        self.info = spec.read_dataset_info(self.dataset) if os.path.isdir(self.dataset) else {}
+        self.eval_dir = eval_dir or (os.path.join(self.run, "eval") if self.run else None)
+        self.eval: Dict = {}
+        if self.eval_dir and os.path.isfile(os.path.join(self.eval_dir, "eval.json")):
+            self.eval = _load_json(os.path.join(self.eval_dir, "eval.json"))
+        # The network the run trained (its materialised train_val.prototxt), or the default one.
+        if net is None and self.summary:
+            tv = self.summary.get("train_val")
+            net = tv if tv and os.path.isfile(tv) else self.summary.get("net")
+        if net is None:
+            net = nets.network(nets.DEFAULT_NETWORK).net
+        self.net_path = net
+        self.net = nets.load_net(net)
+        self.deploy_path = deploy or self.eval.get("deploy") or _deploy_for(self.summary.get("net") or net)
+        self.solver_path = self.summary.get("solver") if self.summary else None
+        self.caffe_check = caffe_check
+        self._shapes = None
+
+    @property
+    def height(self) -> int:
+        return int(self.info.get("height") or spec.DEFAULT_HEIGHT)
+
+    @property
+    def width(self) -> int:
+        return int(self.info.get("width") or spec.DEFAULT_WIDTH)
+
+    def layers(self, stage: str) -> List:
+        """Layers of the training network in a DIGITS stage (train: TRAIN phase, val/deploy: TEST)."""
+        return stage_layers(self.net, "TRAIN" if stage == "train" else "TEST", stage)
+
+    def caffe_shapes(self) -> Dict:
+        """Blob and parameter shapes of the net's deploy stage and the deploy file, from the real Caffe."""
+        if self._shapes is None:
+            files = {"net (deploy stage)": (self.net, self.net_path)}
+            if self.deploy_path and os.path.isfile(self.deploy_path):
+                from tools import nets
+                files["deploy"] = (nets.load_net(self.deploy_path), self.deploy_path)
+            self._shapes = caffe_shapes(files, self.height, self.width) if self.caffe_check else \
+                {"error": "Caffe check switched off"}
+        return self._shapes
+
+
+def _load_json(path: str) -> Dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as exc:
+        raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from None
+
+
+def _deploy_for(net_path: str) -> Optional[str]:
+    from tools import nets
+    for n in nets.NETWORKS.values():
+        if os.path.abspath(n.net) == os.path.abspath(net_path):
+            return n.deploy
+    guess = net_path.replace(".prototxt", "_deploy.prototxt")
+    return guess if os.path.isfile(guess) else None
+
+
+def _rule_matches(rule, phase: str, stages: Sequence[str]) -> bool:
+    from dataset_builder.caffe_env import caffe_pb2
+    if rule.HasField("phase") and rule.phase != getattr(caffe_pb2(), phase):
+        return False
+    if any(s not in stages for s in rule.stage):
+        return False
+    return not any(s in stages for s in rule.not_stage)
+
+
+def stage_layers(net, phase: str, stage: str) -> List:
+    """Caffe's NetState filtering (include/exclude rules by phase and stage) on a parsed NetParameter."""
+    out = []
+    for layer in net.layer:
+        if layer.include:
+            keep = any(_rule_matches(r, phase, [stage]) for r in layer.include)
+        else:
+            keep = not any(_rule_matches(r, phase, [stage]) for r in layer.exclude)
+        if keep:
+            out.append(layer)
+    return out
+
+
+def deconvolutions(layers) -> List:
+    return [l for l in layers if l.type == "Deconvolution"]
+
+
+def score_layer(layers):
+    """The layer producing the first deconvolution's input (conv10 in the shipped files), or None."""
+    dec = deconvolutions(layers)
+    if not dec:
+        return None
+    blob, producer = dec[0].bottom[0], None
+    for l in layers:
+        if l is dec[0]:
+            break
+        if blob in l.top and l.type not in ("ReLU", "Dropout"):
+            producer = l
+    return producer
+
+
+def fire_modules(layers) -> List[str]:
+    """Names of the Concat layers that close a fire module: squeeze 1x1 conv -> expand 1x1 + expand 3x3 -> Concat."""
+    producer = {}
+    for l in layers:
+        for t in l.top:
+            if not (l.type in ("ReLU", "Dropout") and t in l.bottom):      # in-place layers keep the producer
+                producer[t] = l
+    fires = []
+    for l in layers:
+        if l.type != "Concat" or len(l.bottom) != 2:
+            continue
+        a, b = (producer.get(x) for x in l.bottom)
+        if not a or not b or a.type != "Convolution" or b.type != "Convolution":
+            continue
+        ks = sorted(int(x.convolution_param.kernel_size[0]) if x.convolution_param.kernel_size else 1
+                    for x in (a, b))
+        if ks != [1, 3] or a.bottom[0] != b.bottom[0]:
+            continue
+        sq = producer.get(a.bottom[0])
+        if sq is not None and sq.type == "Convolution" and \
+                (list(sq.convolution_param.kernel_size) or [1])[0] == 1:
+            fires.append(l.name)
+    return fires
+
+
+_SHAPES_SCRIPT = r"""
+import json, sys
+from dataset_builder.caffe_env import import_caffe
+caffe = import_caffe()
+caffe.set_mode_cpu()
+out = {}
+for key, path in json.loads(sys.argv[1]).items():
+    net = caffe.Net(path, caffe.TEST)
+    out[key] = {"inputs": list(net.inputs), "outputs": list(net.outputs),
+                "blobs": {k: list(v.data.shape) for k, v in net.blobs.items()},
+                "params": {k: [list(b.data.shape) for b in v] for k, v in net.params.items()}}
+print("SHAPES " + json.dumps(out))
+"""
+
+
+def caffe_shapes(files: Dict[str, Tuple], height: int, width: int, timeout: float = 300) -> Dict:
+    """{key: blobs/params/outputs} of each (NetParameter, path) in its deploy stage at 1x3xHxW, built by Caffe.
+
+    Runs in a child process: a network Caffe rejects ends in a glog abort, which must not
+    take the report down with it. Returns {"error": message} when Caffe cannot build one.
+    """
+    from tools import nets
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
+        paths = {}
+        for i, (key, (net, src)) in enumerate(files.items()):
+            copy = type(net)()
+            copy.CopyFrom(net)
+            kept = [type(l)() for l in stage_layers(copy, "TEST", "deploy")]
+            for new, old in zip(kept, stage_layers(copy, "TEST", "deploy")):
+                new.CopyFrom(old)
+                new.ClearField("include")        # already filtered: Caffe must keep every one
+                new.ClearField("exclude")
+            del copy.layer[:]
+            copy.layer.extend(kept)
+            if not nets._set_input_shape(copy, height, width, 1):
+                return {"error": "%s: no Input layer with top \"data\" in the deploy stage" % src}
+            paths[key] = os.path.join(tmp, "net%d.prototxt" % i)
+            nets.save_net(copy, paths[key])
+        env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        try:
+            p = subprocess.run([sys.executable, "-c", _SHAPES_SCRIPT, json.dumps(paths)], capture_output=True,
+                               text=True, env=env, cwd=repo, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": "Caffe did not build the network within %d s" % timeout}
+    for line in p.stdout.splitlines():
+        if line.startswith("SHAPES "):
+            return json.loads(line[len("SHAPES "):])
+    tail = [l for l in (p.stderr or "").splitlines() if l.strip()]
+    return {"error": "Caffe could not build the network (%s)" % (tail[-1][:200] if tail else "exit %d" % p.returncode)}
+
+
+# ---- checks: each returns (status, evidence) ----------------------------------------------------
+
+def _need_run(ctx, what: str) -> Optional[Tuple[str, str]]:
+    if not ctx.summary:
+        return NOT_RUN, "no training run given (%s is a dataset folder), so %s is not known" % (
+            os.path.basename(ctx.path), what)
+    return None
+
+
+def _need_eval(ctx) -> Optional[Tuple[str, str]]:
+    if not ctx.eval:
+        return NOT_RUN, "no evaluation (eval.json) in %s" % (ctx.eval_dir or os.path.basename(ctx.path))
+    return None
+
+
+def _manifest(ctx) -> List[Dict]:
+    import csv
+    path = os.path.join(ctx.dataset, spec.MANIFEST_FILE)
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_table1_sizes(ctx):
+    rows = _manifest(ctx)
+    vh, vw = spec.FLIR_ONE_VISIBLE_SIZE
+    ih, iw = spec.FLIR_ONE_IR_SIZE
+    if (vw, vh, iw, ih) != (640, 480, 160, 120):
+        return FAIL, "spec.FLIR_ONE_* say visible %dx%d, IR %dx%d" % (vw, vh, iw, ih)
+    if not rows or "vis_w" not in rows[0]:
+        return NOT_RUN, "no manifest.csv with source sizes in the dataset"
+    sizes = collections.Counter((r["vis_w"], r["vis_h"], r["ir_w"], r["ir_h"]) for r in rows)
+    text = ", ".join("%d pair(s) visible %sx%s / IR %sx%s" % (n, *k) for k, n in sizes.most_common(4))
+    kind = "SYNTHETIC " if ctx.info.get("synthetic") else ""
+    if set(sizes) == {(str(vw), str(vh), str(iw), str(ih))}:
+        return PASS, "manifest.csv: all %d %ssource pairs visible 640x480 / IR 160x120" % (len(rows), kind)
+    return FAIL, "manifest.csv source sizes differ from Table 1: %s" % text
+
+
+def check_table2_classes(ctx):
+    cc = (ctx.info.get("class_counts") or {}).get("test") or {}
+    missing = [c for c in spec.OBJECT_CLASSES if not cc.get(c)]
+    text = ", ".join("%s %d" % (k, v) for k, v in sorted(cc.items()))
+    if not cc:
+        return NOT_RUN, "dataset.json has no test class counts"
+    if missing:
+        return FAIL, "test split has no %s (dataset.json class_counts: %s)" % (", ".join(missing), text)
+    return PASS, "test split (dataset.json class_counts): %s" % text
+
+
+def check_fire_modules(ctx):
+    fires = fire_modules(ctx.layers("train"))
+    if len(fires) == 8:
+        return PASS, "%s: 8 fire modules (squeeze 1x1 -> expand 1x1 + 3x3 -> Concat): %s" % (
+            os.path.basename(ctx.net_path), ", ".join(fires))
+    return FAIL, "%s: %d fire modules found, SqueezeNet has 8" % (os.path.basename(ctx.net_path), len(fires))
+
+
+def _count(shapes) -> int:
+    return int(sum(int(np.prod(s)) for s in shapes))
+
+
+def _squeezenet_base(layers) -> Optional[str]:
+    conv = next((l for l in layers if l.type == "Convolution"), None)
+    if conv is None:
+        return None
+    k = (list(conv.convolution_param.kernel_size) or [1])[0]
+    n = conv.convolution_param.num_output
+    return {(3, 64): "v1_1", (7, 96): "v1_0"}.get((int(k), int(n)))
+
+
+def check_body_params(ctx):
+    from tools import nets
+    sh = ctx.caffe_shapes()
+    if "error" in sh:
+        return NOT_RUN, sh["error"]
+    layers = ctx.layers("deploy")
+    base = _squeezenet_base(layers)
+    score = score_layer(layers)
+    if base is None or score is None:
+        return FAIL, "first convolution is not SqueezeNet's conv1 (v1.0 7x7/96, v1.1 3x3/64) or no score layer"
+    params = sh["net (deploy stage)"]["params"]
+    names = [l.name for l in layers]
+    body = _count(s for name, ss in params.items() if names.index(name) < names.index(score.name) for s in ss)
+    want = nets.SQUEEZENET_BODY_PARAMS[base]
+    ok = body == want
+    return (PASS if ok else FAIL), "Caffe: %s parameters before the score layer %s = %s SqueezeNet %s body " \
+        "(SqueezeNet's total minus its 1000-class conv10)" % (
+            "{:,}".format(body), score.name, "{:,}".format(want) if ok else "differs from the %s" % "{:,}".format(want),
+            base.replace("_", "."))
+
+
+def check_no_global_pool(ctx):
+    from dataset_builder.caffe_env import caffe_pb2
+    pools = [l for l in ctx.layers("train") if l.type == "Pooling"]
+    ave = caffe_pb2().PoolingParameter.AVE
+    bad = [l.name for l in pools if l.pooling_param.global_pooling or l.pooling_param.pool == ave]
+    desc = ", ".join("%s %s %s" % (l.name, "AVE" if l.pooling_param.pool == ave else "MAX",
+                                   "global" if l.pooling_param.global_pooling else
+                                   "%dx%d/%d" % (l.pooling_param.kernel_size, l.pooling_param.kernel_size,
+                                                 l.pooling_param.stride or 1)) for l in pools)
+    if bad:
+        return FAIL, "%s: global or average pooling present: %s" % (os.path.basename(ctx.net_path), ", ".join(bad))
+    return PASS, "%s: pooling layers %s (no global, no average pooling)" % (os.path.basename(ctx.net_path), desc)
+
+
+def check_two_deconv(ctx):
+    from tools import nets
+    counts = {"train net": deconvolutions(ctx.layers("train"))}
+    if ctx.deploy_path and os.path.isfile(ctx.deploy_path):
+        counts["deploy"] = deconvolutions(stage_layers(nets.load_net(ctx.deploy_path), "TEST", "deploy"))
+    text = "; ".join("%s %s: %d (%s)" % (k, os.path.basename(ctx.net_path if k == "train net" else ctx.deploy_path),
+                                        len(v), ", ".join(l.name for l in v)) for k, v in counts.items())
+    return (PASS if all(len(v) == 2 for v in counts.values()) else FAIL), "Deconvolution layers: " + text
+
+
+def check_output_size(ctx):
+    sh = ctx.caffe_shapes()
+    if "error" in sh:
+        return FAIL if "could not build" in sh["error"] else NOT_RUN, sh["error"]
+    parts, ok = [], True
+    for key, s in sh.items():
+        data = s["blobs"].get("data")
+        outs = {o: s["blobs"][o] for o in s["outputs"]}
+        good = data is not None and outs and all(v[2:] == data[2:] for v in outs.values())
+        ok = ok and bool(good)
+        parts.append("%s: input %s -> %s" % (key, "x".join(map(str, data or [])),
+                                             ", ".join("%s %s" % (o, "x".join(map(str, v))) for o, v in outs.items())))
+    return (PASS if ok else FAIL), "Caffe at %dx%d: %s" % (ctx.height, ctx.width, "; ".join(parts))
+
+
+def check_eq1_loss(ctx):
+    losses = [l for l in ctx.layers("train") if l.type == "Python" or l.type.endswith("Loss")]
+    if not losses:
+        return FAIL, "%s: no loss layer in the train stage" % os.path.basename(ctx.net_path)
+    l = losses[0]
+    if l.type != "Python" or l.python_param.layer != "WeightedSoftmaxLoss":
+        name = l.python_param.layer if l.type == "Python" else l.type
+        return FAIL, "%s: loss %s is not eq. 1's weighted softmax cross-entropy" % (os.path.basename(ctx.net_path),
+                                                                                   name)
+    try:
+        w = spec.read_class_weights(ctx.dataset, int(ctx.info.get("num_bins", spec.NUM_BINS)))
+        prior = np.loadtxt(os.path.join(ctx.dataset, spec.CLASS_PRIOR_FILE)).ravel()
+    except (OSError, ValueError) as exc:
+        return FAIL, "class weights v(Y) unreadable: %s" % exc
+    lam = float(ctx.info.get("lambda", spec.REBALANCE_LAMBDA))
+    expect = spec.rebalance_weights(prior, lam)
+    err = float(np.max(np.abs(w - expect) / expect))
+    if err > 1e-5:
+        return FAIL, "class_weights.txt differs from v(Y) of class_prior.txt (lambda %.2f) by %.1e" % (lam, err)
+    return PASS, "%s: Python layer %s, class_weights.txt = v(Y) of class_prior.txt (lambda %.2f, %d bins, " \
+        "weights %.2f..%.2f)" % (os.path.basename(ctx.net_path), l.python_param.layer, lam, w.size, w.min(), w.max())
+
+
+def check_split(ctx):
+    from dataset_builder.lmdb_io import lmdb_count
+    try:
+        tr = lmdb_count(os.path.join(ctx.dataset, spec.TRAIN_DB, spec.FEATURES))
+        va = lmdb_count(os.path.join(ctx.dataset, spec.VAL_DB, spec.FEATURES))
+    except Exception as exc:  # lmdb.Error
+        return FAIL, "cannot count the LMDBs of %s (%s)" % (ctx.dataset, exc)
+    mirror = bool(ctx.info.get("mirror"))
+    pairs = tr // 2 if mirror else tr
+    test_rows = sum(1 for r in _manifest(ctx) if r.get("split") == "test")
+    ev = "train_db/features %d entries%s, val_db/features %d, manifest test rows %d" % (
+        tr, " (%d pairs mirrored)" % pairs if mirror else "", va, test_rows)
+    ok = pairs == spec.PAPER_TRAIN and va == spec.PAPER_TEST and (not test_rows or test_rows == spec.PAPER_TEST)
+    return (PASS if ok else FAIL), ev + ("" if ok else "; the paper has %d / %d" % (spec.PAPER_TRAIN,
+                                                                                     spec.PAPER_TEST))
+
+
+def check_epochs(ctx):
+    miss = _need_run(ctx, "the number of epochs")
+    if miss:
+        return miss
+    s = ctx.summary
+    it, ipe = s.get("iterations") or 0, s.get("iters_per_epoch") or 0
+    if not ipe:
+        return NOT_RUN, "train_summary.json has no iters_per_epoch"
+    ep = it / float(ipe)
+    ev = "train_summary.json: %d iterations / %d per epoch = %.1f epochs (planned %s)" % (it, ipe, ep, s.get("epochs"))
+    return (PASS if ep >= 1000 - 1e-9 else FAIL), ev
+
+
+def check_digits(ctx):
+    s = ctx.summary
+    where = ("this run: %s back-end on %s" % (s.get("backend"), "GPU %s" % s["gpu"] if s.get("gpu") is not None
+                                             else "%s CPU cores" % s.get("cpu_cores"))) if s else "no run given"
+    return NOT_RUN, "%s; DIGITS and GPUs are not run here (the DIGITS job files are in digits_jobs/)" % where
+
+
+def check_eq2_rms(ctx):
+    miss = _need_eval(ctx)
+    if miss:
+        return miss
+    from tools import evaluate as ev
+    try:
+        per = ev.read_table_csv(os.path.join(ctx.eval_dir, "per_image.csv"))
+        table = ev.read_table_csv(os.path.join(ctx.eval_dir, "table2.csv"))
+    except (OSError, ValueError) as exc:
+        return FAIL, str(exc)
+    bad = []
+    for r in table:
+        sel = per if r["object_class"] == ev.OVERALL else [p for p in per if p["object_class"] == r["object_class"]]
+        if len(sel) != r["n"] or (sel and abs(np.mean([p["tn"] for p in sel]) - r["tn"]) > 1e-3):
+            bad.append(r["object_class"])
+    classes = ", ".join("%s %d" % (r["object_class"], r["n"]) for r in table)
+    if bad:
+        return FAIL, "table2.csv class means differ from per_image.csv for %s" % ", ".join(bad)
+    return PASS, "table2.csv TN = mean of per_image.csv eq. 2 RMS per class (%s; %s)" % (
+        classes, ctx.eval.get("data", {}).get("label", "SYNTHETIC data" if ctx.eval.get("synthetic") else "real pairs"))
+
+
+def check_gaussian_3x3(ctx):
+    from tools import postprocess
+    impulse = np.zeros((9, 9))
+    impulse[4, 4] = 1.0
+    support = np.argwhere(np.abs(postprocess.gaussian3x3(impulse)) > 1e-12)
+    size = tuple(int(x) for x in support.max(axis=0) - support.min(axis=0) + 1)
+    if size != (3, 3):
+        return FAIL, "tools.postprocess.gaussian3x3 impulse response is %dx%d" % size
+    ev = "impulse response of tools.postprocess.gaussian3x3: 3x3 (sigma %.2f)" % postprocess.GAUSSIAN_SIGMA
+    if not ctx.eval:
+        return NOT_RUN, ev + "; no evaluation in this folder"
+    return PASS, ev + "; eval.json TN + GS with sigma %s" % ctx.eval.get("gaussian_sigma")
+
+
+def check_gatys(ctx):
+    miss = _need_eval(ctx)
+    if miss:
+        return miss
+    if ctx.eval.get("tn_pp") == "run":
+        return PASS, ctx.eval.get("tn_pp_note", "TN + PP run") + "; style image: the real IR (tools.evaluate)"
+    return NOT_RUN, ctx.eval.get("tn_pp_note") or "TN + PP not run"
+
+
+def _assumed(ev: str, ok: bool = True, fail: str = "") -> Tuple[str, str]:
+    return (ASSUMED, ev) if ok else (FAIL, ev + "; " + fail)
+
+
+def check_q_bins(ctx):
+    score = score_layer(ctx.layers("train"))
+    q_net = int(score.convolution_param.num_output) if score is not None else None
+    q_ds = ctx.info.get("num_bins")
+    ev = "Q = %s: score layer %s num_output %s, dataset.json num_bins %s, spec.NUM_BINS %d" % (
+        q_net, score.name if score is not None else "?", q_net, q_ds, spec.NUM_BINS)
+    return _assumed(ev, q_net is not None and q_net == q_ds, "they disagree")
+
+
+def check_rebalance_lambda(ctx):
+    lam = ctx.info.get("lambda")
+    if lam is None:
+        return NOT_RUN, "dataset.json records no lambda (spec.REBALANCE_LAMBDA %s)" % spec.REBALANCE_LAMBDA
+    return ASSUMED, "lambda = %s (dataset.json; spec.REBALANCE_LAMBDA %s)" % (lam, spec.REBALANCE_LAMBDA)
+
+
+def check_input_size(ctx):
+    shape = None
+    for l in ctx.layers("deploy"):
+        if l.type == "Input" and "data" in l.top and l.input_param.shape:
+            shape = list(l.input_param.shape[0].dim)
+    ev = "dataset %dx%d (dataset.json), net deploy Input %s; paper scale %dx%d, FLIR ONE IR %dx%d" % (
+        ctx.height, ctx.width, "x".join(map(str, shape or [])), spec.PAPER_HEIGHT, spec.PAPER_WIDTH,
+        spec.FLIR_ONE_IR_SIZE[0], spec.FLIR_ONE_IR_SIZE[1])
+    return ASSUMED, ev
+
+
+def check_squeezenet_version(ctx):
+    base = _squeezenet_base(ctx.layers("train"))
+    conv = next((l for l in ctx.layers("train") if l.type == "Convolution"), None)
+    ev = "first convolution %s %dx%d/%d -> SqueezeNet %s" % (
+        conv.name if conv else "?", *(2 * [(list(conv.convolution_param.kernel_size) or [0])[0]] if conv else [0, 0]),
+        conv.convolution_param.num_output if conv else 0, base.replace("_", ".") if base else "unknown")
+    return _assumed(ev, base is not None, "not a SqueezeNet conv1")
+
+
+def check_deconv_kind(ctx):
+    dec = deconvolutions(ctx.layers("train"))
+    if not dec:
+        return FAIL, "no Deconvolution layer"
+    parts = []
+    for l in dec:
+        lr = l.param[0].lr_mult if l.param and l.param[0].HasField("lr_mult") else 1.0
+        cp = l.convolution_param
+        parts.append("%s %s (lr_mult %g, filler %s, kernel %s stride %s, group %s)" % (
+            l.name, "fixed" if lr == 0 else "learned", lr, cp.weight_filler.type or "constant",
+            (list(cp.kernel_size) or ["?"])[0], (list(cp.stride) or [1])[0], cp.group))
+    return ASSUMED, "; ".join(parts)
+
+
+def check_crop(ctx):
+    crops = [l for l in ctx.layers("deploy") if l.type == "Crop"]
+    if not crops:
+        return FAIL, "no Crop layer: the output is not cut back to the input size"
+    return ASSUMED, "; ".join("%s: axis %d offset %s (reference %s)" % (
+        l.name, l.crop_param.axis, list(l.crop_param.offset), l.bottom[1] if len(l.bottom) > 1 else "?")
+        for l in crops)
+
+
+def check_loss_norm(ctx):
+    losses = [l for l in ctx.layers("train") if l.type == "Python"]
+    if not losses:
+        return NOT_RUN, "no Python loss layer"
+    l = losses[0]
+    try:
+        params = json.loads(l.python_param.param_str or "{}")
+    except ValueError:
+        params = {}
+    params = {k: os.path.basename(v) if k == "class_weights" else v for k, v in params.items()}
+    return ASSUMED, "%s %s (%s): the sum over pixels of v(y) x cross-entropy divided by the number of valid " \
+        "pixels, SoftmaxWithLoss' VALID normalisation (prototxt/digits_python_layers.py)" % (
+            l.python_param.module, l.python_param.layer, json.dumps(params, sort_keys=True))
+
+
+def check_dropout(ctx):
+    d = [l for l in ctx.layers("train") if l.type == "Dropout"]
+    return ASSUMED, ", ".join("%s ratio %.2f" % (l.name, l.dropout_param.dropout_ratio) for l in d) or "no dropout"
+
+
+def check_init(ctx):
+    miss = _need_run(ctx, "the initial weights")
+    fillers = collections.Counter(l.convolution_param.weight_filler.type for l in ctx.layers("train")
+                                  if l.type in ("Convolution", "Deconvolution"))
+    fill = ", ".join("%s x%d" % kv for kv in sorted(fillers.items()))
+    if miss:
+        return ASSUMED, "prototxt fillers: %s (no run given, so no pretrained weights recorded)" % fill
+    w = ctx.summary.get("weights")
+    if w:
+        w = w if isinstance(w, list) else [w]
+        return ASSUMED, "train_summary.json weights: %s (layers not in them from fillers: %s)" % (
+            ", ".join(os.path.basename(str(x)) for x in w), fill)
+    return ASSUMED, "random initialisation from the prototxt fillers (%s); train_summary.json records no " \
+        "pretrained weights" % fill
+
+
+def check_solver(ctx):
+    miss = _need_run(ctx, "the solver")
+    if miss:
+        return ASSUMED, miss[1] + "; tools.train defaults apply"
+    from tools import train
+    try:
+        sp = train._solver_param(ctx.solver_path)
+    except Exception as exc:  # missing file or protobuf ParseError
+        return NOT_RUN, "%s: unreadable solver (%s)" % (ctx.solver_path, exc)
+    return ASSUMED, "%s: %s, base_lr %g, lr_policy %s, max_iter %d; batch %s (train_summary.json)" % (
+        os.path.basename(ctx.solver_path), sp.type or "SGD", sp.base_lr, sp.lr_policy, sp.max_iter,
+        ctx.summary.get("batch_size"))
+
+
+def check_mirror(ctx):
+    m = ctx.info.get("mirror")
+    return ASSUMED, "dataset.json mirror: %s%s" % (m, " (training pairs and their mirror images)" if m else "")
+
+
+def check_window(ctx):
+    win = ctx.info.get("window")
+    return ASSUMED, "dataset.json window_mode %s, window %s %s" % (
+        ctx.info.get("window_mode"), "per image" if win is None else "%.2f..%.2f" % tuple(win),
+        ctx.info.get("ir_units", ""))
+
+
+def check_val_is_test(ctx):
+    from dataset_builder.lmdb_io import lmdb_count
+    try:
+        va = lmdb_count(os.path.join(ctx.dataset, spec.VAL_DB, spec.FEATURES))
+    except Exception as exc:  # lmdb.Error
+        return NOT_RUN, str(exc)
+    rows = _manifest(ctx)
+    if not rows:
+        return NOT_RUN, "val_db/features %d entries; no manifest.csv to compare with the test split" % va
+    test_rows = sum(1 for r in rows if r.get("split") == "test")
+    return _assumed("val_db/features %d entries, manifest test rows %d" % (va, test_rows), va == test_rows,
+                    "val_db is not the test split")
+
+
+def check_decoding(ctx):
+    miss = _need_eval(ctx)
+    if miss:
+        return ASSUMED, miss[1] + "; tools.evaluate default mmse"
+    return ASSUMED, "eval.json decoding: %s" % ctx.eval.get("decoding")
+
+
+def check_gs_sigma(ctx):
+    from tools import postprocess
+    return ASSUMED, "sigma %s (eval.json), tools.postprocess.GAUSSIAN_SIGMA %.1f" % (
+        ctx.eval.get("gaussian_sigma", "—"), postprocess.GAUSSIAN_SIGMA)
+
+
+def check_snapshot(ctx):
+    miss = _need_run(ctx, "the evaluated snapshot") or _need_eval(ctx)
+    if miss:
+        return miss
+    model = os.path.basename(ctx.eval.get("model", ""))
+    picked = ctx.summary.get("evaluated_snapshot")
+    if isinstance(picked, dict):
+        model += " (%s, iteration %s)" % (picked.get("which"), picked.get("iteration"))
+    final = os.path.basename(ctx.summary.get("final_caffemodel") or "")
+    best = ctx.summary.get("best")
+    ev = "evaluated %s; final snapshot %s" % (model, final or "—")
+    if isinstance(best, dict):
+        ev += "; best validation: iteration %s, loss %.4f" % (best.get("iteration"), float(best.get("val_loss")))
+    return ASSUMED, ev
+
+
+def check_gatys_impl(ctx):
+    from tools import gatys
+    return ASSUMED, "tools/gatys.py (%s)" % (gatys.__doc__ or "").strip().splitlines()[0]
+
+
+# ---- the register --------------------------------------------------------------------------------
+
+def check(path: str, net: Optional[str] = None, deploy: Optional[str] = None, eval_dir: Optional[str] = None,
+          caffe_check: bool = True) -> List[Dict]:
+    """Run every REGISTER check on a run or dataset folder; one dict per item (the item's fields + status, evidence)."""
+    ctx = Context(path, net=net, deploy=deploy, eval_dir=eval_dir, caffe_check=caffe_check)
+    out = []
+    for item in REGISTER:
+        fn = globals().get("check_" + item.check)
+        if fn is None:
+            status, evidence = NOT_RUN, "no check function check_%s" % item.check
+        else:
+            try:
+                status, evidence = fn(ctx)
+            except Exception as exc:  # a check must never hide the others
+                status, evidence = FAIL, "check raised %s: %s" % (type(exc).__name__, exc)
+        if status not in STATUSES:
+            raise ValueError("check_%s returned status %r" % (item.check, status))
+        row = dict(item._asdict(), status=status, evidence=evidence)
+        out.append(row)
+    return out
+
+
+def counts(rows: List[Dict]) -> Dict[str, int]:
+    c = collections.Counter(r["status"] for r in rows)
+    return {s: c.get(s, 0) for s in STATUSES}
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(rows: List[Dict]) -> str:
+    """The register as a markdown table (claims first, then assumptions)."""
+    lines = ["Claims: %d PASS, %d FAIL, %d NOT RUN; assumptions: %d (%d FAIL)." % (
+        sum(1 for r in rows if r["kind"] == "claim" and r["status"] == PASS),
+        sum(1 for r in rows if r["kind"] == "claim" and r["status"] == FAIL),
+        sum(1 for r in rows if r["kind"] == "claim" and r["status"] == NOT_RUN),
+        sum(1 for r in rows if r["kind"] == "assumption"),
+        sum(1 for r in rows if r["kind"] == "assumption" and r["status"] == FAIL)), "",
+        "| Kind | Statement | Paper | Where | Status | Evidence (from the artifacts) |",
+        "|---|---|---|---|---|---|"]
+    for r in rows:
+        ev = r["evidence"] + (". Behind the choice: %s" % r["behind"] if r["behind"] else "")
+        lines.append("| %s | %s | %s | %s | **%s** | %s |" % tuple(_md_cell(x) for x in (
+            r["kind"], r["statement"], r["paper"], r["where"], r["status"], ev)))
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.fidelity",
+                                description="Paper-fidelity register: each claim of Kniaz et al. 2017 and each "
+                                            "assumption of the kit, checked on a run's or a dataset's artifacts "
+                                            "(PASS / FAIL / ASSUMED / NOT RUN, with the evidence).")
+    p.add_argument("path", metavar="RUN_OR_DATASET", help="run folder (train_summary.json) or dataset folder "
+                                                          "(dataset.json)")
+    p.add_argument("--net", help="network prototxt to check (default: the run's train_val.prototxt, or the "
+                                 "default network for a dataset)")
+    p.add_argument("--deploy", help="deploy prototxt (default: the evaluated one, or the network's)")
+    p.add_argument("--eval", help="evaluation folder (default RUN/eval)")
+    p.add_argument("--json", help="also write the register as JSON here")
+    p.add_argument("--strict", action="store_true", help="exit 2 when a check FAILs")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rows = check(args.path, net=args.net, deploy=args.deploy, eval_dir=args.eval)
+    except (OSError, ValueError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    print(markdown(rows))
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(tmp, args.json)
+        print("wrote %s" % args.json)
+    if args.strict and any(r["status"] == FAIL for r in rows):
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
