@@ -315,6 +315,131 @@ def write_solver(out_path: str, net_path: str, schedule: Dict[str, int], base_lr
     return out_path
 
 
+# -- Pretrained weights (Caffe's -weights) ---------------------------------------------------
+# Caffe copies a caffemodel into a net layer by layer, BY NAME, and aborts the whole
+# process (glog CHECK) when a same-named layer has another number of blobs or another
+# blob shape. These functions read the file with protobuf and compare first, so a file
+# that does not fit is a one-line WeightsError naming the file, the layer and both shapes.
+
+class WeightsError(ValueError):
+    """A pretrained caffemodel that is missing, unreadable or does not fit the network."""
+
+
+def split_weights(weights) -> list:
+    """Caffe's -weights list: "A.caffemodel,B.caffemodel" (or a list) -> [A, B]; None/"" -> []."""
+    if not weights:
+        return []
+    items = weights.split(",") if isinstance(weights, str) else list(weights)
+    return [w.strip() for w in items if w and w.strip()]
+
+
+def _blob_shape(blob) -> Tuple[Tuple[int, ...], bool]:
+    """A BlobProto's shape, and whether it is the legacy 4-d num/channels/height/width form."""
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim), False
+    if blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") or blob.HasField("width"):
+        return (int(blob.num), int(blob.channels), int(blob.height), int(blob.width)), True
+    return (int(len(blob.data) or len(blob.double_data)),), False
+
+
+def read_caffemodel(path: str) -> "collections.OrderedDict[str, list]":
+    """Layer name -> [(shape, legacy)] for each blob of a binary .caffemodel (V1 `layers` too)."""
+    from google.protobuf.message import DecodeError
+
+    if not os.path.exists(path):
+        raise WeightsError("%s: no such caffemodel" % path)
+    if os.path.isdir(path):
+        raise WeightsError("%s: is a folder, not a caffemodel" % path)
+    if path.endswith(".h5"):
+        raise WeightsError("%s: HDF5 weights are not supported here; give the binary .caffemodel" % path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise WeightsError("%s: cannot read caffemodel (%s)" % (path, exc.strerror or exc)) from None
+    net = caffe_pb2().NetParameter()
+    try:
+        net.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise WeightsError("%s: not a binary Caffe model (.caffemodel): %s"
+                           % (path, str(exc).splitlines()[0] if str(exc) else "protobuf cannot decode it")) from None
+    out = collections.OrderedDict()
+    for layer in list(net.layer) + list(net.layers):
+        if layer.blobs:
+            out[layer.name] = [_blob_shape(b) for b in layer.blobs]
+    if not out:
+        raise WeightsError("%s: not a binary Caffe model with weights (no layer holds any blob)" % path)
+    return out
+
+
+def net_param_shapes(net_path: str) -> "collections.OrderedDict[str, list]":
+    """Layer name -> blob shapes of a network's deploy stage (the layers that hold weights).
+
+    Built by Caffe itself (channel counts follow from the graph), on the deploy stage so
+    no LMDB is opened; the train and val stages of the kit's networks hold the same layers.
+    """
+    from dataset_builder.caffe_env import import_caffe
+
+    caffe = import_caffe()
+    caffe.set_mode_cpu()
+    load_net(net_path)                        # a bad prototxt is a one-line error, not a glog abort
+    net = caffe.Net(net_path, caffe.TEST, stages=["deploy"])
+    shapes = collections.OrderedDict((name, [tuple(b.data.shape) for b in blobs])
+                                     for name, blobs in net.params.items())
+    del net
+    return shapes
+
+
+def _fits(shape: Tuple[int, ...], legacy: bool, target: Tuple[int, ...]) -> bool:
+    # Caffe's Blob::ShapeEquals: a legacy blob compares as 4-d, the target padded with leading 1s.
+    if legacy:
+        return len(target) <= 4 and (1,) * (4 - len(target)) + tuple(target) == tuple(shape)
+    return tuple(shape) == tuple(target)
+
+
+def _fmt_shape(shape) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def check_weights(weights, net_path: str, target: Optional[Dict[str, list]] = None) -> Dict:
+    """Check that each caffemodel loads by name into the network, as Caffe's -weights would.
+
+    Returns {"files": [{"file", "copied": [layers], "ignored": [layers]}],
+    "from_weights": [layers], "from_fillers": [layers]}; raises WeightsError (one line)
+    on a missing/unreadable/foreign file, a file no layer of which has a name in the
+    network, or a same-named layer whose blob count or shape differs.
+    """
+    files = split_weights(weights)
+    target = net_param_shapes(net_path) if target is None else target
+    report = {"files": [], "from_weights": [], "from_fillers": []}
+    covered = set()
+    for path in files:
+        src = read_caffemodel(path)
+        copied, ignored = [], []
+        for name, blobs in src.items():
+            if name not in target:
+                ignored.append(name)
+                continue
+            want = target[name]
+            if len(blobs) != len(want):
+                raise WeightsError("%s: layer '%s' has %d blobs in the file but %d in %s"
+                                   % (path, name, len(blobs), len(want), net_path))
+            for i, ((shape, legacy), t) in enumerate(zip(blobs, want)):
+                if not _fits(shape, legacy, t):
+                    raise WeightsError("%s: layer '%s' blob %d (%s) has shape %s in the file but %s in %s"
+                                       % (path, name, i, "weights" if i == 0 else "bias" if i == 1 else "param",
+                                          _fmt_shape(shape), _fmt_shape(t), net_path))
+            copied.append(name)
+        if not copied:
+            raise WeightsError("%s: none of its %d weight layers (%s...) has a name in %s; nothing would be copied"
+                               % (path, len(src), ", ".join(list(src)[:3]), net_path))
+        covered.update(copied)
+        report["files"].append({"file": os.path.abspath(path), "copied": copied, "ignored": ignored})
+    report["from_weights"] = [n for n in target if n in covered]
+    report["from_fillers"] = [n for n in target if n not in covered]
+    return report
+
+
 # -- CLI ------------------------------------------------------------------------------------
 
 def print_counts(names: Sequence[str], stream=None) -> Dict[str, Dict[str, int]]:

@@ -2,18 +2,29 @@
 
     python -m tools.train --dataset DS --net prototxt/thermalnet_v1_1.prototxt \
         --out runs/NAME --epochs E --batch-size B [--base-lr LR] [--resume runs/NAME/snap_iter_N.solverstate]
+        [--weights squeezenet_v1.1.caffemodel[,B.caffemodel]]
 
 The run folder gets what DIGITS would keep for a job: train_val.prototxt (the
 all-in-one net with this dataset's LMDBs, mean and class weights filled in),
 solver.prototxt, snapshots snap_iter_N.caffemodel/.solverstate (Caffe's naming),
 train.log in Caffe's glog format whichever back-end ran, train.csv / val.csv / loss.png
-parsed from it, and train_summary.json.
+parsed from it, and train_summary.json. best.caffemodel + best.json hold the weights with the
+lowest validation loss so far (with a few hundred pairs the validation loss turns up after
+tens of epochs, so the last snapshot is often not the best one); the summary's "best" names
+its iteration and loss, and pick_snapshot() gives the evaluation either model.
+
+--weights: Caffe's -weights (fine-tuning): each caffemodel is copied into the net by layer
+name, in order; layers whose names are not in the file keep their fillers. Each file is
+checked first (tools.nets.check_weights), so one that does not fit is a one-line error
+instead of Caffe's abort; the summary records the files and which layers came from them.
 
 pycaffe back-end: solver.step(1) in a loop so the loss of every iteration is seen
 (NaN stops at once) and a tqdm bar shows the ETA; the validation loss (Fig. 8 of the
 paper) is the TEST net run over the whole val_db at iteration 0 and after every epoch.
 caffe back-end: `caffe train -solver ... [-snapshot ...]` as a child process whose glog
-output is streamed into train.log and watched for NaN/divergence.
+output is streamed into train.log and watched for NaN/divergence. To keep the best model
+it snapshots at every validation (solver_caffe.prototxt) and deletes the extra snapshots
+once a newer one exists.
 A resumed run appends to train.log and keeps Caffe's iteration numbering.
 """
 from __future__ import annotations
@@ -41,6 +52,10 @@ SUMMARY_FILE = "train_summary.json"
 TRAIN_VAL_FILE = "train_val.prototxt"
 SOLVER_FILE = "solver.prototxt"
 PYCAFFE_SOLVER_FILE = "solver_pycaffe.prototxt"
+CAFFE_SOLVER_FILE = "solver_caffe.prototxt"
+BEST_MODEL = "best.caffemodel"
+BEST_INFO = "best.json"
+SNAPSHOT_CHOICES = ("best", "last")
 # Divergence: the displayed loss above DIVERGE_FACTOR x the first displayed loss on
 # DIVERGE_PATIENCE consecutive displays. A softmax loss starts near ln(Q) x mean weight
 # and only falls when training works; 5x that is far outside any healthy curve.
@@ -138,6 +153,130 @@ def latest_snapshot(run_dir: str) -> Optional[Dict]:
     return dict(snapshot_paths(run_dir, best), iteration=best)
 
 
+# -- the best snapshot -----------------------------------------------------------------
+class BestSnapshot:
+    """Keeps the weights with the lowest validation loss: best.caffemodel + best.json.
+
+    Each is written to a temporary file and renamed, caffemodel first, so a reader never
+    sees half a file. A resumed run keeps comparing against the best of the earlier part.
+    """
+
+    def __init__(self, run_dir: str, keep_existing: bool = False):
+        self.model = os.path.join(run_dir, BEST_MODEL)
+        self.info = os.path.join(run_dir, BEST_INFO)
+        self.best = read_best(run_dir) if keep_existing else None
+
+    def offer(self, iteration: int, val_loss: float, write) -> bool:
+        """write(tmp_path) saves the candidate weights; called only when val_loss is a new best."""
+        if val_loss is None or not math.isfinite(val_loss):
+            return False
+        if self.best is not None and val_loss >= self.best["val_loss"]:
+            return False
+        tmp = self.model + ".tmp"
+        write(tmp)
+        os.replace(tmp, self.model)
+        self.best = {"iteration": int(iteration), "val_loss": float(val_loss), "caffemodel": self.model}
+        _write_text(self.info, json.dumps(self.best, indent=1))
+        return True
+
+
+def read_best(run_dir: str) -> Optional[Dict]:
+    """The run's best snapshot {iteration, val_loss, caffemodel} or None (no validation yet)."""
+    info, model = os.path.join(run_dir, BEST_INFO), os.path.join(run_dir, BEST_MODEL)
+    if not (os.path.isfile(info) and os.path.isfile(model)):
+        return None
+    try:
+        with open(info) as f:
+            best = json.load(f)
+        return {"iteration": int(best["iteration"]), "val_loss": float(best["val_loss"]),
+                "caffemodel": os.path.abspath(model)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def pick_snapshot(summary: Dict, which: str = "best") -> Dict:
+    """The model to evaluate, named: {"which", "caffemodel", "iteration", "val_loss"}.
+
+    "best" is the lowest validation loss (falls back to the last snapshot, and says so,
+    when the run never validated); "last" is the final snapshot.
+    """
+    if which not in SNAPSHOT_CHOICES:
+        raise ValueError("unknown snapshot %r (choose from %s)" % (which, ", ".join(SNAPSHOT_CHOICES)))
+    best = summary.get("best")
+    if which == "best" and best:
+        return {"which": "best", "caffemodel": best["caffemodel"], "iteration": best["iteration"],
+                "val_loss": best["val_loss"]}
+    if not summary.get("final_caffemodel"):
+        raise ValueError("%s: the run has no snapshot to evaluate" % summary.get("out", "run"))
+    return {"which": "last" if which == "last" else "last (no validation, so no best)",
+            "caffemodel": summary["final_caffemodel"], "iteration": summary.get("iterations"),
+            "val_loss": summary.get("last_val_loss")}
+
+
+def record_evaluated(run_dir: str, picked: Dict) -> Dict:
+    """Note in train_summary.json which snapshot an evaluation used (the report reads it)."""
+    path = os.path.join(run_dir, SUMMARY_FILE)
+    with open(path) as f:
+        summary = json.load(f)
+    summary["evaluated_snapshot"] = picked
+    _write_text(path, json.dumps(summary, indent=1))
+    return summary
+
+
+# -- the dataset's LMDBs ------------------------------------------------------------------
+def check_lmdb(path: str) -> int:
+    """Entries of one LMDB folder, after checking it is whole; a bad one is a one-line ValueError.
+
+    Caffe's Data layer aborts (or reads past the end of a truncated file) on a damaged
+    LMDB, and the lmdb module raises a traceback-worthy InvalidError: check here first.
+    """
+    import lmdb
+    data = os.path.join(path, "data.mdb")
+    if not os.path.isfile(data):
+        raise ValueError("%s: not an LMDB folder (no data.mdb); rebuild the dataset" % path)
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, max_readers=4)
+    except lmdb.Error as exc:
+        raise ValueError("%s: corrupt or unreadable LMDB (%s); rebuild the dataset"
+                         % (path, str(exc).splitlines()[0])) from None
+    try:
+        stat, info = env.stat(), env.info()
+        need = (int(info["last_pgno"]) + 1) * int(stat["psize"])
+        size = os.path.getsize(data)
+        if size < need:
+            raise ValueError("%s: truncated LMDB (data.mdb has %d bytes, its index needs %d); rebuild the dataset"
+                             % (path, size, need))
+        n = 0
+        with env.begin() as txn:
+            for _ in txn.cursor().iternext(keys=True, values=False):
+                n += 1
+        if n != int(stat["entries"]):
+            raise ValueError("%s: corrupt LMDB (%d entries listed, %d readable); rebuild the dataset"
+                             % (path, stat["entries"], n))
+        return n
+    except lmdb.Error as exc:
+        raise ValueError("%s: corrupt LMDB (%s); rebuild the dataset" % (path, str(exc).splitlines()[0])) from None
+    finally:
+        env.close()
+
+
+def check_dataset_lmdbs(dataset: str) -> Dict[str, int]:
+    """{"train": n, "val": n} after checking all four LMDBs; features and labels must pair up."""
+    counts = {}
+    for split, sub in (("train", spec.TRAIN_DB), ("val", spec.VAL_DB)):
+        feats = os.path.join(dataset, sub, spec.FEATURES)
+        labels = os.path.join(dataset, sub, spec.LABELS)
+        for p in (feats, labels):
+            if not os.path.isdir(p):
+                raise FileNotFoundError("%s: missing LMDB (build the dataset with python -m dataset_builder)" % p)
+        nf, nl = check_lmdb(feats), check_lmdb(labels)
+        if nf != nl:
+            raise ValueError("%s: %d feature images but %d label images in %s; rebuild the dataset"
+                             % (os.path.join(dataset, sub), nf, nl, spec.LABELS))
+        counts[split] = nf
+    return counts
+
+
 # -- the glog-format log ----------------------------------------------------------------
 class GlogWriter:
     """Appends lines in `caffe train`'s log format, so tools.caffe_log parses both back-ends."""
@@ -197,17 +336,13 @@ class DivergenceWatch:
 def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int,
                 base_lr: Optional[float] = None, solver_template: Optional[str] = None,
                 snapshot_epochs: Optional[float] = None, display: Optional[int] = None,
-                seed: int = spec.SEED, gpu: Optional[int] = None) -> Dict:
-    """Check inputs, write train_val.prototxt + solver.prototxt into the run folder; return the plan."""
-    from dataset_builder.lmdb_io import lmdb_count
+                seed: int = spec.SEED, gpu: Optional[int] = None, weights=None) -> Dict:
+    """Check inputs (LMDBs whole, class count, pretrained weights fit), then write
+    train_val.prototxt + solver.prototxt into the run folder; return the plan."""
     from tools import nets
     from tools.baselines import read_dataset_info
 
-    for sub in (spec.TRAIN_DB, spec.VAL_DB):
-        for part in (spec.FEATURES, spec.LABELS):
-            p = os.path.join(dataset, sub, part)
-            if not os.path.isdir(p):
-                raise FileNotFoundError("%s: missing LMDB (build the dataset with python -m dataset_builder)" % p)
+    counts = check_dataset_lmdbs(dataset)
     if not os.path.isfile(net):
         raise FileNotFoundError("%s: no such network prototxt" % net)
     if batch_size < 1:
@@ -216,8 +351,9 @@ def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int
         raise ValueError("--epochs must be > 0, got %g" % epochs)
     info = read_dataset_info(dataset)
     q = check_class_count(net, dataset)
-    n_train = lmdb_count(os.path.join(dataset, spec.TRAIN_DB, spec.FEATURES))
-    n_val = lmdb_count(os.path.join(dataset, spec.VAL_DB, spec.FEATURES))
+    n_train, n_val = counts["train"], counts["val"]
+    weight_files = [os.path.abspath(w) for w in nets.split_weights(weights)]
+    fit = nets.check_weights(weight_files, net) if weight_files else None
     if n_train == 0:
         raise ValueError("%s: the training LMDB is empty" % os.path.join(dataset, spec.TRAIN_DB, spec.FEATURES))
     # The val batch divides n_val, so test_iter batches cover val_db exactly once per pass.
@@ -242,7 +378,9 @@ def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int
             "n_train": n_train, "n_val": n_val, "batch_size": batch_size, "val_batch_size": val_batch,
             "test_iter": test_iter, "iters_per_epoch": iters_per_epoch, "epochs": epochs, "max_iter": max_iter,
             "display": display, "snapshot_every": snap_every, "train_val": train_val, "solver": solver,
-            "seed": seed}
+            "seed": seed, "weights": weight_files,
+            "weights_layers": {"from_weights": fit["from_weights"], "from_fillers": fit["from_fillers"]}
+            if fit else None}
 
 
 def solver_options(template: Optional[str], base_lr: Optional[float]) -> Dict:
@@ -307,9 +445,13 @@ def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optio
     from tools import nets
     log("Solving %s" % (nets.load_net(plan["train_val"]).name or "net"))
     log("Learning Rate Policy: %s" % (sp.lr_policy or "fixed"))
+    for w in plan.get("weights") or []:
+        log("Finetuning from %s" % w)          # caffe train -weights: in order, by layer name
+        net.copy_from(w)
     if resume:
         log("Restoring previous solver status from %s" % resume)
         solver.restore(resume)
+    best = BestSnapshot(plan["out"], keep_existing=bool(resume))
     start = int(solver.iter)
     if start >= plan["max_iter"]:
         log("Iteration %d >= max_iter %d: nothing to train" % (start, plan["max_iter"]))
@@ -329,6 +471,8 @@ def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optio
         v = total / plan["test_iter"]
         log("    Test net output #0: %s = %g (* 1 = %g loss)" % (tloss_name, v, v))
         val_rows.append({"iteration": it, "loss": v})
+        if best.offer(it, v, net.save):
+            log("Best validation loss so far: %g at iteration %d, saved to %s" % (v, it, best.model))
         return v
 
     def snapshot(it: int) -> None:
@@ -462,13 +606,156 @@ def _train_pycaffe(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Opti
     return res["result"]
 
 
+def _caffe_tool_solver_file(plan: Dict) -> str:
+    """solver.prototxt with a snapshot at every validation, so the best one can be kept."""
+    from google.protobuf import text_format
+    sp = _solver_param(plan["solver"])
+    if not (plan["test_iter"] and sp.test_interval):
+        return plan["solver"]
+    sp.snapshot = math.gcd(int(sp.test_interval), int(sp.snapshot or sp.test_interval))
+    path = os.path.join(plan["out"], CAFFE_SOLVER_FILE)
+    _write_text(path, "# Written by tools.train: solver.prototxt with a snapshot at every validation, so the\n"
+                      "# snapshot with the lowest validation loss can be kept (best.caffemodel); the extra\n"
+                      "# snapshots are deleted once a newer one exists.\n" + text_format.MessageToString(sp))
+    return path
+
+
+class _CaffeToolBest:
+    """Reads `caffe train`'s test passes as they stream by: keeps the best snapshot, prunes extras."""
+
+    def __init__(self, plan: Dict, keep_existing: bool):
+        self.plan = plan
+        self.best = BestSnapshot(plan["out"], keep_existing)
+        self.block: Optional[List[str]] = None
+        self.extra: List[int] = []           # validated snapshots outside the user's schedule
+        self.last_val: Optional[float] = None
+
+    def line(self, line: str, ev) -> None:
+        if ev is not None and ev[0] == "test_output":
+            if self.block is not None:
+                self.block.append(line)
+            return
+        if ev is not None:
+            self.close()
+            if ev[0] == "testing" and ev[2] == 0:
+                self.block = [line]
+
+    def close(self) -> None:
+        block, self.block = self.block, None
+        if not block:
+            return
+        for row in caffe_log.parse_log(block)[1]:
+            it, loss = row["iteration"], row["loss"]
+            self.last_val = loss
+            snap = snapshot_paths(self.plan["out"], it)
+            if os.path.isfile(snap["caffemodel"]):     # (none at iteration 0: caffe tests before it saves)
+                import shutil
+                self.best.offer(it, loss, lambda tmp: shutil.copyfile(snap["caffemodel"], tmp))
+                if it % self.plan["snapshot_every"] and it != self.plan["max_iter"]:
+                    self.extra.append(it)
+                self.prune(it)
+
+    def prune(self, newest: int) -> None:
+        """Delete extra snapshots older than `newest` (the newest may still be caffe's last one)."""
+        for old in [e for e in self.extra if e < newest]:
+            for p in snapshot_paths(self.plan["out"], old).values():
+                if os.path.isfile(p):
+                    os.remove(p)
+            self.extra.remove(old)
+
+    def finish(self) -> None:
+        self.close()
+        final = latest_snapshot(self.plan["out"])
+        if final:
+            self.prune(final["iteration"])
+
+
+_PROBE_NET = """layer { name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 1 dim: 2 } shape { dim: 1 dim: 1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 1 } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+_READS_WEIGHTS: Dict[str, bool] = {}
+
+
+def caffe_tool_reads_weights(tool: str) -> bool:
+    """Whether `caffe train -weights` copies the weights (BVLC 1.0, NVCaffe) or silently
+    ignores the flag (this kit's rc3-lineage build: its train() never calls CopyLayers).
+
+    Probe: train 0 iterations of a one-layer net with -weights naming a missing file; a
+    Caffe that reads the flag fails on it. About a tenth of a second, once per tool.
+    """
+    import tempfile
+    if tool not in _READS_WEIGHTS:
+        with tempfile.TemporaryDirectory(prefix="weights-probe-") as d:
+            net, solver = os.path.join(d, "net.prototxt"), os.path.join(d, "solver.prototxt")
+            _write_text(net, _PROBE_NET)
+            _write_text(solver, 'net: "%s"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 0\ndisplay: 0\n'
+                                'snapshot_after_train: false\nsolver_mode: CPU\n' % net)
+            missing = os.path.join(d, "missing-probe.caffemodel")
+            r = subprocess.run([tool, "train", "-solver", solver, "-weights", missing], capture_output=True,
+                               text=True, cwd=d)
+            _READS_WEIGHTS[tool] = r.returncode != 0 and "missing-probe" in (r.stdout + r.stderr)
+    return _READS_WEIGHTS[tool]
+
+
+def _init_worker(job_path: str) -> None:
+    """Child-process entry: the solver with --weights copied in, saved as an iteration-0 snapshot."""
+    with open(job_path) as f:
+        job = json.load(f)
+    from dataset_builder.caffe_env import use_device
+    caffe = use_device(job["gpu"])
+    solver = caffe.get_solver(job["solver"])
+    for w in job["weights"]:
+        solver.net.copy_from(w)
+    solver.snapshot()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _initial_state(plan: Dict, solver_file: str, gpu: Optional[int], log: GlogWriter) -> str:
+    """For a caffe tool that ignores -weights: the weights as a .solverstate at iteration 0
+    (zero optimiser history, like a fresh solver), which every Caffe restores with -snapshot."""
+    from google.protobuf import text_format
+    sp = _solver_param(solver_file)
+    sp.snapshot_prefix = os.path.join(plan["out"], "init")
+    init_solver = os.path.join(plan["out"], "solver_init.prototxt")
+    _write_text(init_solver, text_format.MessageToString(sp))
+    job_path = os.path.join(plan["out"], ".init_job.json")
+    _write_text(job_path, json.dumps({"solver": init_solver, "weights": plan["weights"], "gpu": gpu}))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    r = subprocess.run([sys.executable, "-c", "import sys; from tools.train import _init_worker; "
+                        "_init_worker(sys.argv[1])", job_path], env=env, cwd=plan["out"], capture_output=True,
+                       text=True)
+    state = os.path.join(plan["out"], "init_iter_0.solverstate")
+    for p in (job_path, init_solver):
+        os.remove(p)
+    if r.returncode != 0 or not os.path.isfile(state):
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise TrainingError("could not write the initial state from --weights (exit %d): %s"
+                            % (r.returncode, tail[0]))
+    log("This caffe tool ignores -weights: the weights %s start training as %s (iteration 0, "
+        "zero solver history)" % (",".join(plan["weights"]), state))
+    return state
+
+
 def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optional[int],
                       progress: bool, watch: DivergenceWatch) -> Dict:
     from tqdm import tqdm
     from dataset_builder.caffe_env import caffe_tool, python_layer_env
-    cmd = [caffe_tool(), "train", "-solver", plan["solver"]]
+    solver_file = _caffe_tool_solver_file(plan)
+    cmd = [caffe_tool(), "train", "-solver", solver_file]
+    init_files: List[str] = []
     if resume:
         cmd += ["-snapshot", resume]
+    elif plan.get("weights"):
+        if caffe_tool_reads_weights(cmd[0]):
+            cmd += ["-weights", ",".join(plan["weights"])]
+        else:
+            state = _initial_state(plan, solver_file, gpu, log)
+            init_files = [state, state.replace(".solverstate", ".caffemodel")]
+            cmd += ["-snapshot", state]
     if gpu is not None:
         cmd += ["-gpu", str(gpu)]
     env = python_layer_env()
@@ -479,7 +766,8 @@ def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: O
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=plan["out"], bufsize=1)
     bar = tqdm(total=plan["max_iter"], desc="caffe train", unit="it", disable=not progress, dynamic_ncols=True)
-    start, last_iter, last_loss, last_val, error = None, 0, None, None, None
+    start, last_iter, last_loss, error = None, 0, None, None
+    keeper = _CaffeToolBest(plan, keep_existing=bool(resume))
     tail: List[str] = []
     budget, interrupted = plan.get("max_seconds"), False
     for line in proc.stdout:
@@ -491,6 +779,7 @@ def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: O
             log("Stopping: time budget of %.0f s reached (SIGINT to caffe)" % budget)
         tail = (tail + [line.rstrip()])[-15:]
         _, ev = caffe_log.parse_line(line)
+        keeper.line(line, ev)
         if ev is None:
             continue
         if ev[0] == "train":
@@ -504,10 +793,12 @@ def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: O
             if error:
                 proc.terminate()
                 break
-        elif ev[0] == "test_output":
-            last_val = ev[2]
     proc.wait()
+    keeper.finish()
     bar.close()
+    for p in init_files:
+        if os.path.isfile(p):
+            os.remove(p)
     if error:
         log(error, level="E")
         raise TrainingError(error, {"start_iter": start or 0, "iterations": last_iter})
@@ -517,7 +808,7 @@ def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: O
     final = latest_snapshot(plan["out"])
     return {"start_iter": start or 0, "iterations": final["iteration"] if final else last_iter,
             "train_seconds": time.time() - t0,
-            "last_train_loss": last_loss, "last_val_loss": last_val}
+            "last_train_loss": last_loss, "last_val_loss": keeper.last_val}
 
 
 BACKENDS = {"pycaffe": _train_pycaffe, "caffe": _train_caffe_tool}
@@ -529,11 +820,13 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
           paper_scale: bool = False, snapshot_epochs: Optional[float] = None, display: Optional[int] = None,
           seed: int = spec.SEED, progress: bool = True, overwrite: bool = False,
           diverge_factor: float = DIVERGE_FACTOR, diverge_patience: int = DIVERGE_PATIENCE,
-          max_minutes: Optional[float] = None) -> Dict:
+          max_minutes: Optional[float] = None, weights=None) -> Dict:
     """Train; returns (and writes) the run summary. Raises TrainingError on NaN/divergence.
 
     max_minutes: a wall-clock budget; training stops at the first iteration past it
     (snapshot + validation there), so a demo fits its time whatever the machine's speed.
+    weights: caffemodel(s) to fine-tune from ("A,B" or a list; Caffe's -weights), checked
+    against the network first (tools.nets.WeightsError, a ValueError, when one does not fit).
     """
     if backend not in BACKENDS:
         raise ValueError("unknown backend %r (choose from %s)" % (backend, ", ".join(BACKENDS)))
@@ -545,6 +838,10 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
             raise ValueError("%s is %dx%d but --paper-scale trains at %dx%d: build the dataset at paper scale"
                              % (dataset, info["height"], info["width"], spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
     log_path = os.path.join(out, LOG_FILE)
+    from tools import nets
+    if resume and nets.split_weights(weights):
+        # caffe train refuses the pair too: a restored .solverstate would overwrite the weights.
+        raise ValueError("give --resume to continue training or --weights to fine-tune, not both")
     if resume:
         if not os.path.isfile(resume) or not resume.endswith(".solverstate"):
             raise FileNotFoundError("%s: no such .solverstate to resume from" % resume)
@@ -552,12 +849,12 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
         raise FileExistsError("%s exists: resume with --resume %s/%s_iter_N.solverstate, or pass --overwrite"
                               % (log_path, out, SNAPSHOT_PREFIX))
     plan = prepare_run(dataset, net, out, epochs, batch_size, base_lr=base_lr, solver_template=solver_template,
-                       snapshot_epochs=snapshot_epochs, display=display, seed=seed, gpu=gpu)
+                       snapshot_epochs=snapshot_epochs, display=display, seed=seed, gpu=gpu, weights=weights)
     plan["max_seconds"] = 60.0 * max_minutes if max_minutes else None
     if not resume:
         for f in os.listdir(plan["out"]):
             if f.startswith(SNAPSHOT_PREFIX + "_iter_") or f in (LOG_FILE, "train.csv", "val.csv", "loss.png",
-                                                                   SUMMARY_FILE):
+                                                                   SUMMARY_FILE, BEST_MODEL, BEST_INFO):
                 os.remove(os.path.join(plan["out"], f))
     log = GlogWriter(os.path.join(plan["out"], LOG_FILE))
     watch = DivergenceWatch(diverge_factor, diverge_patience)
@@ -578,6 +875,7 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
         summary["images_per_second"] = done * batch_size / result["train_seconds"] if done > 0 else None
     snap = latest_snapshot(plan["out"])
     summary["final_caffemodel"] = snap["caffemodel"] if snap else None
+    summary["best"] = read_best(plan["out"])
     try:
         train_csv, val_csv = caffe_log.log_to_csv(os.path.join(plan["out"], LOG_FILE))
         from tools import plots
@@ -618,6 +916,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=spec.SEED, help="solver random_seed (weight init)")
     p.add_argument("--overwrite", action="store_true", help="start over in a run folder that has a train.log")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget: stop (snapshot + validation) once past it")
+    p.add_argument("--weights", metavar="A.caffemodel[,B.caffemodel]",
+                   help="fine-tune: copy these caffemodels into the net by layer name, in order (Caffe's -weights), "
+                        "e.g. the ImageNet squeezenet_v1.1.caffemodel; layers not in them keep their fillers")
     return p
 
 
@@ -627,13 +928,20 @@ def main(argv=None) -> int:
         s = train(args.dataset, args.net, args.out, args.epochs, args.batch_size, base_lr=args.base_lr,
                   solver_template=args.solver_template, gpu=args.gpu, resume=args.resume, backend=args.backend,
                   paper_scale=args.paper_scale, snapshot_epochs=args.snapshot_epochs, display=args.display,
-                  seed=args.seed, overwrite=args.overwrite, max_minutes=args.max_minutes)
+                  seed=args.seed, overwrite=args.overwrite, max_minutes=args.max_minutes, weights=args.weights)
     except (TrainingError, OSError, ValueError, RuntimeError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
     print("trained %d iterations (%.1f epochs) in %.0f s, %.1f img/s; final model %s; log %s"
           % (s["iterations"], s["iterations"] / float(s["iters_per_epoch"]), s["wall_seconds"],
              s.get("images_per_second") or 0, s["final_caffemodel"], os.path.join(s["out"], LOG_FILE)))
+    if s.get("best"):
+        print("best model %s (iteration %d, validation loss %.4g)"
+              % (s["best"]["caffemodel"], s["best"]["iteration"], s["best"]["val_loss"]))
+    if s.get("weights"):
+        print("fine-tuned from %s (%d layers from the weights, %s from fillers)"
+              % (", ".join(s["weights"]), len(s["weights_layers"]["from_weights"]),
+                 ", ".join(s["weights_layers"]["from_fillers"]) or "none"))
     return 0
 
 
