@@ -3,22 +3,40 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench clean help
+# The GPU build: NVIDIA's CUDA wheels, no GPU needed to compile (tools/install_caffe.sh).
+# docker/Dockerfile.gpu builds with the same flags (tests/test_docker.py keeps them in step).
+GPU_FLAGS := --gpu
+# CUDA_ARCH="-gencode arch=compute_90,code=sm_90" builds one architecture (faster).
+CUDA_ARCH ?=
+
+.PHONY: setup gpu-build gpu-setup cpu-setup demo test bench clean help
 
 help:
 	@echo "make setup  - Debian packages, venv, cached CPU Caffe build (run by demo/test)"
 	@echo "make demo   - build the synthetic dataset, train, evaluate, write runs/demo/report.md"
 	@echo "make test   - the test suite against the real Caffe"
 	@echo "make bench  - benchmarks that print measured ratios"
+	@echo "make gpu-build - only build and cache the GPU Caffe (tests/test_gpu_build.py checks it)"
+	@echo "make gpu-setup - GPU Caffe (CUDA 13 wheels, cached; long compile) linked into the venv instead"
+	@echo "make cpu-setup - back to the CPU Caffe"
 
 setup:
 	@bash tools/setup.sh
+
+gpu-build: setup
+	@PYTHON=$(PY) bash tools/install_caffe.sh $(GPU_FLAGS) $(if $(CUDA_ARCH),--cuda-arch "$(CUDA_ARCH)")
+
+gpu-setup:
+	@CAFFE_BUILD_FLAGS="$(GPU_FLAGS)" CUDA_ARCH="$(CUDA_ARCH)" bash tools/setup.sh
+
+cpu-setup:
+	@CAFFE_BUILD_FLAGS= bash tools/setup.sh
 
 demo: setup
 	$(PY) -m tools.demo $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest -q tests $(TEST_ARGS)
+	$(PY) -m pytest -q -rs tests $(TEST_ARGS)
 
 bench: setup
 	$(PY) -m tools.benchmark $(BENCH_ARGS)

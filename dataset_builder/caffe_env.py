@@ -8,7 +8,9 @@ on sys.path too: `module: "digits_python_layers"` must import everywhere.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import shutil
 import sys
 
@@ -73,15 +75,62 @@ def python_layer_env() -> dict:
     return env
 
 
-def check_gpu_available(gpu: int) -> None:
-    """Probe GPU mode in a child process: a CPU_ONLY Caffe aborts the whole process on set_device."""
+# The probe: select the device and run one ReLU on it, so that a missing driver, a missing
+# device and a build without code for this GPU's architecture all show up here.
+_GPU_PROBE = """
+import os, sys, tempfile
+from dataset_builder.caffe_env import import_caffe
+c = import_caffe()
+c.set_mode_gpu()
+c.set_device(int(sys.argv[1]))
+fd, path = tempfile.mkstemp(suffix=".prototxt")
+with os.fdopen(fd, "w") as f:
+    f.write('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 2 } } }'
+            ' layer { name: "r" type: "ReLU" bottom: "x" top: "y" }')
+net = c.Net(path, c.TEST)
+os.remove(path)
+net.blobs["x"].data[...] = -1.0
+net.forward()
+assert float(net.blobs["y"].data.max()) == 0.0, "ReLU on the GPU gave a wrong result"
+print("ok")
+"""
+
+
+def gpu_problem(gpu: int):
+    """None if GPU `gpu` runs Caffe code, else a one-line reason.
+
+    Runs in a child process: Caffe answers a bad device with a glog FATAL, which aborts
+    the whole process (a CPU_ONLY build's set_device does the same)."""
     import subprocess
-    code = ("from dataset_builder.caffe_env import import_caffe\n"
-            "c = import_caffe(); c.set_mode_gpu(); c.set_device(%d)\n" % int(gpu))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError("GPU %d is not usable by this Caffe (a CPU_ONLY build, or no such device); "
-                           "drop --gpu to run on the CPU" % gpu)
+    env = dict(os.environ, GLOG_minloglevel="2", GLOG_logtostderr="1")
+    proc = subprocess.run([sys.executable, "-c", _GPU_PROBE, str(int(gpu))], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode == 0 and proc.stdout.strip().endswith("ok"):
+        return None
+    return explain_gpu_failure(proc.stderr)
+
+
+def explain_gpu_failure(stderr: str) -> str:
+    """One line from the stderr of a Caffe process that failed to use a GPU (glog FATAL, Python error)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    fatal = [ln.split("] ", 1)[1] for ln in lines if re.match(r"^F\d{4,8} ", ln) and "] " in ln]
+    text = fatal[0] if fatal else (lines[-1] if lines else "the probe process failed without a message")
+    if "CPU-only" in text:
+        return "this Caffe is a CPU-only build (build a GPU one: make gpu-setup)"
+    m = re.search(r"Check failed: .*?\(\d+ vs\. \d+\)\s*(.*)", text)
+    reason = m.group(1).strip() if m and m.group(1).strip() else text
+    if "driver" in reason.lower() or "no CUDA-capable device" in reason:
+        reason += " (no usable NVIDIA GPU or driver on this machine)"
+    elif "no kernel image" in reason:
+        reason += " (this GPU's architecture is not in the build's CUDA_ARCH list)"
+    return "CUDA: " + reason
+
+
+def check_gpu_available(gpu: int) -> None:
+    """Raise RuntimeError (one line) unless GPU `gpu` is usable by this Caffe."""
+    problem = gpu_problem(gpu)
+    if problem:
+        raise RuntimeError("GPU %d is not usable: %s; drop --gpu to run on the CPU" % (gpu, problem))
 
 
 def use_device(gpu=None):
@@ -94,3 +143,28 @@ def use_device(gpu=None):
         caffe.set_mode_gpu()
         caffe.set_device(int(gpu))
     return caffe
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dataset_builder.caffe_env",
+                                description="Say which Caffe the kit uses and whether a GPU is usable by it "
+                                            "(a child process probes the device: Caffe aborts on a bad one).")
+    p.add_argument("--gpu", type=int, help="GPU id to probe (set_device + one ReLU on the device)")
+    args = p.parse_args(argv)
+    try:
+        caffe = import_caffe()
+    except CaffeNotFound as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    print("caffe: %s" % os.path.dirname(os.path.realpath(caffe.__file__)))
+    if args.gpu is not None:
+        problem = gpu_problem(args.gpu)
+        if problem:
+            print("error: GPU %d is not usable: %s" % (args.gpu, problem), file=sys.stderr)
+            return 1
+        print("GPU %d: usable" % args.gpu)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

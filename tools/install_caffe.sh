@@ -6,8 +6,10 @@
 # the Dockerfiles in docker/ all call it, so CI exercises what the images run.
 #
 # Usage: tools/install_caffe.sh [--python PY] [--cache DIR] [--gpu [--no-cudnn]] [--cuda-arch "..."]
-#                               [--deps-only] [--no-apt] [--jobs N]
-# Prints the finished CAFFE_ROOT as its last line of output.
+#                               [--deps-only] [--no-apt] [--jobs N] | --list
+# Prints the finished CAFFE_ROOT as its last line of output. --gpu builds against
+# NVIDIA's CUDA 13.0 wheels (compiler and libraries, no GPU needed to build).
+# --list prints the finished builds in the cache instead, newest first: "ROOT cpu|gpu".
 set -euo pipefail
 
 CAFFE_SDIST="brocolli-caffe==9.0.2"
@@ -20,7 +22,7 @@ APT_PACKAGES=(build-essential pkg-config libprotobuf-dev protobuf-compiler
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}
 CACHE=${THERMALNET_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/thermalnet}
-GPU=0; NO_CUDNN=0; CUDA_ARCH=""; DEPS_ONLY=0; USE_APT=1; JOBS=$(nproc 2>/dev/null || echo 2)
+GPU=0; NO_CUDNN=0; CUDA_ARCH=""; DEPS_ONLY=0; USE_APT=1; LIST=0; JOBS=$(nproc 2>/dev/null || echo 2)
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY=$2; shift 2;;
@@ -31,13 +33,22 @@ while [ $# -gt 0 ]; do
     --deps-only) DEPS_ONLY=1; shift;;
     --no-apt) USE_APT=0; shift;;
     --jobs) JOBS=$2; shift 2;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
+    --list) LIST=1; shift;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
     *) echo "install_caffe.sh: unknown option $1 (see --help)" >&2; exit 2;;
   esac
 done
 
 say() { echo "[install_caffe] $*" >&2; }
 die() { echo "[install_caffe] ERROR: $*" >&2; exit 1; }
+
+if [ "$LIST" = 1 ]; then
+  for d in $(ls -dt "$CACHE"/caffe-*/ 2>/dev/null); do
+    [ -f "$d/.thermalnet-complete" ] || continue
+    if grep -q '^CPU_ONLY := 1' "$d/Makefile.config"; then echo "${d%/} cpu"; else echo "${d%/} gpu"; fi
+  done
+  exit 0
+fi
 
 # --- 1. system packages -------------------------------------------------------
 missing=()
@@ -87,12 +98,75 @@ LIBPROTO_VER=$(dpkg-query -W -f='${Version}' libprotobuf-dev 2>/dev/null | cut -
 [ "$PROTOC_VER" = "$LIBPROTO_VER" ] || [ "$LIBPROTO_VER" = "?" ] \
   || die "protoc $PROTOC_VER does not match libprotobuf-dev $LIBPROTO_VER: another protoc shadows Debian's on PATH ($(command -v protoc))"
 
+# --- 2b. --gpu: the CUDA toolchain and libraries, from NVIDIA's wheels ---------
+# Pinned to CUDA 13.0 Update 2 (docker/Dockerfile.gpu's base image has the same CUDA).
+# Why 13 and not 12: the CUDA 12 wheels of nvidia-cuda-nvcc-cu12 (12.6 .. 12.9) hold
+# ptxas, libnvvm and headers but no nvcc, cicc, cudafe++ or fatbinary, so nothing can
+# compile a .cu file with them; the CUDA 13 wheels carry the whole compiler. CUDA 13
+# builds for compute capability 7.5 (Turing) and newer only: Pascal and Volta cards
+# (the paper's Titan X Pascal, V100) need a CUDA 12 toolkit, which these wheels lack.
+CUDA_PKGS=(nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
+  nvidia-cuda-runtime==13.0.96 nvidia-cublas==13.1.0.3 nvidia-curand==10.4.0.35
+  nvidia-cuda-cccl==13.0.85)
+CUDNN_PKGS=(nvidia-cudnn-cu13==9.13.0.50 nvidia-cuda-nvrtc==13.0.88)
+# Real code for every CUDA 13 architecture from Turing to Blackwell, plus PTX of the
+# newest one so that later GPUs can JIT-compile it.
+DEFAULT_CUDA_ARCH="-gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 \
+-gencode arch=compute_86,code=sm_86 -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=sm_90 \
+-gencode arch=compute_100,code=sm_100 -gencode arch=compute_120,code=sm_120 -gencode arch=compute_120,code=compute_120"
+if [ "$GPU" = 1 ]; then
+  [ "$NO_CUDNN" = 1 ] || CUDA_PKGS+=("${CUDNN_PKGS[@]}")
+  [ -n "$CUDA_ARCH" ] || CUDA_ARCH=$DEFAULT_CUDA_ARCH
+  CUDA_ROOT="$CACHE/cuda-$(printf '%s\n' "${CUDA_PKGS[@]}" | sha256sum | cut -c1-16)"
+  # The build reads CUDA_HOME (section 4): the wheels' folder is a complete CUDA_HOME.
+  CUDA_HOME="$CUDA_ROOT/nvidia/cu13"
+else
+  [ "$NO_CUDNN" = 0 ] && [ -z "$CUDA_ARCH" ] || die "--no-cudnn and --cuda-arch need --gpu"
+fi
+
+# Install the wheels into their own cache folder (never into the venv: they are only
+# for building and for libcaffe.so's RUNPATH), adding the unversioned library names
+# (libcudart.so, ...) the linker's -lcudart needs: the wheels ship only sonames.
+install_cuda() {
+  [ -f "$CUDA_ROOT/.thermalnet-complete" ] && return 0
+  local avail tmp c lib name
+  avail=$(df -Pk "$CACHE" | awk 'NR==2{print $4}')
+  [ "${avail:-0}" -gt 4000000 ] || die "less than 4 GB free under $CACHE for the CUDA wheels"
+  say "installing CUDA wheels into $CUDA_ROOT: ${CUDA_PKGS[*]}"
+  tmp=$(mktemp -d "$CACHE/.cuda-XXXXXX")
+  if ! "$PY" -m pip install --quiet --no-deps --no-cache-dir --target "$tmp" "${CUDA_PKGS[@]}" \
+       >"$CUDA_ROOT.log" 2>&1; then
+    tail -n 20 "$CUDA_ROOT.log" >&2; rm -rf "$tmp"
+    die "pip could not install the CUDA wheels (full log: $CUDA_ROOT.log)"
+  fi
+  c="$tmp/nvidia/cu13"
+  [ -x "$c/bin/nvcc" ] || { rm -rf "$tmp"; die "the CUDA wheels gave no $c/bin/nvcc"; }
+  if [ -d "$tmp/nvidia/cudnn" ]; then   # cuDNN has its own folder: link it into the CUDA_HOME
+    for h in "$tmp"/nvidia/cudnn/include/*.h; do ln -s "../../cudnn/include/${h##*/}" "$c/include/"; done
+    for lib in "$tmp"/nvidia/cudnn/lib/*.so.*; do ln -s "../../cudnn/lib/${lib##*/}" "$c/lib/"; done
+  fi
+  for lib in "$c"/lib/lib*.so.*; do
+    name=${lib##*/}
+    [ -e "$c/lib/${name%%.so.*}.so" ] || ln -s "$name" "$c/lib/${name%%.so.*}.so"
+  done
+  touch "$tmp/.thermalnet-complete"
+  rm -rf "$CUDA_ROOT"; mv "$tmp" "$CUDA_ROOT"
+}
+
 # --- 3. cache key: every input of the build -----------------------------------
+# Lines of section 4 between "# >>> GPU only" and "# <<< GPU only" do nothing in a CPU
+# build and stay out of its key, so work on the GPU build never rebuilds the CPU one.
+steps=$(sed -n '/^# --- 4/,$p' "$0")
+[ "$GPU" = 1 ] || steps=$(printf '%s\n' "$steps" | sed '/^# >>> GPU only/,/^# <<< GPU only/d')
 key_src=$(printf '%s\n' "$CAFFE_SDIST" "$CAFFE_SDIST_SHA256" "$GPU" "$NO_CUDNN" "$CUDA_ARCH" "$PY_VER" "$NP_MAJOR" \
-  "$PROTOC_VER" "$PY_LIBDIR" "$(cat "$here/caffe/Makefile.config.in" "$here"/caffe/patches/*.patch)" "$(sed -n '/^# --- 4/,$p' "$0")")
+  "$PROTOC_VER" "$PY_LIBDIR" "$(cat "$here/caffe/Makefile.config.in" "$here"/caffe/patches/*.patch)" "$steps")
+if [ "$GPU" = 1 ]; then
+  key_src=$(printf '%s\n' "$key_src" "${CUDA_PKGS[@]}" "$(cat "$here"/caffe/patches/gpu/*.patch)")
+fi
 KEY=$(printf '%s' "$key_src" | sha256sum | cut -c1-16)
 ROOT="$CACHE/caffe-$KEY"
-if [ -f "$ROOT/.thermalnet-complete" ]; then
+built() { [ -f "$ROOT/.thermalnet-complete" ] && { [ "$GPU" = 0 ] || [ -f "$CUDA_ROOT/.thermalnet-complete" ]; }; }
+if built; then
   say "cached build found ($ROOT)"
   echo "$ROOT"; exit 0
 fi
@@ -103,7 +177,8 @@ if ! flock -n 9; then
   say "another Caffe build is running in $CACHE; waiting for it"
   flock 9
 fi
-if [ -f "$ROOT/.thermalnet-complete" ]; then
+[ "$GPU" = 0 ] || install_cuda
+if built; then
   say "cached build found ($ROOT)"
   echo "$ROOT"; exit 0
 fi
@@ -128,6 +203,15 @@ src=${src%/}
 for p in "$here"/caffe/patches/*.patch; do
   patch -d "$src" -p1 --forward --quiet < "$p" >>"$LOG" 2>&1 || fail "applying $(basename "$p")"
 done
+# >>> GPU only
+# Fixes for CUDA 13 (patches/gpu, each explained in its header): the CPU build does not
+# compile these files, so they are applied to the GPU build only.
+if [ "$GPU" = 1 ]; then
+  for p in "$here"/caffe/patches/gpu/*.patch; do
+    patch -d "$src" -p1 --forward --quiet < "$p" >>"$LOG" 2>&1 || fail "applying gpu/$(basename "$p")"
+  done
+fi
+# <<< GPU only
 
 if [ "$GPU" = 1 ]; then
   CPU_LINE="# CPU_ONLY := 1"; CUDNN_LINE="USE_CUDNN := 1"
@@ -145,6 +229,17 @@ sed -e "s|@CPU_ONLY_LINE@|$CPU_LINE|" -e "s|@CUDNN_LINE@|$CUDNN_LINE|" \
     -e "s|@PYTHON_LIBDIR@|$PY_LIBDIR|g" -e "s|@BOOST_PYTHON@|$BOOST_PY|" \
     -e "s|@PYTHON_LIBNAME@|$PY_LIBNAME|" \
     "$here/caffe/Makefile.config.in" > "$src/Makefile.config"
+# >>> GPU only
+if [ "$GPU" = 1 ]; then
+  # The CUDA libraries stay in the wheels' folder: libcaffe.so, the tools and _caffe.so
+  # find them by RUNPATH, as pycaffe finds build/lib, so no LD_LIBRARY_PATH is needed.
+  echo "LINKFLAGS += -Wl,-rpath,$CUDA_DIR/lib" >> "$src/Makefile.config"
+  # CUDA 13 keeps Thrust and CUB under include/cccl; nvcc adds it itself, g++ needs it
+  # for the .cpp files that include Thrust (cudnn_softmax_layer.cpp).
+  echo "INCLUDE_DIRS += $CUDA_DIR/include/cccl" >> "$src/Makefile.config"
+  say "GPU build: nvcc for $(echo "$CUDA_ARCH" | grep -o 'code=[a-z_0-9]*' | cut -d= -f2 | tr '\n' ' ')(about 12 minutes per architecture on 2 cores)"
+fi
+# <<< GPU only
 
 # The sdist ships a caffe_pb2.py from an old protoc: regenerate with ours.
 rm -f "$src/python/caffe/proto/caffe_pb2.py"
@@ -163,6 +258,14 @@ rm -rf "$src/.git" "$src/docs" "$src/examples" "$src/matlab"
 # Smoke test before the cache entry becomes visible.
 PYTHONPATH="$src/python" "$PY" -c "import caffe; caffe.set_mode_cpu()" >>"$LOG" 2>&1 || fail "import caffe smoke test"
 "$src/build/tools/caffe" --version >>"$LOG" 2>&1 || fail "caffe tool smoke test"
+# >>> GPU only
+if [ "$GPU" = 1 ]; then
+  ldd "$src/build/lib/libcaffe.so" >>"$LOG" 2>&1 || fail "ldd libcaffe.so"
+  for lib in libcudart libcublas libcurand; do
+    ldd "$src/build/lib/libcaffe.so" | grep -q "$lib\.so.* => $CUDA_DIR/lib/" || fail "libcaffe.so finding $lib in $CUDA_DIR/lib"
+  done
+fi
+# <<< GPU only
 touch "$src/.thermalnet-complete"
 rm -rf "$ROOT"; mv "$src" "$ROOT"
 say "Caffe built and cached at $ROOT"

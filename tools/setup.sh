@@ -5,6 +5,10 @@
 # only when requirements.txt changes); 3) pycaffe, the `caffe` tool and the kit's
 # Python layer made visible inside the venv, so no LD_LIBRARY_PATH is needed.
 # CAFFE_ROOT=/path/to/caffe skips the build and uses that Caffe instead.
+# CAFFE_BUILD_FLAGS="--gpu" (make gpu-setup) builds and links the GPU Caffe instead of the
+# CPU one (CUDA_ARCH="-gencode ..." narrows its architectures); the choice is kept in the
+# venv, so a later plain `make setup` (run by make test / make demo) keeps it;
+# `make cpu-setup` goes back to the CPU build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -17,6 +21,16 @@ die() { echo "[setup] ERROR: $*" >&2; exit 1; }
 # them, but the Caffe build does, and a clear apt failure beats a compiler error.
 if [ -z "${CAFFE_ROOT:-}" ]; then
   bash tools/install_caffe.sh --deps-only
+fi
+flags_file="$VENV/.caffe-build-flags"
+if [ -z "${CAFFE_BUILD_FLAGS+set}" ]; then
+  CAFFE_BUILD_FLAGS=$(sed -n 1p "$flags_file" 2>/dev/null || true)
+  CUDA_ARCH=$(sed -n 2p "$flags_file" 2>/dev/null || true)
+fi
+build_args=()
+if [ -n "$CAFFE_BUILD_FLAGS" ]; then
+  read -r -a build_args <<< "$CAFFE_BUILD_FLAGS"
+  [ -z "${CUDA_ARCH:-}" ] || build_args+=(--cuda-arch "$CUDA_ARCH")
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -40,7 +54,12 @@ if [ -n "${CAFFE_ROOT:-}" ]; then
   [ -d "$ROOT/python/caffe" ] || die "CAFFE_ROOT=$ROOT has no python/caffe: point it at a built Caffe source tree"
   say "using existing Caffe at CAFFE_ROOT=$ROOT"
 else
-  ROOT=$(PYTHON="$PY" bash tools/install_caffe.sh | tail -n 1)
+  ROOT=$(PYTHON="$PY" bash tools/install_caffe.sh ${build_args[@]+"${build_args[@]}"} | tail -n 1)
+  if [ -n "$CAFFE_BUILD_FLAGS" ]; then
+    printf '%s\n%s\n' "$CAFFE_BUILD_FLAGS" "${CUDA_ARCH:-}" > "$flags_file"
+  else
+    rm -f "$flags_file"
+  fi
 fi
 printf '%s\n%s\n' "$ROOT/python" "$REPO/prototxt" > "$site/thermalnet_caffe.pth"
 
@@ -63,3 +82,6 @@ fi
 "$PY" -c "import caffe, digits_python_layers; caffe.set_mode_cpu()" 2>/dev/null \
   || die "the venv cannot import caffe and digits_python_layers from $ROOT; rerun with a clean cache: rm -rf ~/.cache/thermalnet"
 say "ready: $VENV (caffe from $ROOT)"
+if [ -n "$CAFFE_BUILD_FLAGS" ] && [ -z "${CAFFE_ROOT:-}" ]; then
+  say "GPU build ($CAFFE_BUILD_FLAGS); is a GPU usable? $PY -m dataset_builder.caffe_env --gpu 0"
+fi
