@@ -277,7 +277,8 @@ def _img_tag(path: str, alt: str) -> str:
 
 def _html_table(header: List[str], rows: List[List[str]]) -> str:
     h = "".join("<th>%s</th>" % html.escape(c) for c in header)
-    body = "".join("<tr>%s</tr>" % "".join("<td>%s</td>" % html.escape(c) for c in r) for r in rows)
+    body = "".join("<tr>%s</tr>" % "".join("<td>%s</td>" % html.escape(c.replace("**", "")) for c in r)
+                   for r in rows)
     return "<table><thead><tr>%s</tr></thead><tbody>%s</tbody></table>" % (h, body)
 
 
