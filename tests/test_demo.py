@@ -5,13 +5,14 @@ does, and checks that the report's numbers are the evaluation CSVs' numbers.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
 
-from tools import evaluate as ev
+from tools import demo, evaluate as ev
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +39,60 @@ def test_quick_demo_end_to_end(tmp_path):
     assert m and float(m.group(1)) == round(overall["tn"], 2)
     for f in ("report.html", "loss.png", "train.csv", "val.csv", "eval/per_image.csv", "eval/bars.png"):
         assert (out / f).is_file(), f
+    # The evaluated model is the best snapshot, named in the summary and the output.
+    s = json.load(open(out / "train_summary.json"))
+    assert s["evaluated_snapshot"]["which"] == "best" == demo.DEMO_SNAPSHOT
+    assert s["evaluated_snapshot"]["caffemodel"] == s["best"]["caffemodel"] == str(out / "best.caffemodel")
+    assert s["weights"] == []
+    assert "[pipeline] evaluating the best model: best.caffemodel (iteration %d" % s["best"]["iteration"] in p.stdout
+    assert json.load(open(out / "eval" / "eval.json"))["model"] == str(out / "best.caffemodel")
+
+
+def test_weights_and_snapshot_pass_through_demo_and_run_flir(monkeypatch, tmp_path):
+    """--weights and --snapshot reach tools.train and the evaluation from both launchers."""
+    from tools import evaluate, report, run_flir, train
+    seen = {}
+
+    def fake_train(dataset, net, out, **kw):
+        seen["weights"] = kw.get("weights")
+        os.makedirs(out, exist_ok=True)
+        s = {"out": out, "iterations": 4, "iters_per_epoch": 2, "final_caffemodel": os.path.join(out, "last.caffemodel"),
+             "best": {"iteration": 2, "val_loss": 1.5, "caffemodel": os.path.join(out, "best.caffemodel")},
+             "last_val_loss": 2.0}
+        with open(os.path.join(out, train.SUMMARY_FILE), "w") as f:
+            json.dump(s, f)
+        return s
+
+    def fake_evaluate(dataset, deploy, model, out, **kw):
+        seen["model"] = model
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, "table2.md"), "w").close()
+
+    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(report, "write_report", lambda out, eval_dir: {"md": "r.md", "html": "r.html"})
+    for which, model in (("best", "best.caffemodel"), ("last", "last.caffemodel")):
+        r = demo.run_pipeline("DS", str(tmp_path / which), weights="a.caffemodel,b.caffemodel", snapshot=which,
+                              progress=False)
+        assert seen == {"weights": "a.caffemodel,b.caffemodel", "model": str(tmp_path / which / model)}
+        assert r["summary"]["evaluated_snapshot"]["which"] == which
+        on_disk = json.load(open(tmp_path / which / "train_summary.json"))
+        assert on_disk["evaluated_snapshot"]["caffemodel"] == str(tmp_path / which / model)
+    calls = []
+    result = {"verdict": {"tn": 1.0, "best_baseline_rms": 2.0, "best_baseline": "mean", "beats_baselines": True},
+              "train_seconds": 0.0, "md": "r.md", "html": "r.html"}
+    monkeypatch.setattr(demo, "run_pipeline", lambda *a, **kw: calls.append(kw) or dict(result))
+    monkeypatch.setattr(run_flir, "build_flir_dataset", lambda *a, **kw: "DS")
+    monkeypatch.setattr("tools.baselines.read_dataset_info", lambda ds: {"height": 120, "width": 160})
+    monkeypatch.setattr(demo, "synthetic_dataset", lambda *a, **kw: "DS")
+    flir = tmp_path / "flir"
+    flir.mkdir()
+    assert run_flir.main(["--flir", str(flir), "--out", str(tmp_path / "f"), "--weights", "sq.caffemodel",
+                          "--snapshot", "last"]) == 0
+    assert demo.main(["--quick", "--out", str(tmp_path / "d"), "--weights", "sq.caffemodel", "--snapshot", "last"]) == 0
+    assert demo.main(["--quick", "--out", str(tmp_path / "e")]) == 0
+    assert [(c["weights"], c["snapshot"]) for c in calls] == [("sq.caffemodel", "last"), ("sq.caffemodel", "last"),
+                                                              (demo.DEMO_WEIGHTS, demo.DEMO_SNAPSHOT)]
 
 
 def test_demo_help():

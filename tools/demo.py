@@ -34,6 +34,8 @@ DEMO_EPOCHS = 40            # a cap; the time budget ends the demo's training fi
 DEMO_BATCH = 4
 DEMO_BASE_LR = 1e-3
 DEMO_DECODING = "mmse"          # tools.evaluate: the softmax mean with eq. 1's rebalancing divided out
+DEMO_WEIGHTS = None             # pretrained caffemodel(s) to fine-tune from (tools.train --weights); None: fillers
+DEMO_SNAPSHOT = "best"          # which model is evaluated: lowest validation loss ("best") or "last"
 QUICK_COUNT = 60
 QUICK_EPOCHS = 1.0
 QUICK_BATCH = 4
@@ -85,21 +87,31 @@ def run_pipeline(dataset: str, out: str, net: Optional[str] = None, deploy: Opti
                  epochs: float = DEMO_EPOCHS, batch_size: int = DEMO_BATCH, base_lr: float = DEMO_BASE_LR,
                  max_minutes: Optional[float] = DEMO_MINUTES, decoding: str = DEMO_DECODING,
                  vgg_weights: Optional[str] = None, backend: str = "pycaffe", gpu: Optional[int] = None,
-                 progress: bool = True, figures_per_class: int = 2) -> Dict:
-    """Train -> evaluate -> report in `out` (overwritten); returns paths, the verdict and timings."""
+                 progress: bool = True, figures_per_class: int = 2, weights=DEMO_WEIGHTS,
+                 snapshot: str = DEMO_SNAPSHOT) -> Dict:
+    """Train -> evaluate -> report in `out` (overwritten); returns paths, the verdict and timings.
+
+    weights: caffemodel(s) to fine-tune from; snapshot: evaluate the "best" (lowest
+    validation loss) or the "last" model -- recorded as the summary's "evaluated_snapshot".
+    """
     from tools import evaluate, report, train
     net = net or train.DEFAULT_NET
     deploy = deploy or deploy_for(net)
     t0 = time.time()
     print("[pipeline] training %s on %s -> %s" % (os.path.basename(net), dataset, out), flush=True)
     s = train.train(dataset, net, out, epochs=epochs, batch_size=batch_size, base_lr=base_lr, gpu=gpu,
-                    backend=backend, progress=progress, overwrite=True, max_minutes=max_minutes)
+                    backend=backend, progress=progress, overwrite=True, max_minutes=max_minutes, weights=weights)
     t1 = time.time()
     print("[pipeline] trained %d iterations (%.2f epochs) in %.1f min, %.1f img/s"
           % (s["iterations"], s["iterations"] / float(s["iters_per_epoch"]), (t1 - t0) / 60.0,
              s.get("images_per_second") or 0), flush=True)
+    picked = train.pick_snapshot(s, snapshot)
+    s = train.record_evaluated(out, picked)
+    print("[pipeline] evaluating the %s model: %s (iteration %s, validation loss %s)"
+          % (picked["which"], os.path.basename(picked["caffemodel"]), picked["iteration"],
+             "%.4g" % picked["val_loss"] if picked["val_loss"] is not None else "not measured"), flush=True)
     eval_dir = os.path.join(out, "eval")
-    evaluate.evaluate(dataset, deploy, s["final_caffemodel"], eval_dir, vgg_weights=vgg_weights,
+    evaluate.evaluate(dataset, deploy, picked["caffemodel"], eval_dir, vgg_weights=vgg_weights,
                       decoding=decoding, gpu=gpu, progress=progress, figures_per_class=figures_per_class)
     t2 = time.time()
     r = report.write_report(out, eval_dir)
@@ -111,7 +123,8 @@ def run_pipeline(dataset: str, out: str, net: Optional[str] = None, deploy: Opti
 def demo(out: str = os.path.join("runs", "demo"), quick: bool = False, minutes: Optional[float] = None,
          count: Optional[int] = None, epochs: Optional[float] = None, batch_size: Optional[int] = None,
          base_lr: float = DEMO_BASE_LR, decoding: str = DEMO_DECODING, vgg_weights: Optional[str] = None,
-         data_root: str = DATA_ROOT, seed: int = spec.SEED, progress: bool = True) -> Dict:
+         data_root: str = DATA_ROOT, seed: int = spec.SEED, progress: bool = True, weights=DEMO_WEIGHTS,
+         snapshot: str = DEMO_SNAPSHOT) -> Dict:
     """The whole demo; returns run_pipeline's result plus the dataset path and total wall time."""
     t0 = time.time()
     count = count or (QUICK_COUNT if quick else DEMO_COUNT)
@@ -120,9 +133,20 @@ def demo(out: str = os.path.join("runs", "demo"), quick: bool = False, minutes: 
                        batch_size=batch_size or (QUICK_BATCH if quick else DEMO_BATCH), base_lr=base_lr,
                        max_minutes=minutes if minutes is not None else (None if quick else DEMO_MINUTES),
                        decoding=decoding, vgg_weights=vgg_weights, progress=progress,
-                       figures_per_class=1 if quick else 2)
+                       figures_per_class=1 if quick else 2, weights=weights, snapshot=snapshot)
     res.update(dataset=ds, wall_seconds=time.time() - t0)
     return res
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--weights and --snapshot, shared by tools.demo and tools.run_flir."""
+    from tools.train import SNAPSHOT_CHOICES
+    p.add_argument("--weights", default=DEMO_WEIGHTS, metavar="A.caffemodel[,B.caffemodel]",
+                   help="fine-tune from these caffemodels (tools.train --weights), e.g. ImageNet "
+                        "squeezenet_v1.1.caffemodel (default: %s)" % (DEMO_WEIGHTS or "none, fillers"))
+    p.add_argument("--snapshot", default=DEMO_SNAPSHOT, choices=SNAPSHOT_CHOICES,
+                   help="model to evaluate: best = lowest validation loss, last = final snapshot "
+                        "(default %s)" % DEMO_SNAPSHOT)
 
 
 def main(argv=None) -> int:
@@ -143,11 +167,12 @@ def main(argv=None) -> int:
     p.add_argument("--vgg-weights", help="VGG-16 caffemodel for TN + PP (otherwise 'not run')")
     p.add_argument("--data-root", default=DATA_ROOT, help="dataset cache folder (default %s)" % DATA_ROOT)
     p.add_argument("--seed", type=int, default=spec.SEED)
+    add_model_options(p)
     a = p.parse_args(argv)
     from tools.train import TrainingError
     try:
         r = demo(a.out, a.quick, a.minutes, a.count, a.epochs, a.batch_size, a.base_lr, a.decoding, a.vgg_weights,
-                 a.data_root, a.seed)
+                 a.data_root, a.seed, weights=a.weights, snapshot=a.snapshot)
     except (TrainingError, OSError, ValueError, RuntimeError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1

@@ -7,8 +7,9 @@ Step by step it runs exactly what you would type by hand, and what `make demo` r
 on its SYNTHETIC data (tools.demo.run_pipeline):
   1. python -m dataset_builder build --flir DIR --out runs/NAME/dataset [--classes CSV]
   2. python -m tools.train --dataset runs/NAME/dataset --out runs/NAME --epochs E --batch-size B
+        [--weights squeezenet_v1.1.caffemodel]
   3. python -m tools.evaluate --dataset ... --deploy prototxt/thermalnet_v1_1_deploy.prototxt
-        --model runs/NAME/snap_iter_N.caffemodel --out runs/NAME/eval
+        --model runs/NAME/best.caffemodel --out runs/NAME/eval     (--snapshot last: snap_iter_N)
   4. python -m tools.report --run runs/NAME
 Give object classes (human, microwave_oven, computer, or your own) with --classes, a
 CSV of `stem,object_class`; without it every pair is "unknown" and Table 2 has one row.
@@ -50,7 +51,8 @@ def run_flir(flir: Sequence[str], out: str, classes_csv: Optional[str] = None, d
              epochs: float = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH, base_lr: Optional[float] = None,
              minutes: Optional[float] = None, paper_scale: bool = False, decoding: str = "mmse",
              vgg_weights: Optional[str] = None, backend: str = "pycaffe", gpu: Optional[int] = None,
-             rebuild: bool = False, progress: bool = True) -> Dict:
+             rebuild: bool = False, progress: bool = True, weights=None, snapshot: Optional[str] = None) -> Dict:
+    """Build (or reuse) the dataset, then tools.demo.run_pipeline; weights/snapshot as there."""
     from tools import demo, train
     for f in flir:
         if not os.path.exists(f):
@@ -66,7 +68,9 @@ def run_flir(flir: Sequence[str], out: str, classes_csv: Optional[str] = None, d
     net = train.PAPER_NET if paper_scale else train.DEFAULT_NET
     return demo.run_pipeline(ds, out, net=net, epochs=epochs, batch_size=batch_size,
                              base_lr=base_lr or demo.DEMO_BASE_LR, max_minutes=minutes, decoding=decoding,
-                             vgg_weights=vgg_weights, backend=backend, gpu=gpu, progress=progress)
+                             vgg_weights=vgg_weights, backend=backend, gpu=gpu, progress=progress,
+                             weights=weights if weights is not None else demo.DEMO_WEIGHTS,
+                             snapshot=snapshot or demo.DEMO_SNAPSHOT)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -90,12 +94,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--vgg-weights", help="VGG-16 caffemodel for TN + PP")
     p.add_argument("--backend", default="pycaffe", choices=("pycaffe", "caffe"))
     p.add_argument("--gpu", type=int, help="GPU id (a GPU build of Caffe)")
+    from tools.demo import add_model_options
+    add_model_options(p)
     a = p.parse_args(argv)
     from dataset_builder.build import BuildError
     from tools.train import TrainingError
     try:
         r = run_flir(a.flir, a.out, a.classes, a.dataset, a.epochs, a.batch_size, a.base_lr, a.minutes,
-                     a.paper_scale, a.decoding, a.vgg_weights, a.backend, a.gpu, a.rebuild)
+                     a.paper_scale, a.decoding, a.vgg_weights, a.backend, a.gpu, a.rebuild,
+                     weights=a.weights, snapshot=a.snapshot)
     except (BuildError, TrainingError, OSError, ValueError, RuntimeError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
