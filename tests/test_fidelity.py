@@ -154,3 +154,28 @@ def test_cli(small_ds, tmp_path):
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "neither a run folder" in bad.stderr
     h = subprocess.run([sys.executable, "-m", "tools.fidelity", "--help"], cwd=REPO, capture_output=True, text=True)
     assert h.returncode == 0 and "RUN_OR_DATASET" in h.stdout
+
+
+def _write_manifest(ds, rows, models=None):
+    with open(os.path.join(ds, "manifest.csv"), "w") as f:
+        f.write("id,source,object_class,split,vis_h,vis_w,ir_h,ir_w\n")
+        for r in rows:
+            f.write("%s,x,human,test,%d,%d,%d,%d\n" % r)
+    if models is not None:
+        with open(os.path.join(ds, "alignment.csv"), "w") as f:
+            f.write("id,model\n" + "".join("%s,%s\n" % kv for kv in models.items()))
+
+
+def test_table1_sizes_from_the_manifest_and_the_flir_camera(tmp_path):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    _write_manifest(ds, [("a", 480, 640, 120, 160), ("b", 480, 640, 120, 160)])
+    assert _status(fidelity.check(ds, caffe_check=False))["table1_sizes"] == fidelity.PASS
+    _write_manifest(ds, [("a", 480, 640, 120, 160), ("b", 1080, 1440, 120, 160)])
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["table1_sizes"] == fidelity.FAIL and "1 of 2" in _evidence(rows, "table1_sizes")
+    # FLIR files: the visible photo is cropped to the IR view, so the camera model and IR size are checked
+    _write_manifest(ds, [("a", 301, 402, 120, 160)], models={"a": "FLIR ONE Pro"})
+    assert _status(fidelity.check(ds, caffe_check=False))["table1_sizes"] == fidelity.PASS
+    _write_manifest(ds, [("a", 301, 402, 48, 72)], models={"a": "FLIR AX8"})
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["table1_sizes"] == fidelity.FAIL and "FLIR AX8 IR 72x48" in _evidence(rows, "table1_sizes")
