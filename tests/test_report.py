@@ -171,3 +171,22 @@ def test_missing_eval_is_a_clear_error(tmp_path, capsys):
     rc = report.main(["--run", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "train_summary.json: missing" in err and len(err.splitlines()) == 1
+
+
+def test_readme_tables_are_read_from_the_run(reported, capsys):
+    run, _ = reported
+    table = ev.read_table_csv(os.path.join(run, "eval", "table2.csv"))
+    assert report.main(["--run", run, "--readme"]) == 0
+    out = capsys.readouterr().out
+    assert "SYNTHETIC data" in out and "Regenerate: `python -m tools.report --run" in out
+    rows = _md_table(out, "| Object | n | TN | TN + GS | Mean training IR | Fitted luminance | Constant |")
+    assert len(rows) == len(table)
+    for cells, t in zip(rows, table):
+        assert cells[:2] == [ev.class_label(t["object_class"]), str(t["n"])]
+        assert cells[2:7] == [_fmt(t[k]) for k in ("tn", "tn_gs", "mean_ir", "fitted_luminance", "constant")]
+    overall = table[-1]
+    metric_rows = dict((r[0], r[1:]) for r in _md_table(out, "| Metric | TN |"))
+    assert metric_rows["SSIM"][0] == "%.3f" % overall["tn_ssim"]
+    assert metric_rows["PSNR dB"][3] == "%.2f" % overall["fitted_luminance_psnr"]
+    assert metric_rows["offset-free RMS"][2] == "%.1f" % overall["mean_ir_rms_offset_free"]
+    assert "no VGG-16 weights" in out

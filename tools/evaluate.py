@@ -152,7 +152,7 @@ def _write_csv(path: str, fields: Sequence[str], rows: List[Dict]) -> str:
         w = csv.writer(f)
         w.writerow(fields)
         for r in rows:
-            w.writerow(["" if r.get(k) is None else (("%.4f" % r[k]) if isinstance(r[k], float) else r[k])
+            w.writerow(["" if r.get(k) is None else (("%.6f" % r[k]) if isinstance(r[k], float) else r[k])
                         for k in fields])
     os.replace(tmp, path)
     return path

@@ -350,6 +350,53 @@ def write_report(run: str, eval_dir: Optional[str] = None, out_dir: Optional[str
     return dict(paths, verdict=verdict(g["table"]))
 
 
+README_COLUMNS = ("tn", "tn_gs", "tn_pp", "mean_ir", "fitted_luminance", "constant")
+
+
+def readme_tables(run: str, eval_dir: Optional[str] = None) -> str:
+    """The README's results tables, regenerated from a run's files (so no figure in the docs is typed in).
+
+    RMS per class beside the paper, then every metric for the overall row; the heading names the
+    data (SYNTHETIC or real), the machine, the training and the date the evaluation was written.
+    """
+    import time as _time
+    eval_dir = eval_dir or os.path.join(run, "eval")
+    s = _load_json(os.path.join(run, "train_summary.json"))
+    ev = _load_json(os.path.join(eval_dir, "eval.json"))
+    table = read_table_csv(os.path.join(eval_dir, "table2.csv"))
+    g = {"eval": ev, "summary": s}
+    when = _time.strftime("%Y-%m-%d", _time.gmtime(os.path.getmtime(os.path.join(eval_dir, "eval.json"))))
+    ipe = float(s.get("iters_per_epoch") or 1)
+    cols = [c for c in README_COLUMNS if c != "tn_pp" or ev.get("tn_pp") == "run"]
+    from tools.evaluate import ROW_SHORT, metric_key
+    lines = ["Run `%s`, evaluated %s: %s; %s, %d iterations (%.1f epochs) in %s on %s, %s CPU cores%s; %d test "
+             "images at %sx%s, %s decoding." % (
+                 os.path.basename(os.path.abspath(run)), when, data_label(g), os.path.basename(s.get("net", "")), s.get("iterations") or 0,
+                 (s.get("iterations") or 0) / ipe, _duration(s.get("wall_seconds") or 0),
+                 s.get("processor") or s.get("machine"), s.get("cpu_cores"),
+                 (", GPU %s" % s["gpu"]) if s.get("gpu") is not None else "", ev.get("n_test", 0),
+                 ev.get("height"), ev.get("width"), ev.get("decoding")), "",
+             "| Object | n | %s | paper TN / TN + PP / TN + GS |" % " | ".join(ROW_SHORT[c] for c in cols),
+             "|---|---:|%s---|" % ("---:|" * len(cols))]
+    for r in table:
+        paper = " / ".join(_f(r.get("paper_" + m)) for m in METHODS) if r.get("paper_tn") is not None else "—"
+        lines.append("| %s | %d | %s | %s |" % (class_label(r["object_class"]), r["n"],
+                                               " | ".join(_f(r.get(c)) if r.get(c) is not None else "not run"
+                                                          for c in cols), paper))
+    overall = _overall(table)
+    lines += ["", "Average RMS of eq. 2 (brightness 0..255). Every metric, overall (%s):" % data_label(g), "",
+              "| Metric | %s |" % " | ".join(ROW_SHORT[c] for c in cols), "|---|%s" % ("---:|" * len(cols))]
+    for m in metrics.METRICS:
+        lines.append("| %s | %s |" % (metrics.METRIC_SHORT[m], " | ".join(
+            _f(overall.get(metric_key(c, m)), metrics.DIGITS[m]) if overall.get(metric_key(c, m)) is not None
+            else "not run" for c in cols)))
+    if ev.get("tn_pp") != "run":
+        lines += ["", ev.get("tn_pp_note") or "TN + PP not run."]
+    shown = run if not os.path.isabs(run) else os.path.basename(run)
+    lines += ["", "Regenerate: `python -m tools.report --run %s --readme`." % shown]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.report",
                                 description="Write RUN/report.md and a self-contained RUN/report.html from a "
@@ -357,8 +404,13 @@ def main(argv=None) -> int:
     p.add_argument("--run", required=True, help="run folder (train_summary.json, train.csv, loss.png)")
     p.add_argument("--eval", help="evaluation folder (default RUN/eval)")
     p.add_argument("--out", help="where to write the report (default RUN)")
+    p.add_argument("--readme", action="store_true", help="print the README's results tables for this run instead "
+                                                        "(every figure read from the run's files)")
     args = p.parse_args(argv)
     try:
+        if args.readme:
+            print(readme_tables(args.run, args.eval), end="")
+            return 0
         r = write_report(args.run, args.eval, args.out)
     except (OSError, ValueError, KeyError) as exc:
         print("error: %s" % exc, file=sys.stderr)
