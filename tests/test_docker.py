@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -54,7 +57,7 @@ def copy_sources(instrs):
     return srcs
 
 
-# -- a strict parser for the YAML subset docker-compose.yml uses (pyyaml is not a dependency) ---------
+# -- a strict parser for the YAML subset docker-compose.yml uses (PyYAML cross-checks it below) -------
 class YamlSubsetError(ValueError):
     pass
 
@@ -173,13 +176,27 @@ def test_yaml_subset_parser_is_strict():
 
 
 # -- Dockerfiles ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.digits"])
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.digits", "Dockerfile.bvlc"])
 def test_copy_sources_exist(name):
     instrs = parse_dockerfile(os.path.join(DOCKER, name))
     srcs = copy_sources(instrs)
     assert srcs, name
     for s in srcs:
         assert os.path.exists(os.path.join(REPO, s)), "%s copies %s, which is not in the repository" % (name, s)
+
+
+def makefile_var(name):
+    with open(os.path.join(REPO, "Makefile")) as f:
+        m = re.search(r"^%s :?= *(.*)$" % re.escape(name), f.read(), re.M)
+    assert m, "Makefile defines no %s" % name
+    return m.group(1).strip()
+
+
+def install_script_pins():
+    """{package: version} of the CUDA wheels tools/install_caffe.sh installs for --gpu."""
+    with open(os.path.join(REPO, INSTALL)) as f:
+        text = f.read()
+    return dict(re.findall(r"\b(nvidia-[a-z0-9-]+)==([0-9.]+)", text))
 
 
 @pytest.mark.parametrize("name,flag", [("Dockerfile.cpu", None), ("Dockerfile.gpu", "--gpu")])
@@ -193,15 +210,23 @@ def test_caffe_is_built_by_the_ci_script(name, flag):
     # the script is copied before it runs, from the repository's own tools/
     assert INSTALL in copy_sources(instrs)
     if flag:
-        flags = arg_defaults(instrs)["CAFFE_GPU_FLAGS"].split()
-        assert flags[0] == flag
+        # exactly the build of `make gpu-setup` / `make gpu-build`: the Makefile's flags
+        flags = arg_defaults(instrs)["CAFFE_GPU_FLAGS"]
+        assert flags == makefile_var("GPU_FLAGS"), "Dockerfile.gpu and the Makefile build different GPU Caffes"
+        assert flags.split()[0] == flag
         script = open(os.path.join(REPO, INSTALL)).read()
-        for f in flags:   # every default flag is one the script parses
+        for f in flags.split():   # every default flag is one the script parses
             assert "    %s)" % f in script, "%s passes %s, which %s does not accept" % (name, f, INSTALL)
-        assert all("$CAFFE_GPU_FLAGS" in r for r in build)
+        assert all("$CAFFE_GPU_FLAGS" in r and '${CUDA_ARCH:+--cuda-arch "$CUDA_ARCH"}' in r for r in build)
+        setup = [r for r in runs if "make gpu-setup" in r]
+        assert setup == ['make gpu-setup GPU_FLAGS="$CAFFE_GPU_FLAGS" CUDA_ARCH="$CUDA_ARCH"'], setup
+        with open(os.path.join(REPO, "Makefile")) as f:
+            mk = f.read()
+        assert 'CAFFE_BUILD_FLAGS="$(GPU_FLAGS)" CUDA_ARCH="$(CUDA_ARCH)" bash tools/setup.sh' in mk
+        assert 'bash tools/install_caffe.sh $(GPU_FLAGS) $(if $(CUDA_ARCH),--cuda-arch "$(CUDA_ARCH)")' in mk
     else:
         assert all("--gpu" not in r for r in build)
-    assert any("make setup" in r for r in runs), "%s: the kit is not set up with make setup" % name
+        assert any("make setup" in r for r in runs), "%s: the kit is not set up with make setup" % name
     # the script really understands the options the Dockerfile passes
     with open(os.path.join(REPO, INSTALL)) as f:
         script = f.read()
@@ -214,7 +239,12 @@ def test_bases():
     assert [r for i, r in cpu if i == "FROM"] == ["debian:bookworm"]
     gpu = parse_dockerfile(os.path.join(DOCKER, "Dockerfile.gpu"))
     base = arg_defaults(gpu)["CUDA_IMAGE"]
-    assert base.startswith("nvidia/cuda:") and "cudnn" in base and "devel" in base and base.endswith("ubuntu24.04")
+    # the image's CUDA is the wheels' CUDA (major.minor of the pinned runtime and compiler)
+    pins = install_script_pins()
+    cuda = ".".join(pins["nvidia-cuda-runtime"].split(".")[:2])
+    assert ".".join(pins["nvidia-cuda-nvcc"].split(".")[:2]) == cuda
+    m = re.fullmatch(r"nvidia/cuda:(\d+\.\d+)\.\d+-base-ubuntu24\.04", base)
+    assert m and m.group(1) == cuda, (base, cuda)
     dig = parse_dockerfile(os.path.join(DOCKER, "Dockerfile.digits"))
     img = arg_defaults(dig)["DIGITS_IMAGE"]
     assert img.startswith("nvcr.io/nvidia/digits:") and img.endswith("-caffe")
@@ -227,6 +257,101 @@ def test_digits_image_carries_the_loss_layer_and_jobs():
     assert "prototxt/" in srcs and "digits_jobs/jobs/" in srcs
     assert os.path.isfile(os.path.join(REPO, "prototxt", "digits_python_layers.py"))
     assert any(i == "EXPOSE" and r == "5000" for i, r in dig)
+
+
+# -- the official BVLC Caffe 1.0 image ---------------------------------------------------------------
+BVLC_PROTOTXT = "/opt/thermalnet/prototxt"
+
+
+def test_bvlc_image_is_the_official_one_plus_the_networks():
+    instrs = parse_dockerfile(os.path.join(DOCKER, "Dockerfile.bvlc"))
+    assert arg_defaults(instrs)["BVLC_IMAGE"] == "bvlc/caffe:cpu"
+    assert [r for i, r in instrs if i == "FROM"] == ["${BVLC_IMAGE}"]
+    assert [r for i, r in instrs if i == "COPY"] == ["prototxt/ %s/" % BVLC_PROTOTXT]
+    env = [r for i, r in instrs if i == "ENV"]
+    assert env == ["PYTHONPATH=%s:${PYTHONPATH}" % BVLC_PROTOTXT], env
+
+
+def _caffe_tool_cmd(words):
+    from dataset_builder.caffe_env import caffe_tool
+    assert words[0] == "caffe", words
+    return [caffe_tool()] + words[1:]
+
+
+def test_bvlc_image_build_checks_run_with_the_kits_caffe():
+    """The image's build-time checks (the loss layer imports, each deploy net runs forward and
+    backward), run here with the kit's Caffe and Python 3 in place of Caffe 1.0 and Python 2.7."""
+    from dataset_builder.caffe_env import python_layer_env
+    instrs = parse_dockerfile(os.path.join(DOCKER, "Dockerfile.bvlc"))
+    runs = [r for i, r in instrs if i == "RUN"]
+    assert len(runs) == 1
+    cmds = [c.strip() for c in runs[0].split("&&")]
+    assert len(cmds) == 3
+    env = python_layer_env()
+    for c in cmds:
+        words = [w.replace(BVLC_PROTOTXT, os.path.join(REPO, "prototxt")) for w in shlex.split(c)]
+        if words[0] == "python":
+            cmd = [sys.executable] + words[1:]
+        else:
+            cmd = _caffe_tool_cmd(words)
+            assert os.path.isfile(words[words.index("-model") + 1]), c
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, "%s:\n%s" % (c, out.stderr[-2000:])
+
+
+def bvlc_recipe():
+    """The command lines of docker/README.md's BVLC recipe."""
+    with open(os.path.join(DOCKER, "README.md")) as f:
+        text = f.read()
+    start = text.index("The recipe (BVLC recipe;")
+    block = text[text.index("```", start) + 3:]
+    return [ln.strip() for ln in block[:block.index("```")].strip().splitlines() if ln.strip()]
+
+
+def test_bvlc_recipe_runs_with_the_kits_caffe(tiny_dataset, tmp_path):
+    """Every step of the recipe, on the host as written (a small random dataset in place of
+    the demo's), and the `docker run ... caffe ...` steps with the kit's Caffe in the -w folder;
+    the solver is shortened to 2 iterations. What Caffe 1.0 in the image does is not run here."""
+    from dataset_builder.caffe_env import python_layer_env
+    lines = bvlc_recipe()
+    dataset, rundir = tiny_dataset[0], str(tmp_path / "bvlc")
+    sub = [("$PWD/runs/bvlc", rundir), ("runs/datasets/synthetic", dataset), ("runs/bvlc", rundir), ("$PWD", REPO)]
+    done = []
+    for line in lines:
+        for a, b in sub:
+            line = line.replace(a, b)
+        words = shlex.split(line)
+        if line in ("make setup",) or words[:2] == ["docker", "build"] or "dataset_builder demo" in line:
+            continue   # set up already / no Docker here / replaced by the small dataset
+        if words[:2] == ["mkdir", "-p"]:
+            os.makedirs(words[2], exist_ok=True)
+        elif words[0] == "cp":
+            shutil.copy(os.path.join(REPO, words[1]), words[2])
+            with open(words[2]) as f:
+                solver = f.read()
+            for key, val in (("max_iter", 2), ("test_iter", 1), ("test_interval", 2), ("snapshot", 2),
+                             ("display", 1)):
+                solver, n = re.subn(r"^%s: .*$" % key, "%s: %d" % (key, val), solver, flags=re.M)
+                assert n == 1, key
+            with open(words[2], "w") as f:
+                f.write(solver)
+        elif words[0] == ".venv/bin/python":
+            out = subprocess.run([sys.executable] + words[1:], cwd=REPO, capture_output=True, text=True)
+            assert out.returncode == 0, "%s:\n%s" % (line, out.stderr)
+        elif words[:2] == ["docker", "run"]:
+            workdir = words[words.index("-w") + 1]
+            assert words[words.index("-v") + 1] == "%s:%s" % (REPO, REPO)
+            cmd = _caffe_tool_cmd(words[words.index("thermalnet-bvlc") + 1:])
+            if "time" in cmd:
+                cmd[cmd.index("-iterations") + 1] = "1"
+            out = subprocess.run(cmd, cwd=workdir, env=python_layer_env(), capture_output=True, text=True,
+                                 timeout=600)
+            assert out.returncode == 0, "%s:\n%s" % (line, out.stderr[-2000:])
+        else:
+            raise AssertionError("the test does not know the recipe step %r" % line)
+        done.append(" ".join(words[:2]) if words[0] != "docker" else "caffe " + cmd[1])
+    assert done == ["mkdir -p", ".venv/bin/python -m", "cp prototxt/solver_demo.prototxt", "caffe time", "caffe train"]
+    assert os.path.isfile(os.path.join(rundir, "snapshot_iter_2.caffemodel"))
 
 
 # -- compose ----------------------------------------------------------------------------------------
@@ -243,10 +368,7 @@ def test_compose_ports_volumes_and_environment():
     assert svc["environment"]["THERMALNET_DATASET"].startswith("/data/")
     gpu = svc["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
-    try:
-        import yaml   # cross-check with a full parser where one is installed
-    except ImportError:
-        return
+    import yaml   # cross-check with a full YAML parser (PyYAML, pinned in requirements.txt)
     with open(os.path.join(DOCKER, "docker-compose.yml")) as f:
         assert yaml.safe_load(f) == doc
 
