@@ -560,19 +560,34 @@ def _model_upload(job: Dict) -> List[Upload]:
     return [Upload("python_layer_client_file", os.path.basename(path), path=path)]
 
 
-def preflight(net_text: str, dataset_dir: Optional[str], form: Dict[str, str], where: str) -> None:
-    """DIGITS' rules on the network before queuing it (no Caffe run; validate.py does that)."""
+def preflight(net_text: str, dataset_dir: Optional[str], form: Dict[str, str], where: str,
+              network_file: Optional[str] = None) -> None:
+    """DIGITS' rules on the network before queuing it (no Caffe run; validate.py does that).
+
+    Pretrained weights (DIGITS' custom_network_snapshot, server paths) that also exist at
+    the same path here are checked against the network like tools.train --weights does: a
+    file that does not fit would make DIGITS' caffe train abort after the job is queued.
+    """
     from digits_jobs import validate as v
     ds = v.DatasetFacts.from_dataset_dir(dataset_dir) if dataset_dir else v.DatasetFacts.nominal()
     v.digits_files(net_text, ds, v.JobSettings.from_form(form), where=where)
+    here = [f for f in form.get(jd.PRETRAINED_FIELD, "").split(jd.DIGITS_PATHSEP) if f and os.path.exists(f)]
+    if here and network_file:
+        from tools.nets import check_weights
+        check_weights(here, network_file)
 
 
 def run_flow(client: DigitsClient, dataset_server: str, model_job: str = jd.MODEL_DEMO,
              dataset_job: str = jd.DATASET_PREBUILT, dataset_local: Optional[str] = None,
              dataset_id: Optional[str] = None, out: str = "runs/digits", epoch: Optional[float] = None,
              evaluate: bool = True, max_wait: Optional[float] = None, name: Optional[str] = None,
-             folders_server: Optional[str] = None, overrides: Optional[Dict[str, str]] = None) -> Dict:
-    """Log in, create the dataset (unless dataset_id), train the model job, fetch it, evaluate it."""
+             folders_server: Optional[str] = None, overrides: Optional[Dict[str, str]] = None,
+             weights=None) -> Dict:
+    """Log in, create the dataset (unless dataset_id), train the model job, fetch it, evaluate it.
+
+    weights: caffemodel(s) to fine-tune from, as paths on the DIGITS server ("A,B" or a list),
+    sent in DIGITS' pretrained-model field (jobdefs.PRETRAINED_FIELD).
+    """
     name = name or os.path.basename(dataset_server.rstrip("/")) or "dataset"
     layout = jd.dataset_layout(dataset_server)
     summary: Dict = {"digits": client.base, "dataset_server": dataset_server, "dry_run": client.dry_run}
@@ -592,8 +607,11 @@ def run_flow(client: DigitsClient, dataset_server: str, model_job: str = jd.MODE
     mjob = jd.load_job(model_job)
     fields = jd.form_fields(mjob, run=name)
     fields.update(overrides or {})
+    if weights:
+        fields.update(jd.pretrained_field(weights))
+    summary["weights"] = [f for f in fields.get(jd.PRETRAINED_FIELD, "").split(jd.DIGITS_PATHSEP) if f]
     net_text = jd.model_network_text(mjob, layout["class_weights"])
-    preflight(net_text, dataset_local, fields, where=mjob["network"])
+    preflight(net_text, dataset_local, fields, where=mjob["network"], network_file=jd.repo_path(mjob["network"]))
     fields.update(dataset=dataset_id, custom_network=net_text)
     m = client.create(mjob["route"], fields, files=_model_upload(mjob))
     model_id = m["id"]
@@ -716,6 +734,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epoch", type=float, help="snapshot epoch to fetch (default: the last)")
     r.add_argument("--out", default="runs/digits", help="where the fetched model, log and evaluation go")
     r.add_argument("--no-eval", action="store_true", help="skip the kit's evaluation of the fetched model")
+    r.add_argument("--weights", metavar="A.caffemodel[,B.caffemodel]",
+                   help="fine-tune from these caffemodels, paths as the DIGITS server sees them (DIGITS' "
+                        "'Pretrained model(s)' field), e.g. its copy of squeezenet_v1.1.caffemodel; checked "
+                        "against the network here too when the same path exists on this machine")
 
     i = sub.add_parser("infer", help="infer_one on images, decode to brightness PNGs (+ RMS with --dataset)")
     i.add_argument("--job-id", required=True, help="DIGITS model job id")
@@ -763,7 +785,7 @@ def main(argv=None) -> int:
             over = {"train_epochs": str(args.epochs)} if args.epochs else None
             s = run_flow(client, args.dataset_server, args.job, args.dataset_job, args.dataset, args.dataset_id,
                          args.out, args.epoch, not args.no_eval, args.max_wait, folders_server=args.folders_server,
-                         overrides=over)
+                         overrides=over, weights=args.weights)
             print("done: dataset %s, model %s%s" % (s["dataset_job"], s.get("model_job"),
                                                     "" if args.dry_run else ", files in %s" % args.out))
         elif args.cmd == "infer":

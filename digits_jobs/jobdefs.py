@@ -38,6 +38,22 @@ ROUTE_COMPLETED = "/completed_jobs.json"
 ROUTE_INFER_ONE = "/models/images/generic/infer_one.json"
 ROUTE_INFER_MANY = "/models/images/generic/infer_many.json"
 CAFFE_LOG = "caffe_output.log"
+# DIGITS' "Pretrained model(s)" field of a custom network (digits/model/forms.py): server
+# paths separated by the server's os.path.pathsep (":" on DIGITS' Linux hosts); DIGITS'
+# caffe_train.py splits them and runs caffe train --weights=A,B (Caffe's -weights).
+PRETRAINED_FIELD = "custom_network_snapshot"
+DIGITS_PATHSEP = ":"
+
+
+def pretrained_field(weights) -> Dict[str, str]:
+    """The kit's --weights ("A,B" or a list of paths as the DIGITS server sees them) as DIGITS' field."""
+    from tools.nets import split_weights
+    files = split_weights(weights)
+    for f in files:
+        if DIGITS_PATHSEP in f:
+            raise ValueError("%s: DIGITS separates pretrained models with %r, so a path may not contain it"
+                             % (f, DIGITS_PATHSEP))
+    return {PRETRAINED_FIELD: DIGITS_PATHSEP.join(files)}
 
 
 def load_job(name_or_path: str) -> Dict:

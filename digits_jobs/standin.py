@@ -17,8 +17,9 @@ What it really does and does not do:
 * A model job applies DIGITS' rules with digits_jobs.validate (the same split,
   Data layers, deploy and solver files); a rule violation puts the job in Error.
 * It does NOT train. A "finished" model's snapshot holds randomly initialised
-  weights (or the uploaded pretrained weights), saved by the real Caffe; its log
-  says so. Inference runs that snapshot in the real Caffe.
+  weights (or the uploaded pretrained weights, or the custom_network_snapshot
+  files copied in by layer name), saved by the real Caffe; its log says so.
+  Inference runs that snapshot in the real Caffe.
 * It listens on 127.0.0.1 only, on an ephemeral port by default, bounds request
   bodies and the number of jobs, stops after --max-seconds, and marks every answer
   with the header X-Thermalnet-Stand-In.
@@ -74,6 +75,7 @@ class Job:
         self.network: Optional[str] = None
         self.dataset_id: Optional[str] = None
         self.pretrained_weights: Optional[str] = None
+        self.weights_files: List[str] = []     # custom_network_snapshot: caffe train --weights
         self.max_iter = 0
         self.submitted = time.time()
         self.pending: List = []        # dataset work done on the first Running step
@@ -157,6 +159,13 @@ class StandinState:
                 f.write(text)
         job.max_iter = files.solver.max_iter
         self._log(job, "wrote %s; no training runs in the stand-in" % ", ".join(sorted(files.texts())))
+        if job.weights_files:
+            # DIGITS runs caffe train --weights=A,B; a file that does not fit aborts Caffe and
+            # the job ends in Error. The stand-in checks the same by name and shape, without Caffe.
+            from tools.nets import check_weights
+            fit = check_weights(job.weights_files, os.path.join(job.dir, v.DEPLOY_FILE))
+            self._log(job, "pretrained weights %s: %d layers copied by name, from fillers: %s"
+                      % (",".join(job.weights_files), len(fit["from_weights"]), ", ".join(fit["from_fillers"])))
 
     def _finish_model(self, job: Job) -> None:
         """A snapshot from the real Caffe: random init (custom) or the uploaded weights (pretrained)."""
@@ -169,9 +178,13 @@ class StandinState:
             net = caffe.Net(os.path.join(job.dir, v.DEPLOY_FILE), caffe.TEST)
             if job.pretrained_weights:
                 net.copy_from(job.pretrained_weights)
+            for w in job.weights_files:
+                net.copy_from(w)
             net.save(os.path.join(job.dir, name))
             self._log(job, "snapshot %s holds %s weights, NOT trained ones" % (
-                name, "the uploaded pretrained" if job.pretrained_weights else "randomly initialised"))
+                name, "the uploaded pretrained" if job.pretrained_weights else
+                "the custom_network_snapshot (pretrained model) and filler" if job.weights_files else
+                "randomly initialised"))
             job.snapshots = [float(job.settings.train_epochs)]
 
     # -- inference (DIGITS' transformer: resize, RGB->BGR, mean; then the deploy net) ---
@@ -548,6 +561,7 @@ class StandinHandler(BaseHTTPRequestHandler):
             _err(errs, "framework", "The framework you choose is not currently supported.")
         net_text = form.get("custom_network")
         pretrained = None
+        weights_files: List[str] = []
         if method == "custom":
             if not net_text.strip():
                 _err(errs, "custom_network", REQUIRED)
@@ -556,6 +570,12 @@ class StandinHandler(BaseHTTPRequestHandler):
                     v.parse_net(net_text)
                 except v.DigitsRuleError as exc:
                     _err(errs, "custom_network", "Bad network: %s" % str(exc).split(": ", 1)[-1])
+            # DIGITS 6 validate_custom_network_snapshot: each path (split on os.path.pathsep) must exist.
+            for filename in form.get("custom_network_snapshot").strip().split(os.path.pathsep):
+                if filename and not os.path.exists(filename):
+                    _err(errs, "custom_network_snapshot", 'File "%s" does not exist' % filename)
+                elif filename:
+                    weights_files.append(filename)
         elif method == "pretrained":
             pid = form.get("pretrained_networks")
             pretrained = st.jobs.get(pid)
@@ -610,6 +630,7 @@ class StandinHandler(BaseHTTPRequestHandler):
                     shutil.copy(os.path.join(pretrained.dir, v.PYTHON_LAYER_FILE), job.dir)
                 if pretrained is not None:
                     job.pretrained_weights = os.path.join(pretrained.dir, "model.caffemodel")
+                job.weights_files = list(weights_files)
                 created.append(job)
         if len(created) == 1:
             return created[0].brief()

@@ -241,6 +241,79 @@ def test_preflight_stops_a_broken_network_before_queuing(standin, dataset, tmp_p
     assert ("POST", jd.ROUTE_MODEL) not in routes(standin)
 
 
+# -- fine-tuning: DIGITS' pretrained-model field -------------------------------------------------
+@pytest.fixture(scope="module")
+def squeezenet(tmp_path_factory, caffe):
+    """STAND-IN SqueezeNet v1.1 and v1.0 caffemodels (random weights, SqueezeNet's names and shapes)."""
+    from tests.test_finetune import squeezenet_deploy_text
+    root = tmp_path_factory.mktemp("squeezenet")
+    out = {}
+    for version in ("v1_0", "v1_1"):
+        proto = root / ("%s.prototxt" % version)
+        proto.write_text(squeezenet_deploy_text(version))
+        net = caffe.Net(str(proto), caffe.TEST)
+        rng = np.random.RandomState(7)
+        for blobs in net.params.values():
+            for b in blobs:
+                b.data[...] = rng.randn(*b.data.shape) * 0.05
+        path = str(root / ("squeezenet_%s_standin.caffemodel" % version))
+        net.save(path)
+        out[version] = (path, {k: [b.data.copy() for b in v] for k, v in net.params.items()})
+        del net
+    return out
+
+
+def test_run_flow_sends_pretrained_weights_in_digits_field(standin, dataset, squeezenet, caffe, tmp_path):
+    """--weights goes into custom_network_snapshot; the stand-in's snapshot (Caffe's copy_from,
+    as DIGITS' caffe train --weights) then holds SqueezeNet's blobs, the new layers their fillers."""
+    from tools import nets
+    path, src = squeezenet["v1_1"]
+    c = make_client(standin.url)
+    s = C.run_flow(c, dataset, dataset_local=dataset, out=str(tmp_path / "ft"), evaluate=False,
+                   overrides={"train_epochs": "1"}, weights=path)
+    assert s["weights"] == [path]
+    assert standin.state.jobs[s["model_job"]].weights_files == [path]
+    assert jd.pretrained_field([path, path]) == {"custom_network_snapshot": path + ":" + path}
+    net = caffe.Net(s["files"]["deploy"], s["files"]["caffemodel"], caffe.TEST)
+    for k in net.params:
+        if k in src:
+            for got, want in zip(net.params[k], src[k]):
+                np.testing.assert_array_equal(got.data, want)
+    assert [k for k in net.params if k not in src] == [nets.SCORE_LAYER] + list(nets.UPSAMPLE_LAYERS)
+    job_log = open(s["files"]["log"]).read()
+    assert "pretrained weights %s: 25 layers copied by name" % path in job_log
+
+
+def test_pretrained_weights_that_do_not_fit(standin, dataset, squeezenet, tmp_path, capsys):
+    """v1.0 weights for the v1.1 demo job: refused here before queuing (one line naming the
+    layer and both shapes); sent anyway, the job ends in Error as DIGITS' would; a path the
+    server lacks is DIGITS' form error on custom_network_snapshot."""
+    from tools.nets import WeightsError
+    v10 = squeezenet["v1_0"][0]
+    c = make_client(standin.url)
+    with pytest.raises(WeightsError, match=r"layer 'conv1' blob 0 \(weights\) has shape 96x3x7x7 in the file "
+                                           r"but 64x3x3x3"):
+        C.run_flow(c, dataset, dataset_local=dataset, out=str(tmp_path / "x"), evaluate=False, weights=v10)
+    assert ("POST", jd.ROUTE_MODEL) not in routes(standin)
+    d = c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
+                                                           name="w"))
+    c.wait("dataset", d["id"])
+    job = jd.load_job(jd.MODEL_DEMO)
+    fields = dict(jd.form_fields(job), dataset=d["id"], custom_network=jd.model_network_text(job))
+    m = c.create(jd.ROUTE_MODEL, dict(fields, **jd.pretrained_field(v10)))
+    with pytest.raises(C.DigitsJobFailed) as ei:
+        c.wait("model", m["id"])
+    assert "ended Error" in str(ei.value) and "layer 'conv1'" in str(ei.value)
+    with pytest.raises(C.DigitsValidationError) as ei:
+        c.create(jd.ROUTE_MODEL, dict(fields, custom_network_snapshot=str(tmp_path / "absent.caffemodel")))
+    assert ei.value.errors["custom_network_snapshot"] == ['File "%s" does not exist' % (tmp_path / "absent.caffemodel")]
+    capsys.readouterr()
+    r = C.main(["--url", standin.url, "--poll", "0", "run", "--dataset-server", dataset, "--dataset", dataset,
+                "--dataset-id", d["id"], "--no-eval", "--weights", v10])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert r == 1 and len(err) == 1 and err[0].startswith("digits client: %s: layer 'conv1'" % v10), err
+
+
 # -- inference, upload ------------------------------------------------------------------------------
 @pytest.fixture()
 def trained(standin, dataset, tmp_path):

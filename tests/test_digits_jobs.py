@@ -79,6 +79,17 @@ def test_demo_job_mirrors_the_kit_demo():
 
 
 @pytest.mark.parametrize("name", [jd.MODEL_DEMO, jd.MODEL_PAPER])
+def test_model_jobs_carry_digits_pretrained_field_empty(name):
+    """DIGITS' 'Pretrained model(s)' field is in each model job, empty (fillers) until --weights fills it."""
+    job = jd.load_job(name)
+    assert jd.PRETRAINED_FIELD in jd.DIGITS_FIELDS[job["route"]]
+    assert job["form"][jd.PRETRAINED_FIELD] == "" and jd.form_fields(job)[jd.PRETRAINED_FIELD] == ""
+    assert jd.pretrained_field("/w/a.caffemodel, /w/b.caffemodel") == {jd.PRETRAINED_FIELD: "/w/a.caffemodel:/w/b.caffemodel"}
+    with pytest.raises(ValueError, match="may not contain"):
+        jd.pretrained_field("/w/odd:name.caffemodel")
+
+
+@pytest.mark.parametrize("name", [jd.MODEL_DEMO, jd.MODEL_PAPER])
 def test_model_jobs_upload_the_loss_layer(name):
     job = jd.load_job(name)
     assert os.path.isfile(jd.repo_path(job["python_layer_file"]))
