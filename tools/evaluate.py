@@ -349,8 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     from tools.inference import BACKENDS
     p = argparse.ArgumentParser(prog="python -m tools.evaluate",
                                 description="Table 2 of the paper for a trained Thermalnet: average RMS per object "
-                                            "class for TN, TN + PP, TN + GS, beside the paper's numbers and "
-                                            "trivial baselines, on a dataset's test split.")
+                                            "class for TN, TN + PP, TN + GS, beside the paper's numbers, and its "
+                                            "companion tables (RMS, offset-free RMS, SSIM, PSNR) with the trivial "
+                                            "baselines (mean training IR, visible luminance fitted to the IR on the "
+                                            "training split, ...) on a dataset's test split; dataset.json says "
+                                            "whether the data are SYNTHETIC or real pairs.")
     p.add_argument("--dataset", required=True, help="dataset folder built by dataset_builder")
     p.add_argument("--deploy", required=True, help="deploy prototxt (e.g. prototxt/thermalnet_v1_1_deploy.prototxt)")
     p.add_argument("--model", required=True, help="trained .caffemodel")

@@ -526,7 +526,8 @@ def check_epochs(ctx):
     if not ipe:
         return NOT_RUN, "train_summary.json has no iters_per_epoch"
     ep = it / float(ipe)
-    ev = "train_summary.json: %d iterations / %d per epoch = %.1f epochs (planned %s)" % (it, ipe, ep, s.get("epochs"))
+    ev = "train_summary.json: %d iterations / %d per epoch = %.1f epochs (planned %s%s)" % (
+        it, ipe, ep, s.get("epochs"), ", time budget %.0f min" % (s["max_seconds"] / 60.0) if s.get("max_seconds") else "")
     return (PASS if ep >= 1000 - 1e-9 else FAIL), ev
 
 
