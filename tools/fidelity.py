@@ -686,9 +686,12 @@ def check_solver(ctx):
     miss = _need_run(ctx, "the solver")
     if miss:
         return ASSUMED, miss[1] + "; tools.train defaults apply"
-    from tools import train
+    from google.protobuf import text_format
+    from dataset_builder.caffe_env import caffe_pb2
     try:
-        sp = train._solver_param(ctx.solver_path)
+        sp = caffe_pb2().SolverParameter()
+        with open(ctx.solver_path or "") as f:
+            text_format.Merge(f.read(), sp)
     except Exception as exc:  # missing file or protobuf ParseError
         return NOT_RUN, "%s: unreadable solver (%s)" % (ctx.solver_path, exc)
     return ASSUMED, "%s: %s, base_lr %g, lr_policy %s, max_iter %d; batch %s (train_summary.json)" % (
