@@ -307,3 +307,44 @@ def test_augment_takes_mean_and_window_from_the_dataset(tiny_net, tiny_dataset, 
     (info / spec.DATASET_INFO_FILE).write_text('{"num_bins": 32, "height": 120, "width": 160, "window_mode": "image", "window": null}')
     with pytest.raises(ValueError, match="--window"):
         augment.window_from_dataset(str(info))
+
+
+@pytest.mark.parametrize("size", [(32, 48), (40, 40)])
+def test_onnxruntime_backend_matches_pycaffe(any_net, size, tmp_path):
+    """The third back-end: the caffemodel exported in memory, and the same from an .onnx file
+    written by tools.onnx_export (which needs no deploy prototxt)."""
+    from tools import onnx_export
+    deploy, weights = any_net
+    h, w = size if os.path.basename(deploy) == "deploy.prototxt" else (size[0] * 3, size[1] * 3)   # real nets: larger
+    imgs = _images([(h, w)] * 3, seed=4)
+    mean = np.random.RandomState(1).uniform(90, 130, size=(3, h, w)).astype(np.float32)
+    ref = Predictor(deploy, weights, mean_file=mean, backend="pycaffe", batch_size=2).predict_probs(imgs)
+    ort = Predictor(deploy, weights, mean_file=mean, backend="onnxruntime", batch_size=2).predict_probs(imgs)
+    onnx_path = str(tmp_path / "model.onnx")
+    onnx_export.export(deploy, weights, onnx_path, verify_sizes=[(h, w)], log=lambda m: None)
+    from_file = Predictor(None, onnx_path, mean_file=mean, backend="onnxruntime", batch_size=3).predict_probs(imgs)
+    for a, b, c in zip(ref, ort, from_file):
+        assert a.shape == b.shape == c.shape == (spec.NUM_BINS, h, w)
+        assert np.abs(a - b).max() < 1e-4 and np.abs(a - c).max() < 1e-4
+        assert a.max() > 1.5 / spec.NUM_BINS            # not near-uniform: the comparison means something
+    with pytest.raises(ValueError, match="needs the deploy prototxt"):
+        Predictor(None, weights, backend="opencv")
+
+
+def test_augment_cli_onnxruntime_from_an_onnx_file(tiny_net, visible_tree, tmp_path, capsys):
+    """`--backend onnxruntime --model X.onnx` needs no deploy prototxt and writes what pycaffe writes."""
+    from tools import onnx_export
+    deploy, weights = tiny_net
+    onnx_path = str(tmp_path / "tiny.onnx")
+    assert onnx_export.main(["--deploy", deploy, "--model", weights, "--out", onnx_path]) == 0
+    ref, ort = str(tmp_path / "ref"), str(tmp_path / "ort")
+    common = ["--input", visible_tree, "--quiet", "--batch-size", "2"]
+    assert augment.main(["--model", weights, "--deploy", deploy, "--out", ref] + common) == 0
+    assert augment.main(["--model", onnx_path, "--backend", "onnxruntime", "--out", ort] + common) == 0
+    for stem in ("a/x_png", "a/x_jpg", "b/y"):
+        a = imageio.read_ir(os.path.join(ref, stem + ".png")).values.astype(int)
+        b = imageio.read_ir(os.path.join(ort, stem + ".png")).values.astype(int)
+        assert np.abs(a - b).max() <= 1          # uint8 brightness: a 1e-6 probability change may round over
+    capsys.readouterr()
+    assert augment.main(["--model", weights, "--out", str(tmp_path / "x")] + common) == 2
+    assert "needs the deploy prototxt" in capsys.readouterr().err

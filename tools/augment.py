@@ -227,13 +227,15 @@ def run_augment(predictor, inputs: Sequence[Tuple[str, str]], out_dir: str, shar
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.augment",
                                 description="Visible images -> synthetic thermal images with a trained Thermalnet.")
-    p.add_argument("--model", required=True, help="trained weights (.caffemodel)")
-    p.add_argument("--deploy", required=True, help="deploy prototxt (Input data -> Softmax prob)")
+    p.add_argument("--model", required=True, help="trained weights (.caffemodel), or with --backend onnxruntime "
+                                                   "a model from tools.onnx_export (.onnx)")
+    p.add_argument("--deploy", help="deploy prototxt (Input data -> Softmax prob); not needed for an .onnx model")
     p.add_argument("--mean", help="training mean.binaryproto (default: DATASET/train_db/mean.binaryproto)")
     p.add_argument("--dataset", help="training dataset folder: default mean, and the degC window for --celsius")
     p.add_argument("--input", required=True, help="folder of images (searched recursively) or a text file list")
     p.add_argument("--out", required=True, help="output folder (input sub-folders are mirrored)")
-    p.add_argument("--backend", choices=("pycaffe", "opencv"), default="pycaffe")
+    p.add_argument("--backend", choices=("pycaffe", "opencv", "onnxruntime"), default="pycaffe",
+                   help="pycaffe (reference), opencv (cv2.dnn) or onnxruntime; make bench prints their speeds")
     p.add_argument("--decoding", choices=spec.DECODINGS,
                    help="mmse (default with --dataset: eq. 1's class weights divided out, the minimum-RMS "
                         "estimate), expectation (default without), argmax, annealed")

@@ -7,9 +7,11 @@ image is not the mean's size (augmenting another dataset), the mean image is res
 to HxW with cv2.resize (bilinear) -- for DIGITS-style mean images that are nearly
 flat this is the closest equivalent of "the mean at this pixel".
 
-Two back-ends run the same deploy prototxt (Input `data` -> ... -> Softmax `prob`,
-shape (N, Q, H, W)): pycaffe, the reference, and OpenCV's DNN module, which needs no
-Caffe at deployment time. Images of any size work: the input is reshaped per batch,
+Three back-ends run the same network (Input `data` -> ... -> Softmax `prob`, shape
+(N, Q, H, W)): pycaffe, the reference; OpenCV's DNN module, which reads the deploy
+prototxt + caffemodel with no Caffe at deployment time; and ONNX Runtime on the
+model exported by tools.onnx_export (an .onnx file needs neither Caffe nor the
+prototxt; given a caffemodel, it is exported in memory first, with pycaffe). Images of any size work: the input is reshaped per batch,
 and images are grouped by size so a batch is always one size.
 """
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 from dataset_builder import spec
 from dataset_builder.caffe_env import use_device
 
-BACKENDS = ("pycaffe", "opencv")
+BACKENDS = ("pycaffe", "opencv", "onnxruntime")
+ONNX_SUFFIX = ".onnx"
 DECODINGS = spec.DECODINGS
 OUTPUT_BLOB = "prob"
 INPUT_BLOB = "data"
@@ -139,28 +142,70 @@ class _OpenCVBackend:
         return np.array(self.net.forward(OUTPUT_BLOB), dtype=np.float32, copy=True)
 
 
+class _OnnxRuntimeBackend:
+    def __init__(self, deploy: Optional[str], weights: str, gpu: Optional[int]):
+        import onnxruntime as ort
+
+        from tools import onnx_export
+        if weights.lower().endswith(ONNX_SUFFIX):
+            model = weights
+        else:
+            if deploy is None:
+                raise ValueError("%s: a caffemodel needs its deploy prototxt (or pass an exported .onnx)" % weights)
+            model = onnx_export.build_model(deploy, weights).SerializeToString()
+        providers = ["CPUExecutionProvider"]
+        if gpu is not None:
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("this onnxruntime has no CUDA provider (install onnxruntime-gpu); "
+                                   "drop --gpu to run on the CPU")
+            providers = [("CUDAExecutionProvider", {"device_id": int(gpu)})] + providers
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(model, opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own error classes
+            where = weights if isinstance(model, str) else deploy
+            raise ValueError("%s: ONNX Runtime cannot load it (%s)" % (where, str(exc).strip().splitlines()[-1]))
+        self.input = self.session.get_inputs()[0].name
+        if OUTPUT_BLOB not in [o.name for o in self.session.get_outputs()]:
+            raise ValueError("%s: the model has no output %r" % (weights, OUTPUT_BLOB))
+
+    def forward(self, blob: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_BLOB], {self.input: np.ascontiguousarray(blob, dtype=np.float32)})[0]
+
+
 class Predictor:
     """Visible RGB images -> per-pixel thermal-bin probabilities or brightness.
 
     deploy_prototxt: a deploy net with Input `data` and Softmax output `prob` (N, Q, H, W)
-    caffemodel: trained weights (a DIGITS snapshot_iter_N.caffemodel)
+                     (may be None for backend "onnxruntime" with an .onnx model)
+    caffemodel: trained weights (a DIGITS snapshot_iter_N.caffemodel), or for
+                "onnxruntime" also a model written by tools.onnx_export
     mean_file: the training dataset's mean.binaryproto (or an array; None = no mean)
-    backend: "pycaffe" (reference) or "opencv" (cv2.dnn); gpu: device id or None (CPU)
+    backend: "pycaffe" (reference), "opencv" (cv2.dnn) or "onnxruntime"; gpu: device id or None (CPU)
     """
 
-    def __init__(self, deploy_prototxt: str, caffemodel: str, mean_file=None, backend: str = "pycaffe",
+    def __init__(self, deploy_prototxt: Optional[str], caffemodel: str, mean_file=None, backend: str = "pycaffe",
                  batch_size: int = 8, gpu: Optional[int] = None):
         if backend not in BACKENDS:
             raise ValueError("unknown backend %r (choose from %s)" % (backend, ", ".join(BACKENDS)))
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1, got %d" % batch_size)
-        self.deploy = _require_file(os.fspath(deploy_prototxt), "deploy prototxt")
         self.weights = _require_file(os.fspath(caffemodel), "caffemodel")
+        onnx_model = backend == "onnxruntime" and self.weights.lower().endswith(ONNX_SUFFIX)
+        if onnx_model and deploy_prototxt is None:
+            self.deploy = self.weights          # named in shape errors
+        elif deploy_prototxt is None:
+            raise ValueError("%s: backend %s needs the deploy prototxt (only onnxruntime with an %s model "
+                             "runs without it)" % (self.weights, backend, ONNX_SUFFIX))
+        else:
+            self.deploy = _require_file(os.fspath(deploy_prototxt), "deploy prototxt")
         self.backend_name = backend
         self.batch_size = int(batch_size)
         self.means = _MeanCache(load_mean(mean_file))
-        impl = _PycaffeBackend if backend == "pycaffe" else _OpenCVBackend
-        self.backend = impl(self.deploy, self.weights, gpu)
+        impl = {"pycaffe": _PycaffeBackend, "opencv": _OpenCVBackend, "onnxruntime": _OnnxRuntimeBackend}[backend]
+        self.backend = impl(None if onnx_model else self.deploy, self.weights, gpu) if impl is _OnnxRuntimeBackend \
+            else impl(self.deploy, self.weights, gpu)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """RGB HxWx3 uint8 -> BGR float32 3xHxW minus the mean: what the Data layer feeds."""
