@@ -22,6 +22,16 @@ def _clean_env():
     return env
 
 
+def venv_build_flags():
+    """The install_caffe.sh flags of the build the venv is linked to (make gpu-setup keeps them)."""
+    path = os.path.join(sys.prefix, ".caffe-build-flags")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        lines = f.read().splitlines() + ["", ""]
+    return lines[0].split() + (["--cuda-arch", lines[1]] if lines[1].strip() else [])
+
+
 def test_import_caffe_without_ld_library_path():
     code = ("import caffe, digits_python_layers; caffe.set_mode_cpu(); "
             "t = set(caffe.layer_type_list()); "
@@ -43,7 +53,7 @@ def test_caffe_tool_runs():
 def test_second_install_hits_the_cache():
     if os.environ.get("CAFFE_ROOT"):
         pytest.skip("using an existing Caffe")
-    out = subprocess.run(["bash", INSTALL, "--no-apt", "--python", sys.executable],
+    out = subprocess.run(["bash", INSTALL, "--no-apt", "--python", sys.executable] + venv_build_flags(),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     root = out.stdout.strip().splitlines()[-1]
