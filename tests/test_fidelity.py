@@ -179,3 +179,25 @@ def test_table1_sizes_from_the_manifest_and_the_flir_camera(tmp_path):
     _write_manifest(ds, [("a", 301, 402, 48, 72)], models={"a": "FLIR AX8"})
     rows = fidelity.check(ds, caffe_check=False)
     assert _status(rows)["table1_sizes"] == fidelity.FAIL and "FLIR AX8 IR 72x48" in _evidence(rows, "table1_sizes")
+
+
+def test_a_moved_run_reads_its_own_files(tmp_path):
+    """A run folder copied elsewhere: its own train_val/solver are read; a dataset that is gone is NOT RUN."""
+    import json
+    import shutil
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=48, width=64)[0]
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(NET, run / "train_val.prototxt")
+    (run / "solver.prototxt").write_text('type: "Nesterov"\nbase_lr: 0.02\nlr_policy: "step"\nmax_iter: 7\n')
+    summary = {"dataset": ds, "train_val": "/elsewhere/train_val.prototxt", "solver": "/elsewhere/solver.prototxt",
+               "net": "/elsewhere/net.prototxt", "iterations": 7, "iters_per_epoch": 7, "epochs": 1, "batch_size": 2}
+    (run / "train_summary.json").write_text(json.dumps(summary))
+    rows = fidelity.check(str(run), caffe_check=False)
+    assert "Nesterov, base_lr 0.02, lr_policy step, max_iter 7" in _evidence(rows, "solver")
+    assert _status(rows)["two_deconv"] == fidelity.PASS
+    assert "1.0 epochs" in _evidence(rows, "epochs_1000") and _status(rows)["epochs_1000"] == fidelity.FAIL
+    shutil.rmtree(ds)
+    rows = fidelity.check(str(run), caffe_check=False)
+    assert _status(rows)["split_1000_100"] == fidelity.NOT_RUN and "is not here" in _evidence(rows, "split_1000_100")
+    assert _status(rows)["two_deconv"] == fidelity.PASS

@@ -146,14 +146,19 @@ class Context:
             self.eval = _load_json(os.path.join(self.eval_dir, "eval.json"))
         # The network the run trained (its materialised train_val.prototxt), or the default one.
         if net is None and self.summary:
+            # the run's own copy first: the summary's absolute paths go stale when a run folder is moved
+            here = os.path.join(self.run, os.path.basename(self.summary.get("train_val") or "train_val.prototxt"))
             tv = self.summary.get("train_val")
-            net = tv if tv and os.path.isfile(tv) else self.summary.get("net")
+            net = here if os.path.isfile(here) else (tv if tv and os.path.isfile(tv) else self.summary.get("net"))
         if net is None:
             net = nets.network(nets.DEFAULT_NETWORK).net
         self.net_path = net
         self.net = nets.load_net(net)
         self.deploy_path = deploy or self.eval.get("deploy") or _deploy_for(self.summary.get("net") or net)
-        self.solver_path = self.summary.get("solver") if self.summary else None
+        self.solver_path = None
+        if self.summary:
+            here = os.path.join(self.run, os.path.basename(self.summary.get("solver") or "solver.prototxt"))
+            self.solver_path = here if os.path.isfile(here) else self.summary.get("solver")
         self.caffe_check = caffe_check
         self._shapes = None
 
@@ -759,6 +764,11 @@ def check_gatys_impl(ctx):
     return ASSUMED, "tools/gatys.py (%s)" % (gatys.__doc__ or "").strip().splitlines()[0]
 
 
+# checks that read the dataset folder (NOT RUN when a run's dataset has gone)
+DATASET_CHECKS = frozenset(("table1_sizes", "table2_classes", "eq1_loss", "split", "q_bins", "rebalance_lambda",
+                            "input_size", "mirror", "window", "val_is_test", "output_size", "body_params"))
+
+
 # ---- the register --------------------------------------------------------------------------------
 
 def check(path: str, net: Optional[str] = None, deploy: Optional[str] = None, eval_dir: Optional[str] = None,
@@ -768,7 +778,9 @@ def check(path: str, net: Optional[str] = None, deploy: Optional[str] = None, ev
     out = []
     for item in REGISTER:
         fn = globals().get("check_" + item.check)
-        if fn is None:
+        if item.check in DATASET_CHECKS and not os.path.isfile(os.path.join(ctx.dataset, spec.DATASET_INFO_FILE)):
+            status, evidence = NOT_RUN, "the run's dataset %s is not here (moved or deleted)" % ctx.dataset
+        elif fn is None:
             status, evidence = NOT_RUN, "no check function check_%s" % item.check
         else:
             try:
