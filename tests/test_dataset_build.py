@@ -104,8 +104,14 @@ def test_weights_prior_manifest_and_info(syn_ds):
     prior = np.loadtxt(os.path.join(ds, spec.CLASS_PRIOR_FILE))
     weights = np.loadtxt(os.path.join(ds, spec.CLASS_WEIGHTS_FILE))
     assert prior.shape == weights.shape == (spec.NUM_BINS,)
-    np.testing.assert_allclose(prior, spec.class_prior(labels), atol=1e-8)
-    np.testing.assert_allclose(weights, spec.rebalance_weights(prior), rtol=1e-6)
+    # recomputed here, not with spec.class_prior / spec.rebalance_weights (the code under test):
+    # bin frequencies of the train labels, then eq. 1's v(Y) with Zhang et al.'s lambda = 1/2
+    # (tests/test_spec.py pins spec.REBALANCE_LAMBDA to it and checks both on hand-worked numbers)
+    counts = np.bincount(labels.astype(np.int64).ravel(), minlength=spec.NUM_BINS)
+    assert counts.size == spec.NUM_BINS and counts.sum() == labels.size
+    np.testing.assert_allclose(prior, counts / float(labels.size), rtol=0, atol=1e-8)      # file: 8 decimals
+    v = 1.0 / (0.5 * prior + 0.5 / spec.NUM_BINS)
+    np.testing.assert_allclose(weights, v / float((prior * v).sum()), rtol=1e-6)
     assert float((prior * weights).sum()) == pytest.approx(1.0, abs=1e-5)
     with open(os.path.join(ds, spec.DATASET_INFO_FILE)) as f:
         meta = json.load(f)
@@ -114,7 +120,8 @@ def test_weights_prior_manifest_and_info(syn_ds):
         assert k in meta
     assert meta["synthetic"] is True and "SYNTHETIC" in meta["note"]
     assert meta["num_bins"] == spec.NUM_BINS and meta["lambda"] == spec.REBALANCE_LAMBDA
-    assert meta["counts"] == {"train": 33, "test": 3, "skipped": 0}      # 36 pairs, test fraction 1/11
+    # 36 pairs, test fraction 1/11; no --mirror: one LMDB entry per training pair
+    assert meta["counts"] == {"train": 33, "test": 3, "skipped": 0, "train_entries": 33}
     assert meta["window_mode"] == "dataset"
     rows = _manifest(ds)
     with open(os.path.join(ds, spec.MANIFEST_FILE)) as f:
@@ -248,9 +255,26 @@ def test_portrait_and_upsampling(tmp_path):
     v2, i2 = B.fit_pair(vis, ir, 120, 160, "crop")
     assert v2.shape == (120, 160, 3) and i2.shape == (120, 160)
     v3, i3 = B.fit_pair(vis, ir, 120, 160, "rotate")
-    assert i3.shape == (120, 160)
-    # rotate turns the portrait IR clockwise: its first row becomes the last column
-    np.testing.assert_allclose(np.rot90(ir, -1)[:, -1], ir[0], atol=0)
+    assert v3.shape == (120, 160, 3) and i3.shape == (120, 160)
+    # the 24x32 landscape the rotation gives has the network's 4:3 aspect: nothing is cropped,
+    # only enlarged (a fit that centre-crops the portrait instead keeps 18 of its 32 rows)
+    np.testing.assert_allclose(i3, resize_ir(ir[::-1].T, 120, 160), atol=1e-6)
+
+
+def test_rotate_fit_turns_both_images_clockwise():
+    """--fit rotate on a portrait pair already at the network's size (no resizing): the output
+    pixels ARE the input pixels turned clockwise, visible and IR alike (out[i, j] = in[H-1-j, i]);
+    a landscape pair is left as it is."""
+    rng = np.random.RandomState(4)
+    vis = rng.randint(0, 256, (160, 120, 3)).astype(np.uint8)
+    ir = rng.rand(160, 120).astype(np.float32)
+    v, i = B.fit_pair(vis, ir, 120, 160, "rotate")
+    np.testing.assert_array_equal(i, ir[::-1].T)
+    np.testing.assert_array_equal(v, vis[::-1].transpose(1, 0, 2))
+    assert i[0, 0] == ir[159, 0] and i[0, 159] == ir[0, 0] and i[119, 159] == ir[0, 119]
+    v2, i2 = B.fit_pair(np.ascontiguousarray(v), np.ascontiguousarray(i), 120, 160, "rotate")
+    np.testing.assert_array_equal(i2, i)
+    np.testing.assert_array_equal(v2, v)
 
 
 @pytest.fixture()
@@ -336,7 +360,7 @@ def test_flir_folder_build(flir_samples, tmp_path, capsys):
     assert m["source"] == "flir:flir_one_mug.jpg"
     with open(os.path.join(out, spec.DATASET_INFO_FILE)) as f:
         meta = json.load(f)
-    assert meta["synthetic"] is False and meta["counts"] == {"train": 2, "test": 1, "skipped": 5}
+    assert meta["synthetic"] is False and meta["counts"] == {"train": 2, "test": 1, "skipped": 5, "train_entries": 2}
     rc = cli_main(["build", "--flir", src, "--out", str(tmp_path / "strict"), "--strict", "--quiet"])
     assert rc == 1 and not os.path.exists(str(tmp_path / "strict"))
     with open(os.path.join(out, B.ALIGNMENT_FILE), newline="") as f:

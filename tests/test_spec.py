@@ -73,6 +73,25 @@ def test_rebalance_weights_expectation_is_one():
         spec.class_prior(np.array([], dtype=np.uint8))
 
 
+def test_class_prior_and_weights_worked_by_hand():
+    """Q = 4, train labels 0 0 0 1 1 3: every number below is worked out on paper, not
+    with the functions under test, so a wrong lambda, mix or normalisation fails."""
+    prior = spec.class_prior(np.array([[0, 0, 0], [1, 1, 3]], np.uint8), 4)
+    np.testing.assert_allclose(prior, [3 / 6.0, 2 / 6.0, 0.0, 1 / 6.0], rtol=0, atol=1e-15)
+    # Zhang et al.'s lambda = 1/2: mix = p/2 + 1/(2Q) = [3/8, 7/24, 1/8, 5/24], 1/mix = [8/3, 24/7, 8, 24/5];
+    # sum_q p_q / mix_q = 4/3 + 8/7 + 4/5 = 344/105, so v = (1/mix) * 105/344 = [35, 45, 105, 63] / 43
+    assert spec.REBALANCE_LAMBDA == 0.5
+    np.testing.assert_allclose(spec.rebalance_weights(prior), np.array([35, 45, 105, 63]) / 43.0, rtol=1e-12)
+    # lambda = 1/4: mix = 3p/4 + 1/16 = [7/16, 5/16, 1/16, 3/16], 1/mix = [16/7, 16/5, 16, 16/3];
+    # sum_q p_q / mix_q = 8/7 + 16/15 + 8/9 = 976/315, so v = (1/mix) * 315/976 = [45, 63, 315, 105] / 61
+    np.testing.assert_allclose(spec.rebalance_weights(prior, 0.25), np.array([45, 63, 315, 105]) / 61.0,
+                               rtol=1e-12)
+    # lambda = 0: 1/p = [2, 3, -, 6], the unseen bin takes the largest finite weight (6); sum p w = 3
+    np.testing.assert_allclose(spec.rebalance_weights(prior, 0.0), [2 / 3.0, 1.0, 2.0, 2.0], rtol=1e-12)
+    # lambda = 1: the prior is ignored, every weight is 1
+    np.testing.assert_allclose(spec.rebalance_weights(prior, 1.0), np.ones(4), rtol=1e-12)
+
+
 def test_rms_is_eq_2():
     y = np.array([[0.0, 10.0], [20.0, 30.0]])
     assert spec.rms(y, y + 3) == pytest.approx(3.0)
