@@ -327,6 +327,19 @@ def test_best_snapshot_is_the_lowest_validation_loss(best_runs, caffe, backend):
     assert snaps == [6, 12]
 
 
+def test_caffe_backend_keeps_only_the_users_snapshots_off_the_validation_grid(small_ds, tmp_path):
+    """Snapshots every 1.5 epochs (3 iterations), validation every epoch (2): caffe saves every
+    iteration to catch both; what stays is the schedule (3, 6), the last, and best.caffemodel."""
+    out = tmp_path / "grid"
+    s = _best_run(out, small_ds, "caffe", epochs=3, snapshot_epochs=1.5)
+    assert tr._solver_param(str(out / tr.CAFFE_SOLVER_FILE)).snapshot == 1
+    assert "Snapshotting to binary proto file %s" % (out / "snap_iter_1.caffemodel") in (out / "train.log").read_text()
+    snaps = sorted(f for f in os.listdir(out) if f.startswith("snap_iter_"))
+    assert snaps == ["snap_iter_3.caffemodel", "snap_iter_3.solverstate", "snap_iter_6.caffemodel",
+                     "snap_iter_6.solverstate"]
+    assert s["best"]["iteration"] in (2, 4, 6) and os.path.isfile(out / tr.BEST_MODEL)
+
+
 def test_best_snapshot_holds_the_weights_of_that_iteration(best_runs, small_ds, tmp_path, caffe):
     """Both back-ends' best.caffemodel equal the pycaffe run's snapshot at the best iteration
     (same seed and data: the two back-ends compute the same numbers)."""

@@ -627,7 +627,6 @@ class _CaffeToolBest:
         self.plan = plan
         self.best = BestSnapshot(plan["out"], keep_existing)
         self.block: Optional[List[str]] = None
-        self.extra: List[int] = []           # validated snapshots outside the user's schedule
         self.last_val: Optional[float] = None
 
     def line(self, line: str, ev) -> None:
@@ -651,17 +650,23 @@ class _CaffeToolBest:
             if os.path.isfile(snap["caffemodel"]):     # (none at iteration 0: caffe tests before it saves)
                 import shutil
                 self.best.offer(it, loss, lambda tmp: shutil.copyfile(snap["caffemodel"], tmp))
-                if it % self.plan["snapshot_every"] and it != self.plan["max_iter"]:
-                    self.extra.append(it)
                 self.prune(it)
 
     def prune(self, newest: int) -> None:
-        """Delete extra snapshots older than `newest` (the newest may still be caffe's last one)."""
-        for old in [e for e in self.extra if e < newest]:
-            for p in snapshot_paths(self.plan["out"], old).values():
-                if os.path.isfile(p):
-                    os.remove(p)
-            self.extra.remove(old)
+        """Delete snapshots outside the user's schedule older than `newest` (judged by now;
+        the newest one may still be caffe's last)."""
+        out, every = self.plan["out"], self.plan["snapshot_every"]
+        for f in os.listdir(out):
+            if not (f.startswith(SNAPSHOT_PREFIX + "_iter_") and f.endswith(".caffemodel")):
+                continue
+            try:
+                it = int(f[len(SNAPSHOT_PREFIX) + 6:-len(".caffemodel")])
+            except ValueError:
+                continue
+            if it < newest and it % every and it != self.plan["max_iter"]:
+                for p in snapshot_paths(out, it).values():
+                    if os.path.isfile(p):
+                        os.remove(p)
 
     def finish(self) -> None:
         self.close()
