@@ -352,8 +352,9 @@ def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int
     info = read_dataset_info(dataset)
     q = check_class_count(net, dataset)
     n_train, n_val = counts["train"], counts["val"]
-    weight_files = [os.path.abspath(w) for w in nets.split_weights(weights)]
-    fit = nets.check_weights(weight_files, net) if weight_files else None
+    given = nets.split_weights(weights)
+    fit = nets.check_weights(given, net) if given else None        # errors name the files as given
+    weight_files = [os.path.abspath(w) for w in given]
     if n_train == 0:
         raise ValueError("%s: the training LMDB is empty" % os.path.join(dataset, spec.TRAIN_DB, spec.FEATURES))
     # The val batch divides n_val, so test_iter batches cover val_db exactly once per pass.
