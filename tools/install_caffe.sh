@@ -182,6 +182,8 @@ if built; then
   say "cached build found ($ROOT)"
   echo "$ROOT"; exit 0
 fi
+[ "$GPU" = 0 ] || say "GPU build for $(echo "$CUDA_ARCH" | grep -o 'code=[a-z_0-9]*' | cut -d= -f2 | tr '\n' ' ')\
+(nvcc compiles every .cu file once per entry: far longer than the CPU build; README: measured times)"
 
 # --- 4. fetch, configure, build (into a temporary folder, renamed when done) -----
 avail_kb=$(df -Pk "$CACHE" | awk 'NR==2{print $4}')
@@ -237,7 +239,6 @@ if [ "$GPU" = 1 ]; then
   # CUDA 13 keeps Thrust and CUB under include/cccl; nvcc adds it itself, g++ needs it
   # for the .cpp files that include Thrust (cudnn_softmax_layer.cpp).
   echo "INCLUDE_DIRS += $CUDA_DIR/include/cccl" >> "$src/Makefile.config"
-  say "GPU build: nvcc for $(echo "$CUDA_ARCH" | grep -o 'code=[a-z_0-9]*' | cut -d= -f2 | tr '\n' ' ')(about 12 minutes per architecture on 2 cores)"
 fi
 # <<< GPU only
 
