@@ -1,29 +1,37 @@
-"""`make bench`: throughput ratios measured in ONE run on this machine, printed with targets.
+"""`make bench`: speed ratios measured in ONE run on this machine, printed with targets
+and saved as JSON (default runs/bench/bench.json) with the machine and date.
 
-All inference numbers use RANDOM weights (He-initialised; speed does not depend on
-the weights) and all training numbers a SYNTHETIC random dataset, so nothing here
-says anything about accuracy. Measured, in one process, one after the other:
+All inference numbers use RANDOM weights (He-initialised; speed does not depend on the
+weights) and all training numbers a SYNTHETIC random dataset: nothing here says anything
+about accuracy. Measured in one process, one after the other:
 
-  1. OpenCV DNN vs pycaffe inference (img/s, same deploy net and preprocessed
-     batches), and the max |difference| of their probabilities;
-  2. achieved GFLOP/s of each back-end (convolution + deconvolution multiply-adds x 2,
-     counted from the net's blob shapes) against numpy sgemm GFLOP/s;
-  3. the pycaffe training loop (solver.step on the materialised train net) against
-     `caffe time` forward+backward of the same net and batch;
-  4. the dataset builder's rate (dataset_builder.bench.run, when present) against the
-     rate training consumes images.
+  1. numpy sgemm GFLOP/s: the machine's reference;
+  2. inference at 240x320 (the paper's size) and 640x480 (a typical visible photo):
+     img/s of every back-end (pycaffe, OpenCV DNN, ONNX Runtime; and OpenCV running its
+     own Softmax, the previous way), their GFLOP/s (convolution + deconvolution
+     multiply-adds x 2) as a share of sgemm, max |prob - pycaffe prob|; the ONNX export
+     verified against pycaffe; the best back-end's time for 10,000 images at 640x480;
+  3. the training step before and after the speed-up, side by side: the old eq. 1 layer
+     (tools/bench_old_loss.py) with Caffe's generic grouped deconvolution
+     (CAFFE_DECONV_DIRECT=0) against the current layer with the direct one
+     (tools/caffe/patches/0002), as the pycaffe solver loop (what tools.train runs) and
+     as `caffe time` forward-backward, with `caffe time`'s per-layer breakdown of both;
+  4. the pycaffe training loop against `caffe time` of the same net and batch;
+  5. the dataset builder's rate (dataset_builder.bench) against training consumption.
 
-Timings are wall-clock on a possibly shared machine: rerun before trusting a ratio
-near its target. About 1.5 minutes on 2 cores (--quick: about 15 s).
-Each pair is measured alternately and the best round of each is compared.
+Timings are wall-clock on a possibly shared machine: each pair is measured alternately,
+several rounds, and the best round of each is compared; the load average before and
+after is saved with the numbers. About 3 minutes on 2 cores (--quick: under a minute).
 
-Targets (printed as met / NOT met; this is a report, not a test):
-  OpenCV DNN >= 10x pycaffe with |diff| < 1e-4, and >= 40% of sgemm GFLOP/s;
-  training loop within 5% of `caffe time`; dataset building >= 5x training consumption.
+Targets (printed as met / NOT met; a report, not a test): training step >= 2x the old
+one; training loop >= 0.95 of `caffe time`; best inference back-end >= 50% of sgemm
+GFLOP/s at each size with max |diff| < 1e-4; ONNX export within 1e-4 of pycaffe;
+dataset building >= 5x training consumption.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -37,9 +45,18 @@ from typing import Dict, Optional
 import numpy as np
 
 from dataset_builder import spec
-from dataset_builder.caffe_env import PROTOTXT_DIR
+from dataset_builder.caffe_env import PROTOTXT_DIR, REPO_ROOT
 
 FB_RE = re.compile(r"Average Forward-Backward:\s*([0-9.eE+-]+)\s*ms")
+LAYER_RE = re.compile(r"\]\s+(\S+)\s+(forward|backward):\s*([0-9.eE+-]+)\s*ms")
+DEFAULT_JSON = os.path.join("runs", "bench", "bench.json")
+INFER_SIZES = ((spec.PAPER_HEIGHT, spec.PAPER_WIDTH), (480, 640))
+TYPICAL_SIZE = (480, 640)           # a visible photo: the size augmentation mostly sees
+AUGMENT_COUNT = 10000
+OLD_LOSS_MODULE = "tools.bench_old_loss"
+LOSS_MODULE = "digits_python_layers"
+DECONV_ENV = "CAFFE_DECONV_DIRECT"  # 0: Caffe's generic grouped deconvolution (patch 0002)
+BACKENDS = ("pycaffe", "opencv", "onnxruntime")
 
 
 def deploy_path(base: str) -> str:
@@ -103,35 +120,164 @@ def _time_predict(pred, images) -> float:
     return len(images) / (time.perf_counter() - t0)
 
 
-def bench_inference(base: str, height: int, width: int, n_images: int, batch: int, repeats: int,
-                    workdir: str) -> dict:
-    """OpenCV DNN vs pycaffe on one deploy net with random weights."""
+def bench_inference(base: str, sizes, n_images: int, batch: int, repeats: int, workdir: str) -> dict:
+    """Every back-end on one deploy net with random weights, at each size; ONNX export checked."""
+    from tools import onnx_export
     from tools.inference import Predictor, random_caffemodel
     deploy = deploy_path(base)
     if not os.path.isfile(deploy):
         return {"skipped": "%s missing" % os.path.basename(deploy)}
     weights = random_caffemodel(deploy, os.path.join(workdir, "random_%s.caffemodel" % base), seed=spec.SEED)
+    onnx_path = os.path.join(workdir, "random_%s.onnx" % base)
+    res = {"net": os.path.basename(deploy), "weights": "RANDOM", "images": n_images, "batch": batch,
+           "repeats": repeats, "sizes": []}
+    try:
+        res["onnx_max_abs_diff"] = onnx_export.export(deploy, weights, onnx_path, log=lambda m: None)
+    except Exception as exc:  # noqa: BLE001 -- reported, not raised: the other numbers still count
+        res["onnx_error"] = str(exc).splitlines()[0]
     rng = np.random.RandomState(spec.SEED)
-    images = [rng.randint(0, 256, size=(height, width, 3)).astype(np.uint8) for _ in range(n_images)]
-    mean = rng.uniform(90, 130, size=(3, height, width)).astype(np.float32)
-    res = {"net": os.path.basename(deploy), "weights": "RANDOM", "height": height, "width": width,
-           "images": n_images, "batch": batch, "repeats": repeats}
-    preds = {b: Predictor(deploy, weights, mean_file=mean, backend=b, batch_size=batch)
-             for b in ("pycaffe", "opencv")}
-    probs = {b: p.predict_probs(images) for b, p in preds.items()}
-    res["max_abs_diff"] = float(max(np.abs(a - b).max() for a, b in zip(probs["pycaffe"], probs["opencv"])))
-    flops = net_flops(deploy, height, width)
-    res["gflop_per_image"] = flops / 1e9
-    # Alternate the back-ends and keep each one's best round: on a shared machine the
-    # best round is the one least disturbed by other work, for both alike.
-    best = {b: 0.0 for b in preds}
-    for _ in range(repeats):
-        for b, p in preds.items():
-            best[b] = max(best[b], _time_predict(p, images))
-    for b, ips in best.items():
-        res["%s_img_per_s" % b] = ips
-        res["%s_gflops" % b] = ips * flops / 1e9
-    res["opencv_speedup"] = res["opencv_img_per_s"] / res["pycaffe_img_per_s"]
+    for height, width in sizes:
+        images = [rng.randint(0, 256, size=(height, width, 3)).astype(np.uint8) for _ in range(n_images)]
+        mean = rng.uniform(90, 130, size=(3, height, width)).astype(np.float32)
+        preds = {}
+        for b in BACKENDS:
+            if b == "onnxruntime" and "onnx_error" in res:
+                continue
+            model = onnx_path if b == "onnxruntime" else weights
+            preds[b] = Predictor(None if b == "onnxruntime" else deploy, model, mean_file=mean, backend=b,
+                                 batch_size=batch)
+        # The previous OpenCV path: the whole net in OpenCV, its own Softmax included.
+        preds["opencv_own_softmax"] = Predictor(deploy, weights, mean_file=mean, backend="opencv", batch_size=batch)
+        preds["opencv_own_softmax"].backend.scores_layer = None
+        probs = {b: p.predict_probs(images) for b, p in preds.items()}
+        flops = net_flops(deploy, height, width)
+        row = {"height": height, "width": width, "gflop_per_image": flops / 1e9, "backends": {}}
+        best = {b: 0.0 for b in preds}
+        for _ in range(repeats):          # alternate; each back-end's best round counts
+            for b, p in preds.items():
+                best[b] = max(best[b], _time_predict(p, images))
+        for b, ips in best.items():
+            diff = max(float(np.abs(x - y).max()) for x, y in zip(probs["pycaffe"], probs[b]))
+            row["backends"][b] = {"img_per_s": ips, "gflops": ips * flops / 1e9, "max_abs_diff": diff}
+        res["sizes"].append(row)
+    return res
+
+
+def _caffe_lib_has_direct_deconv(caffe) -> bool:
+    """Whether the loaded libcaffe carries patch 0002 (it reads CAFFE_DECONV_DIRECT)."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "libcaffe" in line and "/" in line}
+        return any(DECONV_ENV.encode() in open(lib, "rb").read() for lib in libs)
+    except OSError:
+        return False
+
+
+def parse_layer_times(text: str) -> Dict[str, float]:
+    """`caffe time` output -> {layer: forward + backward ms}."""
+    out: Dict[str, float] = {}
+    for name, _, ms in LAYER_RE.findall(text):
+        out[name] = out.get(name, 0.0) + float(ms)
+    return out
+
+
+def _copy_net_with_module(src: str, dst: str, module: str) -> None:
+    with open(src) as f:
+        text = f.read()
+    if 'module: "%s"' % LOSS_MODULE not in text:
+        raise ValueError("%s: no python_param module %s to swap for the reference layer" % (src, LOSS_MODULE))
+    with open(dst, "w") as f:
+        f.write(text.replace('module: "%s"' % LOSS_MODULE, 'module: "%s"' % module))
+
+
+def bench_training(base: str, height: int, width: int, iterations: int, batch: int, workdir: str,
+                   rounds: int = 3) -> dict:
+    """Old vs new training step (pycaffe loop and `caffe time`) on SYNTHETIC data, and loop / caffe time."""
+    try:
+        from tools import nets
+    except ImportError as exc:
+        return {"skipped": "tools.nets not importable (%s)" % exc}
+    net_src = train_path(base)
+    if not os.path.isfile(net_src):
+        return {"skipped": "%s missing" % os.path.basename(net_src)}
+    from dataset_builder.caffe_env import caffe_tool, import_caffe, python_layer_env
+    caffe = import_caffe()
+    caffe.set_mode_cpu()
+    res = {"net": os.path.basename(net_src), "data": "SYNTHETIC random", "height": height, "width": width,
+           "batch": batch, "iterations": iterations, "rounds": rounds,
+           "deconv_patch": _caffe_lib_has_direct_deconv(caffe)}
+    # Two copies of the data: rc3's DataReader deadlocks two nets on one LMDB + layer name.
+    setups = {}
+    for which in ("old", "new"):
+        ds = synthetic_dataset(os.path.join(workdir, "ds_" + which), n_train=16, n_val=4, height=height, width=width)
+        net_path = os.path.join(workdir, "train_%s_%s.prototxt" % (base, which))
+        nets.materialize(net_src, ds, net_path, batch_size=batch)
+        if which == "old":
+            _copy_net_with_module(net_path, net_path, OLD_LOSS_MODULE)
+        solver_path = os.path.join(workdir, "solver_%s.prototxt" % which)
+        with open(solver_path, "w") as f:
+            f.write(_solver_text(net_path))
+        env = python_layer_env()
+        env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")])
+        env.update(THERMALNET_DATASET=ds, GLOG_logtostderr="1", GLOG_minloglevel="0")
+        env[DECONV_ENV] = "0" if which == "old" else "1"
+        setups[which] = {"ds": ds, "net": net_path, "solver": solver_path, "env": env}
+
+    old_env = {k: os.environ.get(k) for k in ("THERMALNET_DATASET", DECONV_ENV)}
+    old_cwd = os.getcwd()
+    loop = {"old": [], "new": []}
+    tool = {"old": [], "new": []}
+    layers = {"old": {}, "new": {}}
+    try:
+        solvers = {}
+        for which, s in setups.items():
+            os.environ["THERMALNET_DATASET"] = s["ds"]
+            os.environ[DECONV_ENV] = s["env"][DECONV_ENV]
+            os.chdir(s["ds"])
+            solvers[which] = caffe.get_solver(s["solver"])
+            solvers[which].step(2)                              # warm-up: prefetch, allocation
+        for _ in range(rounds):
+            for which, s in setups.items():
+                os.environ[DECONV_ENV] = s["env"][DECONV_ENV]   # read by the patched Caffe at each step
+                os.environ["THERMALNET_DATASET"] = s["ds"]
+                t0 = time.perf_counter()
+                for _ in range(iterations):
+                    solvers[which].step(1)
+                loop[which].append(iterations * batch / (time.perf_counter() - t0))
+            for which, s in setups.items():
+                cmd = [caffe_tool(), "time", "-model", s["net"], "-phase", "TRAIN", "-stage", "train",
+                       "-iterations", str(iterations)]
+                proc = subprocess.run(cmd, cwd=s["ds"], env=s["env"], capture_output=True, text=True)
+                text = proc.stderr + proc.stdout
+                m = FB_RE.search(text)
+                if proc.returncode != 0 or not m:
+                    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                    res["caffe_time_error"] = "caffe time (%s) exited %d: %s" % (which, proc.returncode,
+                                                                                 " | ".join(tail))
+                    break
+                ms = float(m.group(1))
+                if not tool[which] or ms < min(tool[which]):
+                    layers[which] = parse_layer_times(text)
+                tool[which].append(ms)
+        solvers.clear()
+    finally:
+        os.chdir(old_cwd)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    for which in ("old", "new"):
+        res[which] = {"pycaffe_img_per_s": max(loop[which]), "pycaffe_rounds": loop[which]}
+        if tool[which]:
+            res[which].update(caffe_time_fb_ms=min(tool[which]), caffe_time_rounds_ms=tool[which],
+                              caffe_time_img_per_s=batch / (min(tool[which]) / 1000.0), layers_ms=layers[which])
+    res["pycaffe_img_per_s"] = res["new"]["pycaffe_img_per_s"]
+    res["step_speedup_loop"] = res["new"]["pycaffe_img_per_s"] / res["old"]["pycaffe_img_per_s"]
+    if "caffe_time_fb_ms" in res["new"] and "caffe_time_fb_ms" in res["old"]:
+        res["step_speedup_caffe_time"] = res["old"]["caffe_time_fb_ms"] / res["new"]["caffe_time_fb_ms"]
+        res["caffe_time_img_per_s"] = res["new"]["caffe_time_img_per_s"]
+        res["loop_vs_caffe_time"] = res["new"]["pycaffe_img_per_s"] / res["new"]["caffe_time_img_per_s"]
     return res
 
 
@@ -171,67 +317,6 @@ def synthetic_dataset(root: str, n_train: int, n_val: int, height: int, width: i
     return root
 
 
-def bench_training(base: str, height: int, width: int, iterations: int, batch: int, workdir: str,
-                   rounds: int = 2) -> dict:
-    """pycaffe solver.step img/s vs `caffe time` on the same materialised train net (SYNTHETIC data)."""
-    try:
-        from tools import nets
-    except ImportError as exc:
-        return {"skipped": "tools.nets not importable (%s)" % exc}
-    net_src = train_path(base)
-    if not os.path.isfile(net_src):
-        return {"skipped": "%s missing" % os.path.basename(net_src)}
-    from dataset_builder.caffe_env import caffe_tool, import_caffe, python_layer_env
-    ds = synthetic_dataset(os.path.join(workdir, "synthetic_ds"), n_train=16, n_val=4, height=height, width=width)
-    net_path = os.path.join(workdir, "train_%s.prototxt" % base)
-    nets.materialize(net_src, ds, net_path, batch_size=batch)
-    solver_path = os.path.join(workdir, "solver.prototxt")
-    with open(solver_path, "w") as f:
-        f.write(_solver_text(net_path))
-    res = {"net": os.path.basename(net_src), "data": "SYNTHETIC random", "height": height, "width": width,
-           "batch": batch, "iterations": iterations, "rounds": rounds}
-
-    env = python_layer_env()
-    env.update(THERMALNET_DATASET=ds, GLOG_logtostderr="1", GLOG_minloglevel="0")
-    cmd = [caffe_tool(), "time", "-model", net_path, "-phase", "TRAIN", "-stage", "train",
-           "-iterations", str(iterations)]
-    old_cwd, old_env = os.getcwd(), os.environ.get("THERMALNET_DATASET")
-    os.environ["THERMALNET_DATASET"] = ds
-    os.chdir(ds)
-    loop, tool = [], []
-    try:
-        caffe = import_caffe()
-        caffe.set_mode_cpu()
-        solver = caffe.get_solver(solver_path)
-        solver.step(2)                                      # warm-up: prefetch, allocation
-        # Alternate the two (best round of each counts), as for inference above.
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            for _ in range(iterations):
-                solver.step(1)
-            loop.append(iterations * batch / (time.perf_counter() - t0))
-            proc = subprocess.run(cmd, cwd=ds, env=env, capture_output=True, text=True)
-            m = FB_RE.search(proc.stderr + proc.stdout)
-            if proc.returncode != 0 or not m:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                res["caffe_time_error"] = "caffe time exited %d: %s" % (proc.returncode, " | ".join(tail))
-                break
-            tool.append(float(m.group(1)))
-        del solver
-    finally:
-        os.chdir(old_cwd)
-        if old_env is None:
-            os.environ.pop("THERMALNET_DATASET", None)
-        else:
-            os.environ["THERMALNET_DATASET"] = old_env
-    res["pycaffe_img_per_s"] = max(loop)
-    if tool:
-        res["caffe_time_fb_ms"] = min(tool)
-        res["caffe_time_img_per_s"] = batch / (min(tool) / 1000.0)
-        res["loop_vs_caffe_time"] = res["pycaffe_img_per_s"] / res["caffe_time_img_per_s"]
-    return res
-
-
 def bench_dataset(quick: bool) -> dict:
     """The dataset builder's own benchmark, if it provides one."""
     try:
@@ -258,99 +343,182 @@ def targets(results: dict) -> list:
     """(name, measured, target text, met) for each target whose inputs were measured."""
     out = []
     inf, tr, ds = results.get("inference", {}), results.get("training", {}), results.get("dataset", {})
-    if "opencv_speedup" in inf:
-        out.append(("OpenCV DNN / pycaffe throughput", inf["opencv_speedup"], ">= 10x",
-                    inf["opencv_speedup"] >= 10.0))
-        out.append(("max |OpenCV - pycaffe| of probs", inf["max_abs_diff"], "< 1e-4", inf["max_abs_diff"] < 1e-4))
-        frac = inf["opencv_gflops"] / results["sgemm_gflops"]
-        out.append(("OpenCV DNN GFLOP/s / numpy sgemm GFLOP/s", frac, ">= 0.40", frac >= 0.40))
+    sgemm = results.get("sgemm_gflops")
+    if "step_speedup_loop" in tr:
+        r = tr["step_speedup_loop"]
+        out.append(("training step new / old (pycaffe loop img/s)", r, ">= 2x", r >= 2.0))
+    if "step_speedup_caffe_time" in tr:
+        r = tr["step_speedup_caffe_time"]
+        out.append(("training step new / old (caffe time)", r, ">= 2x", r >= 2.0))
     if "loop_vs_caffe_time" in tr:
         r = tr["loop_vs_caffe_time"]
         out.append(("pycaffe training loop / caffe time (img/s)", r, ">= 0.95", r >= 0.95))
+    for row in inf.get("sizes", []):
+        size = "%dx%d" % (row["height"], row["width"])
+        usable = {b: v for b, v in row["backends"].items() if b in BACKENDS and v["max_abs_diff"] < 1e-4}
+        if usable and sgemm:
+            b, v = max(usable.items(), key=lambda kv: kv[1]["gflops"])
+            out.append(("best back-end (%s) share of sgemm, %s" % (b, size), v["gflops"] / sgemm, ">= 0.50",
+                        v["gflops"] / sgemm >= 0.5))
+        worst = max(v["max_abs_diff"] for b, v in row["backends"].items() if b in BACKENDS)
+        out.append(("max |back-end - pycaffe| of probs, %s" % size, worst, "< 1e-4", worst < 1e-4))
+    if "onnx_max_abs_diff" in inf:
+        d = inf["onnx_max_abs_diff"]
+        out.append(("ONNX export: max |ONNX Runtime - pycaffe|", d, "< 1e-4", d < 1e-4))
     if "img_per_s" in ds and "pycaffe_img_per_s" in tr:
         r = ds["img_per_s"] / tr["pycaffe_img_per_s"]
         out.append(("dataset build rate / training consumption", r, ">= 5x", r >= 5.0))
     return out
 
 
+def augment_estimate(results: dict) -> Optional[dict]:
+    """The best back-end at TYPICAL_SIZE: seconds for AUGMENT_COUNT images (inference only)."""
+    for row in results.get("inference", {}).get("sizes", []):
+        if (row["height"], row["width"]) == TYPICAL_SIZE:
+            ok = {b: v for b, v in row["backends"].items() if b in BACKENDS and v["max_abs_diff"] < 1e-4}
+            if ok:
+                b, v = max(ok.items(), key=lambda kv: kv[1]["img_per_s"])
+                return {"backend": b, "images": AUGMENT_COUNT, "height": TYPICAL_SIZE[0], "width": TYPICAL_SIZE[1],
+                        "seconds": AUGMENT_COUNT / v["img_per_s"]}
+    return None
+
+
+def machine_info() -> dict:
+    import cv2
+    info = {"cpu_model": _cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
+            "opencv_threads": cv2.getNumThreads()}
+    try:
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var):
+            info[var] = os.environ[var]
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                        text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run(quick: bool = False, infer_base: str = spec.PAPER_BASE, train_base: str = spec.DEFAULT_BASE,
         log=print) -> dict:
-    """All measurements in one process; returns the results dict (also what --json writes)."""
-    import cv2
-    results = {"quick": quick, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                           "opencv": cv2.__version__, "opencv_threads": cv2.getNumThreads(),
-                                           "numpy": np.__version__},
+    """All measurements in one process; returns the results dict (what --json writes)."""
+    results = {"quick": quick, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "machine": machine_info(), "load_average_before": list(os.getloadavg()),
                "note": "RANDOM weights and SYNTHETIC data: speed only, no accuracy"}
     with tempfile.TemporaryDirectory(prefix="thermalnet-bench-") as work:
         log("[bench] numpy sgemm ...")
         results["sgemm_gflops"] = sgemm_gflops(512 if quick else 1024, 0.5 if quick else 1.5)
-        log("[bench] inference %s at %dx%d ..." % (infer_base, spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
-        results["inference"] = bench_inference(infer_base, spec.PAPER_HEIGHT, spec.PAPER_WIDTH,
+        log("[bench] inference %s at %s ..." % (infer_base, ", ".join("%dx%d" % s for s in INFER_SIZES)))
+        results["inference"] = bench_inference(infer_base, INFER_SIZES[:1] if quick else INFER_SIZES,
                                                n_images=2 if quick else 8, batch=1 if quick else 4,
-                                               repeats=1 if quick else 4, workdir=work)
+                                               repeats=1 if quick else 3, workdir=work)
         # sgemm again right after, best of both: its peak is the fair reference
         results["sgemm_gflops"] = max(results["sgemm_gflops"], sgemm_gflops(512 if quick else 1024, 0.5))
-        log("[bench] training loop %s at %dx%d ..." % (train_base, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH))
+        log("[bench] training step old vs new, %s at %dx%d ..." % (train_base, spec.DEFAULT_HEIGHT,
+                                                                     spec.DEFAULT_WIDTH))
         results["training"] = bench_training(train_base, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH,
-                                             iterations=2 if quick else 8, batch=8, workdir=work,
-                                             rounds=1 if quick else 2)
+                                             iterations=2 if quick else 8, batch=4, workdir=work,
+                                             rounds=1 if quick else 3)
         log("[bench] dataset build rate ...")
         results["dataset"] = bench_dataset(quick)
+    results["load_average_after"] = list(os.getloadavg())
+    results["augment_estimate"] = augment_estimate(results)
     results["targets"] = [{"name": n, "measured": v, "target": t, "met": bool(m)} for n, v, t, m in targets(results)]
     return results
 
 
 def format_report(results: dict) -> str:
+    m = results["machine"]
     lines = ["Thermalnet kit benchmark (%s; %s)" % ("quick" if results["quick"] else "full", results["note"]),
-             "  machine: %(cpus)s CPUs, OpenCV %(opencv)s (%(opencv_threads)s threads), numpy %(numpy)s"
-             % results["machine"],
+             "  machine: %s, %s CPUs; %s; numpy %s, OpenCV %s (%s threads), ONNX Runtime %s; commit %s"
+             % (m["cpu_model"], m["cpus"], results["date"], m["numpy"], m["opencv"], m["opencv_threads"],
+                m.get("onnxruntime"), m.get("commit")),
+             "  load average before / after: %s / %s (other work on the machine slows every number)"
+             % ("%.1f" % results["load_average_before"][0], "%.1f" % results["load_average_after"][0]),
              "  numpy sgemm: %.1f GFLOP/s" % results["sgemm_gflops"]]
     inf = results["inference"]
     if "skipped" in inf:
         lines.append("  inference: not run (%s)" % inf["skipped"])
     else:
-        lines.append("  inference %s %dx%d, %.2f GFLOP/image: pycaffe %.2f img/s (%.1f GFLOP/s), "
-                     "OpenCV DNN %.2f img/s (%.1f GFLOP/s), max|diff| %.2e"
-                     % (inf["net"], inf["height"], inf["width"], inf["gflop_per_image"], inf["pycaffe_img_per_s"],
-                        inf["pycaffe_gflops"], inf["opencv_img_per_s"], inf["opencv_gflops"], inf["max_abs_diff"]))
+        lines.append("  inference %s (RANDOM weights), batch %d; ONNX export: %s"
+                     % (inf["net"], inf["batch"], ("max |diff| %.2e" % inf["onnx_max_abs_diff"])
+                        if "onnx_max_abs_diff" in inf else "FAILED (%s)" % inf.get("onnx_error")))
+        for row in inf["sizes"]:
+            lines.append("    %dx%d, %.2f GFLOP/image:" % (row["height"], row["width"], row["gflop_per_image"]))
+            for b, v in row["backends"].items():
+                lines.append("      %-20s %7.2f img/s  %6.1f GFLOP/s = %5.1f%% of sgemm  max|diff| %.1e"
+                             % (b, v["img_per_s"], v["gflops"], 100 * v["gflops"] / results["sgemm_gflops"],
+                                v["max_abs_diff"]))
+    est = results.get("augment_estimate")
+    if est:
+        lines.append("    %d images at %dx%d with %s: %.1f minutes (inference only)"
+                     % (est["images"], est["height"], est["width"], est["backend"], est["seconds"] / 60))
     tr = results["training"]
     if "skipped" in tr:
         lines.append("  training: not run (%s)" % tr["skipped"])
     else:
-        lines.append("  training %s %dx%d batch %d: pycaffe loop %.2f img/s" % (
-            tr["net"], tr["height"], tr["width"], tr["batch"], tr["pycaffe_img_per_s"]))
-        if "caffe_time_img_per_s" in tr:
-            lines.append("    caffe time: %.1f ms forward-backward = %.2f img/s"
-                         % (tr["caffe_time_fb_ms"], tr["caffe_time_img_per_s"]))
-        else:
-            lines.append("    caffe time: failed (%s)" % tr.get("caffe_time_error"))
+        lines.append("  training step %s %dx%d batch %d (SYNTHETIC); deconvolution patch in this Caffe: %s"
+                     % (tr["net"], tr["height"], tr["width"], tr["batch"], "yes" if tr["deconv_patch"] else
+                        "NO (old and new differ only by the loss layer)"))
+        for which, label in (("old", "old (float64 one-hot loss, generic deconvolution)"),
+                             ("new", "new (float32 loss, direct depthwise deconvolution)")):
+            t = tr[which]
+            ct = ("caffe time %.1f ms = %.2f img/s" % (t["caffe_time_fb_ms"], t["caffe_time_img_per_s"])
+                  if "caffe_time_fb_ms" in t else "caffe time failed (%s)" % tr.get("caffe_time_error"))
+            lines.append("    %-52s pycaffe loop %.2f img/s, %s" % (label, t["pycaffe_img_per_s"], ct))
+        if tr["old"].get("layers_ms") and tr["new"].get("layers_ms"):
+            lines.append("    caffe time per layer, forward + backward ms (old -> new), largest first:")
+            old_l, new_l = tr["old"]["layers_ms"], tr["new"]["layers_ms"]
+            for name in sorted(new_l, key=lambda n: -max(new_l[n], old_l.get(n, 0)))[:10]:
+                lines.append("      %-28s %7.1f -> %7.1f" % (name, old_l.get(name, float("nan")), new_l[name]))
     ds = results["dataset"]
     lines.append("  dataset build: %s" % ("not run (%s)" % ds["skipped"] if "skipped" in ds
                                           else "%.2f img/s" % ds["img_per_s"]))
     lines.append("Targets:")
     for t in results["targets"]:
-        lines.append("  %-45s %10.4g  (target %s)  %s" % (t["name"], t["measured"], t["target"],
+        lines.append("  %-55s %10.4g  (target %s)  %s" % (t["name"], t["measured"], t["target"],
                                                          "met" if t["met"] else "NOT met"))
     if not results["targets"]:
         lines.append("  none measured")
     return "\n".join(lines)
 
 
+def write_json(results: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer images and iterations (about 15 s)")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--quick", action="store_true", help="fewer images and iterations, 240x320 only")
+    p.add_argument("--json", default=DEFAULT_JSON, help="where to save the results (default: %(default)s)")
     p.add_argument("--infer-base", default=spec.PAPER_BASE, help="deploy net for the inference comparison")
-    p.add_argument("--train-base", default=spec.DEFAULT_BASE, help="train net for the training-loop comparison")
+    p.add_argument("--train-base", default=spec.DEFAULT_BASE, help="train net for the training comparison")
     args = p.parse_args(argv)
     results = run(quick=args.quick, infer_base=args.infer_base, train_base=args.train_base,
                   log=lambda m: print(m, file=sys.stderr))
     print(format_report(results))
-    if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, args.json)
+    write_json(results, args.json)
+    print("saved %s" % args.json)
     return 0
 
 
