@@ -404,3 +404,24 @@ def test_corrupt_lmdb_is_one_line_naming_the_folder(small_ds, tmp_path, damage):
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert str(ds / "train_db" / "features") in lines[0] and "LMDB" in lines[0] and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "wrong_size"])
+def test_bad_mean_image_is_one_line_naming_the_file(small_ds, tmp_path, damage):
+    ds = tmp_path / "ds"
+    shutil.copytree(small_ds, str(ds))
+    mean = ds / "train_db" / "mean.binaryproto"
+    if damage == "missing":
+        mean.unlink()
+    elif damage == "garbage":
+        mean.write_bytes(b"\xff" * 64)
+    else:
+        from dataset_builder.lmdb_io import write_mean_binaryproto
+        write_mean_binaryproto(np.zeros((3, H // 2, W), np.float32), str(mean))
+    out = tmp_path / "run"
+    r = _cli(["--dataset", str(ds), "--out", str(out), "--epochs", "1", "--batch-size", "2"])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert str(mean) in lines[0] and "Traceback" not in r.stderr and not out.exists()
+    if damage == "wrong_size":
+        assert "1x3x24x64" in lines[0] and "3x48x64" in lines[0]

@@ -277,6 +277,31 @@ def check_dataset_lmdbs(dataset: str) -> Dict[str, int]:
     return counts
 
 
+def check_mean_file(dataset: str, height: int, width: int) -> str:
+    """The training mean (train_db/mean.binaryproto) must parse and be 3 x H x W: Caffe's
+    DataTransformer aborts the whole process otherwise. A bad one is a one-line ValueError."""
+    from google.protobuf.message import DecodeError
+    from dataset_builder.caffe_env import caffe_pb2
+    path = os.path.join(dataset, spec.TRAIN_DB, spec.MEAN_FILE)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ValueError("%s: cannot read the mean image (%s); rebuild the dataset" % (path, exc.strerror or exc)) \
+            from None
+    blob = caffe_pb2().BlobProto()
+    try:
+        blob.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError):
+        raise ValueError("%s: not a Caffe mean image (BlobProto); rebuild the dataset" % path) from None
+    dims = list(blob.shape.dim) if blob.HasField("shape") else [blob.num, blob.channels, blob.height, blob.width]
+    want = 3 * int(height) * int(width)
+    if tuple(dims[-3:]) != (3, int(height), int(width)) or len(blob.data) != want:
+        raise ValueError("%s: mean image is %s with %d values, the dataset's images are 3x%dx%d; rebuild the dataset"
+                         % (path, "x".join(str(d) for d in dims) or "empty", len(blob.data), height, width))
+    return path
+
+
 # -- the glog-format log ----------------------------------------------------------------
 class GlogWriter:
     """Appends lines in `caffe train`'s log format, so tools.caffe_log parses both back-ends."""
@@ -350,6 +375,7 @@ def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int
     if not epochs > 0:
         raise ValueError("--epochs must be > 0, got %g" % epochs)
     info = read_dataset_info(dataset)
+    check_mean_file(dataset, int(info["height"]), int(info["width"]))
     q = check_class_count(net, dataset)
     n_train, n_val = counts["train"], counts["val"]
     given = nets.split_weights(weights)
