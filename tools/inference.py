@@ -133,13 +133,35 @@ class _OpenCVBackend:
             self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
             self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
 
+        # OpenCV's Softmax over the channel axis was measured at 40% of the whole net's
+        # time (v1_0, 240x320): the net is run up to the layer that feeds the final
+        # Softmax (layers found by type, in the prototxt's order) and softmax_channels
+        # finishes in numpy, several times faster, same values to float rounding.
+        names = list(self.net.getLayerNames())
+        self.scores_layer = None
+        if names and self.net.getLayer(self.net.getLayerId(names[-1])).type == "Softmax" \
+                and tuple(self.net.getUnconnectedOutLayersNames()) == (names[-1],) and len(names) > 1:
+            self.scores_layer = names[-2]
+
     def forward(self, blob: np.ndarray) -> np.ndarray:
         # The prototxt's Input layer fixes one shape, and OpenCV refuses to redefine it
         # (setInputShape raises "Input shape redefinition is not allowed"). setInput with
         # a blob of another shape is what works: the net re-plans its buffers on the next
         # forward. Grouping images by size keeps that to once per size change.
         self.net.setInput(np.ascontiguousarray(blob, dtype=np.float32), INPUT_BLOB)
-        return np.array(self.net.forward(OUTPUT_BLOB), dtype=np.float32, copy=True)
+        if self.scores_layer is None:
+            return np.array(self.net.forward(OUTPUT_BLOB), dtype=np.float32, copy=True)
+        return softmax_channels(np.array(self.net.forward(self.scores_layer), dtype=np.float32, copy=True))
+
+
+def softmax_channels(scores: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of an (N, C, H, W) float32 array, in place (stable: max subtracted)."""
+    peak = scores.max(axis=1, keepdims=True)
+    np.subtract(scores, peak, out=scores)
+    np.exp(scores, out=scores)
+    np.sum(scores, axis=1, keepdims=True, out=peak)
+    np.divide(scores, peak, out=scores)
+    return scores
 
 
 class _OnnxRuntimeBackend:
