@@ -383,6 +383,20 @@ def test_resume_keeps_the_earlier_best(small_ds, tmp_path):
     assert s["best"]["iteration"] == want["iteration"]
     if want["iteration"] <= 6:
         assert s["best"] == first["best"]
+    # Resumed from an earlier snapshot: a best found after it belongs to the abandoned run.
+    s2 = _best_run(out, small_ds, "pycaffe", epochs=6, resume=str(out / "snap_iter_6.solverstate"))
+    val = caffe_log.read_csv(str(out / "val.csv"))
+    assert s2["best"]["iteration"] == min(val, key=lambda r: r["loss"])["iteration"]
+
+
+@pytest.mark.parametrize("backend", ["pycaffe", "caffe"])
+def test_resume_before_the_best_forgets_it(small_ds, tmp_path, backend):
+    out = tmp_path / backend
+    _best_run(out, small_ds, backend, epochs=6)
+    fake = {"iteration": 12, "val_loss": -1.0, "caffemodel": str(out / tr.BEST_MODEL)}
+    (out / tr.BEST_INFO).write_text(json.dumps(fake))              # a "best" after the resume point
+    s = _best_run(out, small_ds, backend, epochs=6, resume=str(out / "snap_iter_6.solverstate"))
+    assert s["best"]["val_loss"] > 0 and s["best"]["iteration"] >= 6
 
 
 # -- a damaged dataset ---------------------------------------------------------------------

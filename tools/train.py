@@ -179,6 +179,14 @@ class BestSnapshot:
         _write_text(self.info, json.dumps(self.best, indent=1))
         return True
 
+    def forget_after(self, iteration: int) -> None:
+        """A run resumed from an earlier snapshot abandons the later best (and its files)."""
+        if self.best is not None and self.best["iteration"] > iteration:
+            self.best = None
+            for p in (self.info, self.model):
+                if os.path.isfile(p):
+                    os.remove(p)
+
 
 def read_best(run_dir: str) -> Optional[Dict]:
     """The run's best snapshot {iteration, val_loss, caffemodel} or None (no validation yet)."""
@@ -480,6 +488,7 @@ def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optio
         solver.restore(resume)
     best = BestSnapshot(plan["out"], keep_existing=bool(resume))
     start = int(solver.iter)
+    best.forget_after(start)
     if start >= plan["max_iter"]:
         log("Iteration %d >= max_iter %d: nothing to train" % (start, plan["max_iter"]))
     ipe, display, max_iter = plan["iters_per_epoch"], plan["display"], plan["max_iter"]
@@ -655,8 +664,12 @@ class _CaffeToolBest:
         self.best = BestSnapshot(plan["out"], keep_existing)
         self.block: Optional[List[str]] = None
         self.last_val: Optional[float] = None
+        self.started = False
 
     def line(self, line: str, ev) -> None:
+        if ev is not None and not self.started and ev[0] in ("testing", "train", "lr"):
+            self.started = True
+            self.best.forget_after(ev[1])          # where caffe (re)started
         if ev is not None and ev[0] == "test_output":
             if self.block is not None:
                 self.block.append(line)
