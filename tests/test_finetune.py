@@ -245,6 +245,16 @@ def test_weights_probe_tells_a_caffe_that_reads_the_flag_from_one_that_ignores_i
     assert tr.caffe_tool_reads_weights(str(ignores)) is False
 
 
+def test_nets_cli_checks_weights(standin, capsys):
+    assert nets.main(["--net", "v1_1", "--check-weights", standin["v1_1"][0]]) == 0
+    out = capsys.readouterr().out
+    assert "25 layers copied by name; not in the network: conv10" in out
+    assert "v1_1: from the weights 25 layers; from fillers: conv10_thermal, upscore1, upscore2" in out
+    assert nets.main(["--net", "v1_0", "--check-weights", standin["v1_1"][0]]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "layer 'conv1' blob 0 (weights) has shape 64x3x3x3 in the file but 96x3x7x7" in err[0]
+
+
 def test_resume_and_weights_together_are_refused(standin, small_ds, tmp_path):
     with pytest.raises(ValueError, match="--resume .* or --weights .* not both"):
         tr.train(small_ds, tr.DEFAULT_NET, str(tmp_path / "r"), epochs=1, batch_size=2, progress=False,

@@ -7,6 +7,7 @@ a deploy file for another input size (deploy_for_size), and a solver whose
 iteration counts follow DIGITS' epoch arithmetic (solver_schedule, write_solver).
 
     python -m tools.nets --counts        # parameter counts of every network
+    python -m tools.nets --net v1_1 --check-weights squeezenet_v1.1.caffemodel   # would it load?
 """
 from __future__ import annotations
 
@@ -476,9 +477,12 @@ def main(argv=None) -> int:
                         help="write the --net network (one) bound to DATASET's LMDBs to OUT")
     parser.add_argument("--batch-size", type=int, help="train batch size for --materialize")
     parser.add_argument("--val-batch-size", type=int, help="val batch size for --materialize")
+    parser.add_argument("--check-weights", metavar="A.caffemodel[,B.caffemodel]",
+                        help="say whether these caffemodels load by name into the --net network (one), "
+                             "as tools.train --weights would copy them")
     args = parser.parse_args(argv)
-    if not (args.counts or args.materialize):
-        parser.error("nothing to do: give --counts or --materialize")
+    if not (args.counts or args.materialize or args.check_weights):
+        parser.error("nothing to do: give --counts, --materialize or --check-weights")
     try:
         if args.counts:
             print_counts(args.net or sorted(NETWORKS))
@@ -489,6 +493,16 @@ def main(argv=None) -> int:
             out = materialize(network(names[0]).net, args.materialize[0], args.materialize[1],
                               args.batch_size, args.val_batch_size)
             print(out)
+        if args.check_weights:
+            names = args.net or [DEFAULT_NETWORK]
+            if len(names) != 1:
+                parser.error("--check-weights takes one --net")
+            fit = check_weights(args.check_weights, network(names[0]).net)
+            for f in fit["files"]:
+                print("%s: %d layers copied by name%s" % (f["file"], len(f["copied"]), "; not in the network: "
+                                                          + ", ".join(f["ignored"]) if f["ignored"] else ""))
+            print("%s: from the weights %d layers; from fillers: %s"
+                  % (names[0], len(fit["from_weights"]), ", ".join(fit["from_fillers"]) or "none"))
     except ValueError as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
