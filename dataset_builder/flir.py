@@ -5,14 +5,26 @@ emissivity, distance, humidity). The alignment tags come from exiftool: flyr's
 own reader of the picture-in-picture record is used only when exiftool is missing
 (a test checks the two agree on the sample files).
 
-Geometry of the tags (the convention FLIR's picture-in-picture uses):
-  * Real2IR = (visible field of view) / (IR field of view): the whole IR image
-    covers visible_width / Real2IR visible pixels across, so one IR pixel spans
-    s = visible_width / (Real2IR * ir_width) visible pixels (square pixels);
-  * the IR image is centred on the visible centre shifted by (OffsetX, OffsetY)
-    visible pixels;
+Geometry of the tags (FLIR's picture-in-picture convention):
+  * Real2IR = (visible field of view) / (IR field of view): the whole raw IR image
+    (RawThermalImageWidth, not the PiP box) spans photo_width / Real2IR photo
+    pixels, so one IR pixel spans s = photo_width / (Real2IR * ir_width) photo
+    pixels (square pixels);
+  * OffsetX/OffsetY are in photo pixels: the IR image's centre lies at the photo's
+    centre plus (OffsetX, OffsetY), positive = right/down;
   * PiPX1..PiPY2 only say which part of the IR the camera showed in its
     picture-in-picture display; the radiometric data are the whole raw image.
+This is what exiftool documents (OffsetX: "offset of insertion point from center",
+printed with a sign for ImageMagick's -gravity center -geometry), what flyr's
+picture-in-picture rendering does (a test compares the two placements pixel for
+pixel) and what the ImageMagick recipes of other FLIR readers do. The residual
+misalignment left on real files is parallax: the two lenses sit a centimetre or two
+apart and the tags hold for one (far) distance; an object at distance d needs an
+extra shift of about f * b * (1/d - 1/d_cal) photo pixels along the lens baseline
+(f: focal length in photo pixels, b: baseline). It is one-sided (every object is
+nearer than a far calibration distance) and grows as objects come closer: the
+dataset_builder README has the numbers measured on the sample files.
+`refine_shift` (--refine-alignment) finds it from the edges.
 Portrait files (phone held upright) store both images rotated; the formulae hold
 unchanged because both images are stored in the same orientation.
 Some cameras (e.g. AX8) letterbox the visible photo in black borders: the IR
@@ -153,12 +165,17 @@ def ir_window_inside(fp: Footprint, box: Tuple[int, int, int, int], ir_shape: Tu
     return u0, v0, max(u0, u1), max(v0, v1)
 
 
-def sample_visible(gray: np.ndarray, fp: Footprint, u0: int, v0: int, u1: int, v1: int) -> np.ndarray:
+def prefilter(gray: np.ndarray, s: float) -> np.ndarray:
+    """The photo low-passed for sampling at one IR pixel per s photo pixels (no aliasing)."""
+    if s > 1.5:
+        return cv2.GaussianBlur(gray, (0, 0), 0.5 * s)
+    return gray
+
+
+def sample_visible(gray: np.ndarray, fp: Footprint, u0: int, v0: int, u1: int, v1: int,
+                   prefiltered: bool = False) -> np.ndarray:
     """Visible (grey or RGB) resampled onto IR pixels u0..u1 x v0..v1 (area-like: pre-blur + linear)."""
-    src = gray
-    if fp.s > 1.5:
-        sigma = 0.5 * fp.s
-        src = cv2.GaussianBlur(gray, (0, 0), sigma)
+    src = gray if prefiltered else prefilter(gray, fp.s)
     # output pixel (i, j) centre -> visible x = x0 + (u0 + i + 0.5) * s, sampled at pixel-centre coords
     m = np.array([[fp.s, 0.0, fp.x0 + (u0 + 0.5) * fp.s - 0.5],
                   [0.0, fp.s, fp.y0 + (v0 + 0.5) * fp.s - 0.5]], dtype=np.float64)
@@ -177,30 +194,44 @@ def edge_map(img: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return np.hypot(gx, gy)
 
 
+def _centred_edges(img: np.ndarray, margin: int) -> np.ndarray:
+    a = edge_map(img)
+    if margin:
+        a = a[margin:-margin, margin:-margin]
+    a = a.astype(np.float64)
+    return a - a.mean()
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
 def edge_agreement(visible_on_ir: np.ndarray, celsius: np.ndarray, margin: int = 2) -> float:
     """Normalised cross-correlation of visible and IR gradient magnitudes (same grid).
 
     1 = edges in the same places with proportional strength, ~0 = unrelated. A
     mis-registered visible image moves its edges off the IR edges and scores lower.
     """
-    a = edge_map(visible_on_ir)
-    b = edge_map(celsius)
-    if a.shape != b.shape:
-        raise ValueError("edge_agreement needs equal grids, got %s and %s" % (a.shape, b.shape))
-    if margin:
-        a, b = a[margin:-margin, margin:-margin], b[margin:-margin, margin:-margin]
-    a = a - a.mean()
-    b = b - b.mean()
-    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0
+    if np.shape(visible_on_ir)[:2] != np.shape(celsius)[:2]:
+        raise ValueError("edge_agreement needs equal grids, got %s and %s"
+                         % (np.shape(visible_on_ir), np.shape(celsius)))
+    return _ncc(_centred_edges(visible_on_ir, margin), _centred_edges(celsius, margin))
+
+
+def crop_agreement(visible_crop: np.ndarray, ir_crop: np.ndarray) -> float:
+    """Edge agreement of an aligned pair as it is stored: the photo crop area-resized to the IR grid."""
+    on_ir = cv2.resize(visible_crop, (ir_crop.shape[1], ir_crop.shape[0]), interpolation=cv2.INTER_AREA)
+    return edge_agreement(on_ir, ir_crop)
 
 
 def refine_shift(rgb: np.ndarray, celsius: np.ndarray, tags: Dict, radius: int) -> Tuple[int, int, float]:
     """Extra (dx, dy) visible-pixel shift, within +-radius, that best aligns the edges.
 
-    The tags are a factory calibration for one object distance; close objects
-    (the FLIR ONE's 1.4 cm lens baseline) show parallax that this search removes.
-    Scores are taken on the IR pixels that stay inside the photo for every shift.
+    The tags are a factory calibration for one object distance; close objects show
+    parallax (see the module docstring) that this search removes. Scores are taken on
+    the IR pixels that stay inside the photo for every shift; coarse grid (step
+    radius/8), then every shift around the best one.
     """
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
     box = content_box(rgb)
@@ -209,11 +240,12 @@ def refine_shift(rgb: np.ndarray, celsius: np.ndarray, tags: Dict, radius: int) 
     u0, v0, u1, v1 = ir_window_inside(fp0, inner, celsius.shape)
     if u1 - u0 < 8 or v1 - v0 < 8:
         return 0, 0, float("nan")
-    ir = celsius[v0:v1, u0:u1]
+    ir_edges = _centred_edges(celsius[v0:v1, u0:u1], 2)
+    src = prefilter(gray, fp0.s)        # once, not once per shift
 
     def score(dx, dy):
         fp = footprint(tags, rgb.shape, celsius.shape, (dx, dy))
-        return edge_agreement(sample_visible(gray, fp, u0, v0, u1, v1), ir)
+        return _ncc(_centred_edges(sample_visible(src, fp, u0, v0, u1, v1, prefiltered=True), 2), ir_edges)
 
     step = max(1, radius // 8)
     best = max((score(dx, dy), dx, dy) for dx in range(-radius, radius + 1, step)
@@ -323,10 +355,14 @@ def read_flir(path: str, tags: Optional[Dict] = None, refine_px: int = 0) -> Fli
     rgb = np.ascontiguousarray(rgb[:, :, :3], dtype=np.uint8)
     shift = (0, 0)
     refine_score = None
+    vis, ir, info = aligned_crop(rgb, celsius, tags, shift, path)
+    agreement_tags = agreement = crop_agreement(vis, ir)
     if refine_px > 0:
         dx, dy, refine_score = refine_shift(rgb, celsius, tags, refine_px)
-        shift = (dx, dy)
-    vis, ir, info = aligned_crop(rgb, celsius, tags, shift, path)
+        if (dx, dy) != (0, 0):
+            shift = (dx, dy)
+            vis, ir, info = aligned_crop(rgb, celsius, tags, shift, path)
+            agreement = crop_agreement(vis, ir)
     check_ir_values(ir, path)
     meta = {
         "model": str(tags.get("Model", "")),
@@ -335,10 +371,29 @@ def read_flir(path: str, tags: Optional[Dict] = None, refine_px: int = 0) -> Fli
         "tags": {k: tags[k] for k in ALIGN_TAGS if k in tags},
         "shift": list(shift),
         "refine_score": refine_score,
+        "edge_agreement_tags": agreement_tags,     # the crop the tags alone give (before refinement)
+        "edge_agreement": agreement,               # the crop kept (after refinement, if any)
         "portrait": bool(celsius.shape[0] > celsius.shape[1]),
     }
     meta.update(info)
     return FlirPair(visible=vis, celsius=ir, meta=meta)
+
+
+# alignment.csv (one row per FLIR pair in a built dataset): what the tags said, the shift the
+# edge search added (--refine-alignment; 0 without it), the crop boxes, and the edge agreement
+# of the crop the tags alone give ("before") and of the crop kept ("after").
+ALIGNMENT_FILE = "alignment.csv"
+ALIGNMENT_COLUMNS = ("id", "model", "real2ir", "offset_x", "offset_y", "shift_x", "shift_y", "scale",
+                     "vis_x0", "vis_y0", "vis_x1", "vis_y1", "ir_u0", "ir_v0", "ir_u1", "ir_v1",
+                     "edge_agreement", "edge_agreement_tags")
+
+
+def alignment_row(item_id: str, meta: Dict) -> List:
+    """One alignment.csv row (ALIGNMENT_COLUMNS) from a FlirPair's meta."""
+    t = meta["tags"]
+    return ([item_id, meta["model"], "%.5f" % float(t["Real2IR"]), t.get("OffsetX", 0), t.get("OffsetY", 0),
+             meta["shift"][0], meta["shift"][1], "%.4f" % meta["scale"]] + list(meta["vis_box"]) +
+            list(meta["ir_box"]) + ["%.4f" % meta["edge_agreement"], "%.4f" % meta["edge_agreement_tags"]])
 
 
 def list_flir(folder: str) -> List[str]:

@@ -37,13 +37,13 @@ def alignment_scores(path: str, refine_px: int = 24) -> Dict:
            "panels": {"naive": (naive, celsius)}}
     vis, ir, _ = flir.aligned_crop(rgb, celsius, tags, path=path)
     aligned = _on_ir_grid(vis, ir.shape)
-    out["tags"] = flir.edge_agreement(aligned, ir)
+    out["tags"] = flir.crop_agreement(vis, ir)
     out["panels"]["tags"] = (aligned, ir)
     if refine_px > 0:
         dx, dy, _ = flir.refine_shift(rgb, celsius, tags, refine_px)
         vis, ir, _ = flir.aligned_crop(rgb, celsius, tags, (dx, dy), path=path)
         refined = _on_ir_grid(vis, ir.shape)
-        out["refined"] = flir.edge_agreement(refined, ir)
+        out["refined"] = flir.crop_agreement(vis, ir)
         out["refine_shift"] = [int(dx), int(dy)]
         out["panels"]["refined"] = (refined, ir)
     out["visible_crop_shape"] = list(pair.visible.shape[:2])

@@ -369,19 +369,33 @@ def test_flir_folder_build(flir_samples, tmp_path, capsys):
     a = align["flir_one_mug"]
     assert (a["offset_x"], a["offset_y"], a["shift_x"], a["shift_y"]) == ("14", "-14", "0", "0")
     assert (a["vis_x0"], a["vis_x1"], a["ir_u1"], a["ir_v1"]) == ("83", "425", "240", "320")
+    assert a["edge_agreement"] == a["edge_agreement_tags"]        # no refinement: before == after
 
 
 def test_flir_refined_alignment(flir_samples, tmp_path):
-    """--refine-alignment moves the mug's crop to where its edges agree best, and says so."""
+    """--refine-alignment on every FLIR sample with a photo: alignment.csv says, per pair, the
+    residual shift the edge search found and the edge agreement before (tags alone) and after
+    (the crop kept). The residuals themselves are pinned in test_dataset_flir.py."""
+    from dataset_builder import flir
+
     out = str(tmp_path / "ds")
-    rc = cli_main(["build", "--flir", os.path.join(flir_samples, "flir_one_mug.jpg"),
-                   os.path.join(flir_samples, "flir_b60_aqua_tower.jpg"), "--out", out,
-                   "--refine-alignment", "24", "--quiet"])
+    names = ("flir_one_mug", "flir_ax8", "flir_b60_aqua_tower")
+    rc = cli_main(["build", "--flir"] + [os.path.join(flir_samples, n + ".jpg") for n in names] +
+                  ["--out", out, "--refine-alignment", "24", "--quiet"])
     assert rc == 0
-    with open(os.path.join(out, B.ALIGNMENT_FILE), newline="") as f:
-        a = {r["id"]: r for r in csv.DictReader(f)}["flir_one_mug"]
-    assert (int(a["shift_x"]), int(a["shift_y"])) != (0, 0)
-    assert float(a["edge_agreement"]) > 0.45
+    with open(os.path.join(out, flir.ALIGNMENT_FILE), newline="") as f:
+        assert tuple(next(csv.reader(f))) == flir.ALIGNMENT_COLUMNS
+        f.seek(0)
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == sorted(names)
+    for n in names:
+        a = rows[n]
+        m = flir.read_flir(os.path.join(flir_samples, n + ".jpg"), refine_px=24).meta
+        assert [int(a["shift_x"]), int(a["shift_y"])] == m["shift"] != [0, 0]
+        assert float(a["edge_agreement_tags"]) == pytest.approx(m["edge_agreement_tags"], abs=1e-4)
+        assert float(a["edge_agreement"]) == pytest.approx(m["edge_agreement"], abs=1e-4)
+        assert float(a["edge_agreement"]) > float(a["edge_agreement_tags"]) + 0.1, a
+    assert float(rows["flir_one_mug"]["edge_agreement"]) > 0.45
 
 
 def test_refuses_to_replace_foreign_folder(syn_pairs, tmp_path):
