@@ -16,8 +16,8 @@ Geometry of the tags (FLIR's picture-in-picture convention):
     picture-in-picture display; the radiometric data are the whole raw image.
 This is what exiftool documents (OffsetX: "offset of insertion point from center",
 printed with a sign for ImageMagick's -gravity center -geometry), what flyr's
-picture-in-picture rendering does (a test compares the two placements pixel for
-pixel) and what the ImageMagick recipes of other FLIR readers do. The residual
+picture-in-picture rendering does (a test finds flyr's pasted IR within one pixel of
+the footprint) and what the ImageMagick recipes of other FLIR readers do. The residual
 misalignment left on real files is parallax: the two lenses sit a centimetre or two
 apart and the tags hold for one (far) distance; an object at distance d needs an
 extra shift of about f * b * (1/d - 1/d_cal) photo pixels along the lens baseline
