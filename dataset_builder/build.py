@@ -31,9 +31,8 @@ FITS = ("crop", "stretch", "rotate")
 MANIFEST_COLUMNS = ("id", "source", "object_class", "split", "t_min", "t_max", "vis_h", "vis_w", "ir_h", "ir_w",
                     "height", "width")
 SKIPPED_FILE = "skipped.csv"
-ALIGNMENT_FILE = "alignment.csv"     # FLIR inputs only: the tags and any refinement used per pair
-ALIGNMENT_COLUMNS = ("id", "model", "real2ir", "offset_x", "offset_y", "shift_x", "shift_y", "scale",
-                     "vis_x0", "vis_y0", "vis_x1", "vis_y1", "ir_u0", "ir_v0", "ir_u1", "ir_v1", "edge_agreement")
+ALIGNMENT_FILE = flir.ALIGNMENT_FILE         # FLIR inputs only; its columns: flir.ALIGNMENT_COLUMNS
+ALIGNMENT_COLUMNS = flir.ALIGNMENT_COLUMNS
 _CHUNK = 8
 _MAX_WINDOW_SAMPLES = 20_000_000
 
@@ -191,10 +190,7 @@ def _load_item(it: Item, cfg: Dict, tags: Optional[Dict]):
         pair = flir.read_flir(it.path, tags=tags, refine_px=cfg["refine_px"])
         rgb, ir, units = pair.visible, pair.celsius, "degC"
         m = pair.meta
-        on_ir = cv2.resize(rgb, (ir.shape[1], ir.shape[0]), interpolation=cv2.INTER_AREA)
-        align = [it.id, m["model"], "%.5f" % float(m["tags"]["Real2IR"]), m["tags"].get("OffsetX", 0),
-                 m["tags"].get("OffsetY", 0), m["shift"][0], m["shift"][1], "%.4f" % m["scale"]] + \
-            list(m["vis_box"]) + list(m["ir_box"]) + ["%.4f" % flir.edge_agreement(on_ir, ir)]
+        align = flir.alignment_row(it.id, m)
     else:
         rgb = read_rgb(it.path)
         irimg = read_ir(it.ir)
