@@ -3,7 +3,7 @@
 Every other module (dataset builder, loss layer config, tools, DIGITS jobs, tests)
 reads these numbers from here, so a dataset, the networks in prototxt/ and the
 evaluation can never silently disagree. The hand-written prototxt files repeat
-NUM_BINS in conv10's num_output; tests/test_prototxt.py checks they match.
+NUM_BINS in the score layer's (conv10_thermal) num_output; tests/test_prototxt.py checks they match.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 # -- Thermal quantisation (eq. 1 classifies each pixel into one of Q bins) --------
 # Brightness 0..255 (the paper's RMS unit, eq. 2) is cut into Q equal bins. Q = 32
 # gives bins 8 levels wide: the quantisation alone costs 8/sqrt(12) = 2.3 RMS, well
-# under the paper's best figure (7.5), while keeping conv10 and the loss cheap on CPU.
+# under the paper's best figure (7.5), while keeping the score layer and the loss cheap on CPU.
 NUM_BINS = 32
 BRIGHTNESS_LEVELS = 256
 BIN_WIDTH = BRIGHTNESS_LEVELS / NUM_BINS
