@@ -67,7 +67,7 @@ def _results(opencv_diff=3e-6, ort_gflops=150.0):
                         "onnxruntime": "1", "commit": "abc"},
             "load_average_before": [0.1, 0, 0], "load_average_after": [0.2, 0, 0], "sgemm_gflops": 200.0,
             "inference": {"net": "n", "batch": 4, "onnx_max_abs_diff": 2e-6, "sizes": sizes},
-            "training": {"net": "t", "height": 120, "width": 160, "batch": 4, "deconv_patch": True,
+            "training": {"net": "t", "height": 120, "width": 160, "batch": 4, "caffe_patches": {"CAFFE_DECONV_DIRECT": True, "CAFFE_BRANCH_FREE": True},
                          "old": {"pycaffe_img_per_s": 10.0, "caffe_time_fb_ms": 300.0, "caffe_time_img_per_s": 13.3,
                                  "layers_ms": {"loss": 50.0, "conv1": 10.0}},
                          "new": {"pycaffe_img_per_s": 21.0, "caffe_time_fb_ms": 180.0, "caffe_time_img_per_s": 22.2,

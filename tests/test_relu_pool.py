@@ -1,12 +1,21 @@
 """Caffe's ReLU and max Pooling on the CPU against numpy, as rewritten branch-free by
 tools/caffe/patches/0003-relu-maxpool-branch-free.patch: values, gradients, NaN
 propagation, ties (the first largest value wins, as in Caffe's original loop), padding
-and the ceil-rounded last window. Random SYNTHETIC blobs.
+and the ceil-rounded last window; both the new loops and the original ones
+(CAFFE_BRANCH_FREE=0). Random SYNTHETIC blobs.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from tools.benchmark import BRANCH_FREE_ENV, caffe_lib_patches
+
+
+@pytest.fixture(params=["1", "0"], ids=["branch-free", "original"])
+def loops(request, monkeypatch):
+    monkeypatch.setenv(BRANCH_FREE_ENV, request.param)      # read by the patched layers at each call
+    return request.param
 
 
 def _net(caffe, tmp_path, shape, body, name="net.prototxt"):
@@ -21,7 +30,7 @@ def _net(caffe, tmp_path, shape, body, name="net.prototxt"):
 
 @pytest.mark.parametrize("slope", [0.0, 0.1])
 @pytest.mark.parametrize("in_place", [True, False])
-def test_relu_forward_backward_match_numpy(caffe, tmp_path, slope, in_place):
+def test_relu_forward_backward_match_numpy(caffe, tmp_path, slope, in_place, loops):
     shape = (2, 3, 37, 29)                  # not a multiple of the 1024-element blocks
     top = "pre" if in_place else "y"
     net = _net(caffe, tmp_path, shape, 'layer { name: "r" type: "ReLU" bottom: "pre" top: "%s" loss_weight: 1 '
@@ -47,7 +56,7 @@ def test_relu_forward_backward_match_numpy(caffe, tmp_path, slope, in_place):
 
 @pytest.mark.parametrize("kernel,stride,pad,hw", [(3, 2, 0, (59, 79)), (3, 2, 1, (14, 19)), (2, 2, 0, (7, 9)),
                                                   (3, 1, 0, (5, 6))])
-def test_max_pooling_matches_numpy(caffe, tmp_path, kernel, stride, pad, hw):
+def test_max_pooling_matches_numpy(caffe, tmp_path, kernel, stride, pad, hw, loops):
     shape = (2, 3) + hw
     net = _net(caffe, tmp_path, shape, 'layer { name: "p" type: "Pooling" bottom: "pre" top: "y" loss_weight: 1 '
                'pooling_param { pool: MAX kernel_size: %d stride: %d pad: %d } }\n' % (kernel, stride, pad))
@@ -79,3 +88,17 @@ def test_max_pooling_matches_numpy(caffe, tmp_path, kernel, stride, pad, hw):
         for c in range(shape[1]):
             np.add.at(dx_ref[n, c].reshape(-1), arg[n, c].reshape(-1), g[n, c].reshape(-1))
     np.testing.assert_allclose(net.blobs["pre"].diff, dx_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_this_caffe_carries_the_branch_free_loops(caffe):
+    """The kit's own build applies patch 0003; a CAFFE_ROOT Caffe (BVLC, NVCaffe) need not."""
+    import os
+    import warnings
+    if caffe_lib_patches(caffe)[BRANCH_FREE_ENV]:
+        return
+    why = ("this Caffe lacks tools/caffe/patches/0003 (branch-free ReLU and max pooling): the tests above ran "
+           "Caffe's original loops only. Rerun `make setup` to rebuild the kit's Caffe")
+    if os.environ.get("CAFFE_ROOT"):
+        warnings.warn(why)
+        pytest.skip(why)
+    pytest.fail(why)

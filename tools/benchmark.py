@@ -12,10 +12,10 @@ about accuracy. Measured in one process, one after the other:
      multiply-adds x 2) as a share of sgemm, max |prob - pycaffe prob|; the ONNX export
      verified against pycaffe; the best back-end's time for 10,000 images at 640x480;
   3. the training step before and after the speed-up, side by side: the old eq. 1 layer
-     (tools/bench_old_loss.py) with Caffe's generic grouped deconvolution
-     (CAFFE_DECONV_DIRECT=0) against the current layer with the direct one
-     (tools/caffe/patches/0002), as the pycaffe solver loop (what tools.train runs) and
-     as `caffe time` forward-backward, with `caffe time`'s per-layer breakdown of both;
+     (tools/bench_old_loss.py) with Caffe's own grouped deconvolution, ReLU and max
+     pooling (CAFFE_DECONV_DIRECT=0 CAFFE_BRANCH_FREE=0) against the current layer with
+     tools/caffe/patches/0002 and 0003, as the pycaffe solver loop (what tools.train
+     runs) and as `caffe time` forward-backward, with the per-layer breakdown of both;
   4. the pycaffe training loop against `caffe time` of the same net and batch;
   5. the dataset builder's rate (dataset_builder.bench) against training consumption.
 
@@ -56,6 +56,9 @@ AUGMENT_COUNT = 10000
 OLD_LOSS_MODULE = "tools.bench_old_loss"
 LOSS_MODULE = "digits_python_layers"
 DECONV_ENV = "CAFFE_DECONV_DIRECT"  # 0: Caffe's generic grouped deconvolution (patch 0002)
+BRANCH_FREE_ENV = "CAFFE_BRANCH_FREE"  # 0: Caffe's original branchy ReLU and max pooling (patch 0003)
+OLD_CAFFE_ENV = {DECONV_ENV: "0", BRANCH_FREE_ENV: "0"}
+NEW_CAFFE_ENV = {DECONV_ENV: "1", BRANCH_FREE_ENV: "1"}
 BACKENDS = ("pycaffe", "opencv", "onnxruntime")
 
 
@@ -163,14 +166,21 @@ def bench_inference(base: str, sizes, n_images: int, batch: int, repeats: int, w
     return res
 
 
-def _caffe_lib_has_direct_deconv(caffe) -> bool:
-    """Whether the loaded libcaffe carries patch 0002 (it reads CAFFE_DECONV_DIRECT)."""
+def caffe_lib_patches(caffe) -> Dict[str, bool]:
+    """Which of the kit's run-time-switchable patches the loaded libcaffe carries
+    (each reads its environment variable, whose name is then in the library)."""
     try:
         with open("/proc/self/maps") as f:
             libs = {line.split()[-1] for line in f if "libcaffe" in line and "/" in line}
-        return any(DECONV_ENV.encode() in open(lib, "rb").read() for lib in libs)
+        blobs = [open(lib, "rb").read() for lib in libs]
     except OSError:
-        return False
+        blobs = []
+    return {var: any(var.encode() in b for b in blobs) for var in (DECONV_ENV, BRANCH_FREE_ENV)}
+
+
+def _caffe_lib_has_direct_deconv(caffe) -> bool:
+    """Whether the loaded libcaffe carries patch 0002 (it reads CAFFE_DECONV_DIRECT)."""
+    return caffe_lib_patches(caffe)[DECONV_ENV]
 
 
 def parse_layer_times(text: str) -> Dict[str, float]:
@@ -205,7 +215,7 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
     caffe.set_mode_cpu()
     res = {"net": os.path.basename(net_src), "data": "SYNTHETIC random", "height": height, "width": width,
            "batch": batch, "iterations": iterations, "rounds": rounds,
-           "deconv_patch": _caffe_lib_has_direct_deconv(caffe)}
+           "caffe_patches": caffe_lib_patches(caffe)}
     # Two copies of the data: rc3's DataReader deadlocks two nets on one LMDB + layer name.
     setups = {}
     for which in ("old", "new"):
@@ -220,10 +230,10 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
         env = python_layer_env()
         env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")])
         env.update(THERMALNET_DATASET=ds, GLOG_logtostderr="1", GLOG_minloglevel="0")
-        env[DECONV_ENV] = "0" if which == "old" else "1"
+        env.update(OLD_CAFFE_ENV if which == "old" else NEW_CAFFE_ENV)
         setups[which] = {"ds": ds, "net": net_path, "solver": solver_path, "env": env}
 
-    old_env = {k: os.environ.get(k) for k in ("THERMALNET_DATASET", DECONV_ENV)}
+    old_env = {k: os.environ.get(k) for k in ("THERMALNET_DATASET",) + tuple(OLD_CAFFE_ENV)}
     old_cwd = os.getcwd()
     loop = {"old": [], "new": []}
     tool = {"old": [], "new": []}
@@ -232,13 +242,13 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
         solvers = {}
         for which, s in setups.items():
             os.environ["THERMALNET_DATASET"] = s["ds"]
-            os.environ[DECONV_ENV] = s["env"][DECONV_ENV]
+            os.environ.update(OLD_CAFFE_ENV if which == "old" else NEW_CAFFE_ENV)
             os.chdir(s["ds"])
             solvers[which] = caffe.get_solver(s["solver"])
             solvers[which].step(2)                              # warm-up: prefetch, allocation
         for _ in range(rounds):
             for which, s in setups.items():
-                os.environ[DECONV_ENV] = s["env"][DECONV_ENV]   # read by the patched Caffe at each step
+                os.environ.update(OLD_CAFFE_ENV if which == "old" else NEW_CAFFE_ENV)  # read at each step
                 os.environ["THERMALNET_DATASET"] = s["ds"]
                 t0 = time.perf_counter()
                 for _ in range(iterations):
@@ -473,11 +483,13 @@ def format_report(results: dict) -> str:
     if "skipped" in tr:
         lines.append("  training: not run (%s)" % tr["skipped"])
     else:
-        lines.append("  training step %s %dx%d batch %d (SYNTHETIC); deconvolution patch in this Caffe: %s"
-                     % (tr["net"], tr["height"], tr["width"], tr["batch"], "yes" if tr["deconv_patch"] else
-                        "NO (old and new differ only by the loss layer)"))
-        for which, label in (("old", "old (float64 one-hot loss, generic deconvolution)"),
-                             ("new", "new (float32 loss, direct depthwise deconvolution)")):
+        missing = [v for v, ok in tr["caffe_patches"].items() if not ok]
+        lines.append("  training step %s %dx%d batch %d (SYNTHETIC); Caffe patches 0002/0003: %s"
+                     % (tr["net"], tr["height"], tr["width"], tr["batch"],
+                        "present" if not missing else "MISSING (%s has no effect: rerun make setup)"
+                        % ", ".join(missing)))
+        for which, label in (("old", "old (float64 one-hot loss, Caffe's own layers)"),
+                             ("new", "new (float32 loss, patches 0002 + 0003)")):
             t = tr[which]
             ct = ("caffe time %.1f ms = %.2f img/s" % (t["caffe_time_fb_ms"], t["caffe_time_img_per_s"])
                   if "caffe_time_fb_ms" in t else "caffe time failed (%s)" % tr.get("caffe_time_error"))
