@@ -236,6 +236,7 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
     old_env = {k: os.environ.get(k) for k in ("THERMALNET_DATASET",) + tuple(OLD_CAFFE_ENV)}
     old_cwd = os.getcwd()
     loop = {"old": [], "new": []}
+    fb = {"old": [], "new": []}
     tool = {"old": [], "new": []}
     layers = {"old": {}, "new": {}}
     try:
@@ -254,6 +255,15 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
                 for _ in range(iterations):
                     solvers[which].step(1)
                 loop[which].append(iterations * batch / (time.perf_counter() - t0))
+                # The same net's forward + backward alone, in this process: the difference
+                # to the loop is the solver's update (Adam, weight decay, clearing diffs),
+                # which `caffe time` does not run either.
+                net = solvers[which].net
+                t0 = time.perf_counter()
+                for _ in range(iterations):
+                    net.forward()
+                    net.backward()
+                fb[which].append(iterations * batch / (time.perf_counter() - t0))
             for which, s in setups.items():
                 cmd = [caffe_tool(), "time", "-model", s["net"], "-phase", "TRAIN", "-stage", "train",
                        "-iterations", str(iterations)]
@@ -278,7 +288,8 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
             else:
                 os.environ[k] = v
     for which in ("old", "new"):
-        res[which] = {"pycaffe_img_per_s": max(loop[which]), "pycaffe_rounds": loop[which]}
+        res[which] = {"pycaffe_img_per_s": max(loop[which]), "pycaffe_rounds": loop[which],
+                      "pycaffe_forward_backward_img_per_s": max(fb[which])}
         if tool[which]:
             res[which].update(caffe_time_fb_ms=min(tool[which]), caffe_time_rounds_ms=tool[which],
                               caffe_time_img_per_s=batch / (min(tool[which]) / 1000.0), layers_ms=layers[which])
@@ -288,6 +299,7 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
         res["step_speedup_caffe_time"] = res["old"]["caffe_time_fb_ms"] / res["new"]["caffe_time_fb_ms"]
         res["caffe_time_img_per_s"] = res["new"]["caffe_time_img_per_s"]
         res["loop_vs_caffe_time"] = res["new"]["pycaffe_img_per_s"] / res["new"]["caffe_time_img_per_s"]
+    res["loop_vs_forward_backward"] = res["new"]["pycaffe_img_per_s"] / res["new"]["pycaffe_forward_backward_img_per_s"]
     return res
 
 
@@ -493,7 +505,12 @@ def format_report(results: dict) -> str:
             t = tr[which]
             ct = ("caffe time %.1f ms = %.2f img/s" % (t["caffe_time_fb_ms"], t["caffe_time_img_per_s"])
                   if "caffe_time_fb_ms" in t else "caffe time failed (%s)" % tr.get("caffe_time_error"))
-            lines.append("    %-52s pycaffe loop %.2f img/s, %s" % (label, t["pycaffe_img_per_s"], ct))
+            lines.append("    %-48s pycaffe loop %.2f img/s (forward+backward alone %.2f), %s"
+                         % (label, t["pycaffe_img_per_s"], t.get("pycaffe_forward_backward_img_per_s", float("nan")),
+                            ct))
+        if "loop_vs_forward_backward" in tr:
+            lines.append("    new: solver step / forward+backward in one process = %.3f (the rest is the solver's "
+                         "update, which caffe time leaves out)" % tr["loop_vs_forward_backward"])
         if tr["old"].get("layers_ms") and tr["new"].get("layers_ms"):
             lines.append("    caffe time per layer, forward + backward ms (old -> new), largest first:")
             old_l, new_l = tr["old"]["layers_ms"], tr["new"]["layers_ms"]
