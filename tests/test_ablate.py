@@ -80,3 +80,15 @@ def test_ablation_runs_every_arm_on_one_split(caffe, tmp_path):
     assert os.path.getsize(os.path.join(out, "grid.png")) > 10000
     rows = list(csv.DictReader(open(os.path.join(out, "ablation.csv"))))
     assert {r["arm"] for r in rows} == set(res)
+    # a rerun with one more arm retrains only the new arm; a changed budget retrains
+    summary = os.path.join(res["default"]["snapshots"]["last"]["model"])
+    before = os.path.getmtime(summary)
+    assert ablate.main(["--pairs", pairs, "--out", out, "--iterations", "4", "--batch-size", "2", "--quiet",
+                        "--arms", "default,lambda1"]) == 0
+    assert os.path.getmtime(summary) == before
+    doc2 = json.load(open(os.path.join(out, "ablation.json")))
+    assert [r["arm"] for r in doc2["results"]] == ["default", "lambda1"]
+    assert doc2["results"][0]["snapshots"]["last"]["table"] == res["default"]["snapshots"]["last"]["table"]
+    assert ablate.main(["--pairs", pairs, "--out", out, "--iterations", "6", "--batch-size", "2", "--quiet",
+                        "--arms", "default"]) == 0
+    assert json.load(open(os.path.join(out, "ablation.json")))["results"][0]["iterations"] == 6

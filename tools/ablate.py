@@ -55,6 +55,9 @@ ARMS: Dict[str, Dict] = {
     "lambda0": {"data": {"rebalance_lambda": 0.0}, "why": "v(Y): lambda 0, pure inverse prior"},
     "lambda1": {"data": {"rebalance_lambda": 1.0}, "why": "v(Y): lambda 1, no rebalancing (plain cross-entropy)"},
     "mirror": {"data": {"mirror": True}, "why": "mirrored copy of every training pair in both LMDBs"},
+    "skip-fire3": {"net": {"skip": "fire3/concat"},
+                   "why": "BEYOND THE PAPER: FCN-style skip, stride-4 scores from fire3 added before the second "
+                          "deconvolution (zero-initialised: starts as the default) - shows what stride 16 costs"},
     "imagenet": {"weights": True, "why": "body initialised from the ImageNet SqueezeNet caffemodel (--imagenet)"},
     "decoding": {"decoding": [d for d in spec.DECODINGS if d != DEFAULT_DECODING],
                  "why": "the default arm's model decoded otherwise"},
@@ -82,7 +85,43 @@ def build_variant(pairs: str, data: Dict, root: str, progress: bool = True) -> s
     return out
 
 
-def edit_net(net_path: str, out_path: str, num_bins: int, deconv: Optional[str] = None) -> str:
+def _add_skip(net, source: str, num_bins: int) -> None:
+    """FCN-style skip (beyond the paper): 1x1 scores of `source` (stride 4) added to the first
+    deconvolution's output, cropped to it, feeding the second deconvolution.
+
+    Offsets (SqueezeNet v1.1 coordinates, as in the prototxt headers): a stride-4 map pixel v
+    sits at input 4v + 3, upscore1 pixel u at 4u + 1, so u = v + 0.5 (offset 0: half a cell
+    up/left); upscore2 pixel p then sits at input p - 0.5 (offset 0 again).
+    """
+    from google.protobuf import text_format
+    layers = list(net.layer)
+    deconvs = [l for l in layers if l.type == "Deconvolution"]
+    if len(deconvs) != 2 or not any(source in l.top for l in layers):
+        raise ValueError("skip arm: needs two deconvolutions and a %r blob" % source)
+    first, second = deconvs
+    extra = text_format.Parse('''
+layer { name: "score_skip" type: "Convolution" bottom: "%s" top: "score_skip"
+        param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+        convolution_param { num_output: %d kernel_size: 1 weight_filler { type: "constant" value: 0 }
+                            bias_filler { type: "constant" value: 0 } } }
+layer { name: "upscore1_crop" type: "Crop" bottom: "%s" bottom: "score_skip" top: "upscore1_crop"
+        crop_param { axis: 2 offset: 0 } }
+layer { name: "fuse_skip" type: "Eltwise" bottom: "upscore1_crop" bottom: "score_skip" top: "fuse_skip"
+        eltwise_param { operation: SUM } }
+''' % (source, num_bins, first.top[0]), type(net)())
+    second.bottom[0] = "fuse_skip"
+    at = [l.name for l in net.layer].index(second.name)
+    new = layers[:at] + list(extra.layer) + layers[at:]
+    del net.layer[:]
+    net.layer.extend(new)
+    for l in net.layer:
+        if l.type == "Crop" and l.bottom[0] == second.top[0]:
+            l.crop_param.ClearField("offset")
+            l.crop_param.offset.append(0)
+
+
+def edit_net(net_path: str, out_path: str, num_bins: int, deconv: Optional[str] = None,
+             skip: Optional[str] = None) -> str:
     """Copy of a Thermalnet prototxt with Q outputs and the deconvolutions fixed/learned (None: as is)."""
     from tools import nets
     net = nets.load_net(net_path)
@@ -105,6 +144,8 @@ def edit_net(net_path: str, out_path: str, num_bins: int, deconv: Optional[str] 
             p.lr_mult, p.decay_mult = lr, lr
         cp.group = num_bins if grouped else 1
         cp.weight_filler.type = "bilinear"
+    if skip:
+        _add_skip(net, skip, num_bins)
     nets.save_net(net, out_path, "%s, Q = %d, deconvolutions %s (tools/ablate.py)"
                   % (os.path.basename(net_path), num_bins, deconv or "as in the file"))
     return out_path
@@ -137,6 +178,34 @@ def _row_metrics(table: List[Dict]) -> Dict[str, Dict]:
     return {r["object_class"]: r for r in table}
 
 
+ARM_FILE = "arm.json"     # what an arm's finished run trained: lets a rerun skip it
+
+
+def _arm_record(dataset: str, net_text: str, iterations: Optional[int], batch: int, base_lr: float,
+                weights: Optional[str]) -> Dict:
+    return {"dataset": os.path.abspath(dataset), "net_sha256": hashlib.sha256(net_text.encode()).hexdigest(),
+            "iterations": iterations, "batch": batch, "base_lr": base_lr, "weights": weights}
+
+
+def _finished_run(adir: str, record: Dict) -> Optional[Dict]:
+    """The summary of an earlier run of this arm when it trained exactly what is asked now.
+
+    An ablation interrupted, or rerun with more arms, retrains only what changed: same
+    dataset, network text, iteration budget, batch, learning rate and weights, finished.
+    """
+    from tools import train
+    path = os.path.join(adir, "train", train.SUMMARY_FILE)
+    rec = os.path.join(adir, ARM_FILE)
+    if not record["iterations"] or not (os.path.isfile(path) and os.path.isfile(rec)):
+        return None
+    with open(rec) as f:
+        if json.load(f) != record:
+            return None
+    with open(path) as f:
+        s = json.load(f)
+    return s if s.get("status") == "done" and s.get("iterations") == record["iterations"] else None
+
+
 def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes: Optional[float], batch: int,
             base_lr: float, net_path: str, deploy_path: str, progress: bool = True, evaluate_limit=None) -> Dict:
     """Build (cached) -> edit net -> train for the budget -> evaluate best and last snapshots."""
@@ -146,16 +215,26 @@ def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes:
     ds = build_variant(pairs, arm["data"], os.path.join(out, "datasets"), progress)
     info = json.load(open(os.path.join(ds, spec.DATASET_INFO_FILE)))
     q = int(info["num_bins"])
-    net = edit_net(net_path, os.path.join(adir, "net.prototxt"), q, arm["net"].get("deconv"))
-    deploy = edit_net(deploy_path, os.path.join(adir, "deploy.prototxt"), q, arm["net"].get("deconv"))
+    net = edit_net(net_path, os.path.join(adir, "net.prototxt"), q, arm["net"].get("deconv"), arm["net"].get("skip"))
+    deploy = edit_net(deploy_path, os.path.join(adir, "deploy.prototxt"), q, arm["net"].get("deconv"),
+                      arm["net"].get("skip"))
     n_train = int(info["counts"].get("train_entries", info["counts"]["train"]))
     per_epoch = int(np.ceil(n_train / float(batch)))
     epochs = (iterations / float(per_epoch)) if iterations else 10000.0
     kw = {"weights": arm["weights"]} if arm.get("weights") else {}
     t0 = time.time()
-    s = train.train(ds, net, os.path.join(adir, "train"), epochs=epochs, batch_size=batch, base_lr=base_lr,
-                    seed=spec.SEED, progress=progress, overwrite=True, max_minutes=minutes,
-                    snapshot_epochs=max(epochs / 10.0, 1.0 / per_epoch), **kw)
+    with open(net) as f:
+        record = _arm_record(ds, f.read(), iterations, batch, base_lr, arm.get("weights"))
+    s = _finished_run(adir, record)
+    if s is not None:
+        print("[ablate] arm %s: reusing its finished run (same network, dataset and budget)" % arm["name"],
+              flush=True)
+    else:
+        s = train.train(ds, net, os.path.join(adir, "train"), epochs=epochs, batch_size=batch, base_lr=base_lr,
+                        seed=spec.SEED, progress=progress, overwrite=True, max_minutes=minutes,
+                        snapshot_epochs=max(epochs / 10.0, 1.0 / per_epoch), **kw)
+        from dataset_builder.imageio import write_text
+        write_text(os.path.join(adir, ARM_FILE), json.dumps(record, indent=1))
     result = {"arm": arm["name"], "why": arm["why"], "dataset": ds, "synthetic": bool(info.get("synthetic")),
               "num_bins": q, "height": info["height"], "width": info["width"], "iterations": s["iterations"],
               "epochs": s["iterations"] / float(per_epoch), "train_seconds": time.time() - t0,
