@@ -92,3 +92,26 @@ def test_ablation_runs_every_arm_on_one_split(caffe, tmp_path):
     assert ablate.main(["--pairs", pairs, "--out", out, "--iterations", "6", "--batch-size", "2", "--quiet",
                         "--arms", "default"]) == 0
     assert json.load(open(os.path.join(out, "ablation.json")))["results"][0]["iterations"] == 6
+
+
+@pytest.mark.parametrize("h,w", [(120, 160), (240, 320)])
+def test_skip_arm_keeps_output_size_and_starts_as_the_default(caffe, tmp_path, h, w):
+    """Beyond-the-paper skip arm: output H x W = input, and with its zero-initialised skip
+    scores the net computes what the default computes from the same weights, 2 px down/right
+    (the half stride-4 cell between the two paths, derived in ablate._add_skip)."""
+    import numpy as np
+    dep = nets.network(spec.DEFAULT_BASE).deploy
+    skip = ablate.edit_net(dep, str(tmp_path / "s.prototxt"), 32, None, "fire3/concat")
+    a = caffe.Net(nets.deploy_for_size(dep, h, w, str(tmp_path / "a.prototxt")), caffe.TEST)
+    b = caffe.Net(nets.deploy_for_size(skip, h, w, str(tmp_path / "b.prototxt")), caffe.TEST)
+    for name, blobs in a.params.items():
+        for i, blob in enumerate(blobs):
+            b.params[name][i].data[...] = blob.data
+    assert not b.params["score_skip"][0].data.any()
+    x = np.random.RandomState(0).randn(1, 3, h, w).astype(np.float32)
+    a.forward(data=x)
+    assert b.forward(data=x)["prob"].shape == (1, 32, h, w)
+    sa, sb = a.blobs["score"].data, b.blobs["score"].data      # logits: random weights give flat probs
+    scale = float(sa.std())
+    np.testing.assert_allclose(sb[..., 2:h - 16, 2:w - 16], sa[..., :h - 18, :w - 18], atol=1e-4 * scale)
+    assert np.abs(sb[..., 2:h - 16, 2:w - 16] - sa[..., 2:h - 16, 2:w - 16]).max() > 0.1 * scale   # shift is real

@@ -90,8 +90,11 @@ def _add_skip(net, source: str, num_bins: int) -> None:
     deconvolution's output, cropped to it, feeding the second deconvolution.
 
     Offsets (SqueezeNet v1.1 coordinates, as in the prototxt headers): a stride-4 map pixel v
-    sits at input 4v + 3, upscore1 pixel u at 4u + 1, so u = v + 0.5 (offset 0: half a cell
-    up/left); upscore2 pixel p then sits at input p - 0.5 (offset 0 again).
+    sits at input 4v + 3 and upscore1 pixel u at 4u + 1, so no integer crop aligns them; offset
+    0 puts the coarse path half a stride-4 cell (2 px) up/left of the skip scores. Through the
+    second deconvolution a fused cell v lands at output pixel 4v + 3.5 - 0.5, so the final crop
+    takes offset 0: the skip scores keep the default's -0.5 px residual, and the coarse path
+    reaches output pixel x from where the default puts it at x - 2.
     """
     from google.protobuf import text_format
     layers = list(net.layer)
