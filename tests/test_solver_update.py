@@ -1,0 +1,57 @@
+"""Caffe's Adam and AdaGrad updates against numpy, step by step.
+
+tools/caffe/patches/0004-powx-sqrt-square.patch computes the solvers' square roots
+and squares (caffe_powx with exponent 0.5 or 2) with sqrt and a product instead of
+pow(). These tests pin the update arithmetic: weights after several solver steps on
+a tiny net equal the textbook formulas (float rounding aside). Random SYNTHETIC data.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+NET = """
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 dim: 5 dim: 6 } } }
+layer { name: "y" type: "Input" top: "y" input_param { shape { dim: 4 dim: 2 dim: 5 dim: 6 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "z"
+        convolution_param { num_output: 2 kernel_size: 1 bias_term: false weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "z" bottom: "y" top: "loss" }
+"""
+
+
+def _solver(caffe, tmp_path, kind):
+    (tmp_path / "net.prototxt").write_text(NET)
+    extra = 'momentum: 0.9\nmomentum2: 0.999\ndelta: 1e-8\n' if kind == "Adam" else 'delta: 1e-8\n'
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "%s"\ntype: "%s"\nbase_lr: 0.01\nlr_policy: "fixed"\nweight_decay: 0\nmax_iter: 100\n'
+        'display: 0\nsnapshot: 0\nsnapshot_prefix: "x"\nsolver_mode: CPU\nrandom_seed: 1\n%s'
+        % (tmp_path / "net.prototxt", kind, extra))
+    return caffe.get_solver(str(tmp_path / "solver.prototxt"))
+
+
+@pytest.mark.parametrize("kind", ["Adam", "AdaGrad"])
+def test_adaptive_solver_updates_match_numpy(caffe, tmp_path, kind):
+    solver = _solver(caffe, tmp_path, kind)
+    net = solver.net
+    rng = np.random.RandomState(3)
+    x = rng.randn(4, 3, 5, 6).astype(np.float32)
+    y = rng.randn(4, 2, 5, 6).astype(np.float32)
+    w = net.params["conv"][0].data.astype(np.float64).copy()
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    for t in range(1, 6):
+        net.blobs["x"].data[...] = x
+        net.blobs["y"].data[...] = y
+        # EuclideanLoss: 1/(2N) sum (z - y)^2, z = W x (1x1 convolution), N = 4
+        z = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x.astype(np.float64))
+        g = np.einsum("nohw,nchw->oc", (z - y) / 4.0, x.astype(np.float64))[:, :, None, None]
+        if kind == "Adam":
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            w = w - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
+        else:
+            v = v + g * g
+            w = w - lr * g / (np.sqrt(v) + eps)
+        solver.step(1)
+        np.testing.assert_allclose(net.params["conv"][0].data, w, rtol=2e-5, atol=2e-6, err_msg="step %d" % t)
