@@ -151,6 +151,7 @@ class _WeightedPixelLoss(caffe.Layer):
         self.labels = np.empty(pix, np.intp)
         self.flat = np.empty(pix, np.intp)                       # flat index of (n, y, h, w)
         self.valid = np.empty(pix, np.bool_)
+        self.invalid = np.empty(pix, np.bool_)
         # Flat index of (n, 0, h, w) in an (N, Q, H, W) array; + y*H*W selects bin y.
         self.base = (np.arange(n, dtype=np.intp).reshape(n, 1, 1) * (q * h * w)
                      + np.arange(h * w, dtype=np.intp).reshape(1, h, w))
@@ -169,17 +170,18 @@ class _WeightedPixelLoss(caffe.Layer):
             count = labels.size
             bad = labels.min() < 0 or labels.max() >= q or self.pix_b.max() > 1e-3
         else:
-            valid = self.valid
-            np.not_equal(labels, self.ignore_label, out=valid)
-            count = int(np.count_nonzero(valid))
-            np.copyto(labels, 0, where=~valid)
-            np.copyto(self.pix_b, 0, where=~valid)
+            invalid = self.invalid
+            np.equal(labels, self.ignore_label, out=invalid)
+            np.logical_not(invalid, out=self.valid)
+            count = int(np.count_nonzero(self.valid))
+            np.copyto(labels, 0, where=invalid)
+            np.copyto(self.pix_b, 0, where=invalid)
             bad = count and (labels.min() < 0 or labels.max() >= q or self.pix_b.max() > 1e-3)
         if bad:
             self._raise_bad_label(raw, labels)
         np.take(self.weights32, labels, out=self.pixel_w, mode="clip")
         if self.ignore_label is not None:
-            np.copyto(self.pixel_w, 0, where=~self.valid)
+            np.copyto(self.pixel_w, 0, where=self.invalid)
         np.multiply(labels, h * w, out=self.flat)
         self.flat += self.base
         # SoftmaxWithLoss' VALID normalisation: non-ignored pixels, at least 1.

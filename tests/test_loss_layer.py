@@ -271,9 +271,10 @@ def test_layer_file_stands_alone():
     assert imported <= {"__future__", "json", "os", "numpy", "caffe"}, imported
 
 
-@pytest.mark.parametrize("layer,ref", [("WeightedSoftmaxLoss", eq1_numpy),
-                                       ("WeightedSigmoidCrossEntropyLoss", sigmoid_ce_numpy)])
-def test_new_shape_reallocates_and_steps_allocate_nothing_big(caffe, tmp_path, layer, ref):
+@pytest.mark.parametrize("layer,ref,ignore", [("WeightedSoftmaxLoss", eq1_numpy, None),
+                                              ("WeightedSoftmaxLoss", eq1_numpy, 3),
+                                              ("WeightedSigmoidCrossEntropyLoss", sigmoid_ce_numpy, None)])
+def test_new_shape_reallocates_and_steps_allocate_nothing_big(caffe, tmp_path, layer, ref, ignore):
     """The layer keeps float32 buffers sized in reshape: a second shape must still be
     right, and a training step (forward + backward) must not allocate anything near
     an N x Q x H x W array (no one-hot, no float64 copies)."""
@@ -283,6 +284,8 @@ def test_new_shape_reallocates_and_steps_allocate_nothing_big(caffe, tmp_path, l
     q = spec.NUM_BINS
     weights = rng.uniform(0.2, 3.0, q)
     param = {"class_weights": _weights_file(tmp_path, weights)}
+    if ignore is not None:
+        param["ignore_label"] = ignore
     net = _make_net(caffe, tmp_path, _net_text((2, q, 8, 10), layer, 1.0, param))
     for shape in ((2, q, 8, 10), (3, q, 24, 32)):
         net.blobs["scores"].reshape(*shape)
@@ -291,7 +294,7 @@ def test_new_shape_reallocates_and_steps_allocate_nothing_big(caffe, tmp_path, l
         scores = (rng.randn(*shape) * 3).astype(np.float32)
         labels = rng.randint(0, q, size=(shape[0], 1) + shape[2:]).astype(np.float32)
         loss, grad = _run(net, scores, labels)
-        ref_loss, ref_grad = ref(scores, labels, weights)
+        ref_loss, ref_grad = ref(scores, labels, weights) if ignore is None else ref(scores, labels, weights, ignore)
         assert loss == pytest.approx(ref_loss, rel=1e-5), shape
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-8)
     big = scores.nbytes                                # one N x Q x H x W float32 array
