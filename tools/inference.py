@@ -181,10 +181,9 @@ class _OnnxRuntimeBackend:
                 raise RuntimeError("this onnxruntime has no CUDA provider (install onnxruntime-gpu); "
                                    "drop --gpu to run on the CPU")
             providers = [("CUDAExecutionProvider", {"device_id": int(gpu)})] + providers
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        from tools.onnx_export import session_options
         try:
-            self.session = ort.InferenceSession(model, opts, providers=providers)
+            self.session = ort.InferenceSession(model, session_options(), providers=providers)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own error classes
             where = weights if isinstance(model, str) else deploy
             raise ValueError("%s: ONNX Runtime cannot load it (%s)" % (where, str(exc).strip().splitlines()[-1]))
