@@ -4,7 +4,8 @@ On a machine without a GPU these check what can be checked: the build links the 
 runtime, cuBLAS and cuRAND from the wheels' folder, pycaffe imports from it and runs in
 CPU mode, and asking for a GPU fails with one clear line instead of an abort. The build
 takes long (see README), so `make test` does not compile it: these tests use the newest
-GPU build in the cache (`make gpu-build`) and are skipped, with that command, without one.
+GPU build in the cache (`make gpu-build`; THERMALNET_GPU_CAFFE=/path names another) and are
+skipped, with that command, without one.
 Tests marked `gpu` need a real device and are skipped without one.
 """
 from __future__ import annotations
@@ -38,6 +39,12 @@ def cached_builds():
 
 @pytest.fixture(scope="module")
 def gpu_root():
+    """THERMALNET_GPU_CAFFE (a GPU build elsewhere, e.g. one finished by hand), else the cache's newest."""
+    given = os.environ.get("THERMALNET_GPU_CAFFE")
+    if given:
+        assert os.path.isfile(os.path.join(given, "Makefile.config")), "THERMALNET_GPU_CAFFE=%s: no build" % given
+        assert _config(given, "CPU_ONLY") is None, "THERMALNET_GPU_CAFFE=%s is a CPU-only build" % given
+        return given
     roots = [r for r, kind in cached_builds() if kind == "gpu"]
     if not roots:
         pytest.skip(NO_GPU_BUILD)
