@@ -80,6 +80,11 @@ def test_ablation_runs_every_arm_on_one_split(caffe, tmp_path):
     assert os.path.getsize(os.path.join(out, "grid.png")) > 10000
     rows = list(csv.DictReader(open(os.path.join(out, "ablation.csv"))))
     assert {r["arm"] for r in rows} == set(res)
+    assert "*baseline: mean training IR image*" in md
+    # the table is rendered again from ablation.json alone, identically
+    os.remove(os.path.join(out, "ablation.md"))
+    assert ablate.main(["--report-only", "--out", out]) == 0
+    assert open(os.path.join(out, "ablation.md")).read() == md
     # a rerun with one more arm retrains only the new arm; a changed budget retrains
     summary = os.path.join(res["default"]["snapshots"]["last"]["model"])
     before = os.path.getmtime(summary)
@@ -115,3 +120,8 @@ def test_skip_arm_keeps_output_size_and_starts_as_the_default(caffe, tmp_path, h
     scale = float(sa.std())
     np.testing.assert_allclose(sb[..., 2:h - 16, 2:w - 16], sa[..., :h - 18, :w - 18], atol=1e-4 * scale)
     assert np.abs(sb[..., 2:h - 16, 2:w - 16] - sa[..., 2:h - 16, 2:w - 16]).max() > 0.1 * scale   # shift is real
+
+
+def test_report_only_needs_a_finished_ablation(tmp_path, capsys):
+    assert ablate.main(["--report-only", "--out", str(tmp_path)]) == 1
+    assert "no ablation.json" in capsys.readouterr().err

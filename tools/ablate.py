@@ -293,11 +293,24 @@ def table_rows(results: List[Dict]) -> List[Dict]:
     return rows
 
 
+BASELINE_ROWS = (("mean_ir", "mean training IR image"), ("fitted_luminance", "visible luminance fitted to IR"))
+
+
+def _metric_cells(o: Dict, prefix: str, metric_cols) -> List[str]:
+    cells = []
+    for k, _, fmt in metric_cols:
+        key = prefix + k[len("tn"):]
+        cells.append((fmt % o[key]) if o.get(key) is not None else "—")
+    return cells
+
+
 def markdown(results: List[Dict], meta: Dict) -> str:
-    """The ablation table: overall metrics per arm and snapshot, then RMS per class."""
+    """The ablation table: overall metrics per arm, snapshot and baseline, then RMS per class."""
     lines = ["# Ablation: %s" % meta["title"], "",
              "Data: %s. Budget: %s, batch %d, Adam %g, seed %d; every arm scored on the same %s held-out pairs. "
-             "`best` = snapshot with the lowest validation loss, `last` = end of the budget."
+             "`best` = snapshot with the lowest validation loss (chosen on those same pairs, the kit's val_db: "
+             "optimistic), `last` = end of the budget. Baselines are scored per dataset: an arm that changes the "
+             "dataset (Q, mirror, size) has its own."
              % (meta["data"], meta["budget"], meta["batch"], meta["base_lr"], spec.SEED, meta["n_test"]),
              "", "Command: `%s`" % meta["command"], ""]
     first = next((r for r in results if not r.get("skip")), None)
@@ -305,38 +318,45 @@ def markdown(results: List[Dict], meta: Dict) -> str:
         return "\n".join(lines + ["No arm ran."]) + "\n"
     overall = _row_metrics(first["snapshots"]["last"]["table"]).get("overall", {})
     metric_cols = [(k, label, fmt) for k, label, fmt in METRICS if k in overall]
-    head = ["arm", "snapshot", "iter", "epochs"] + [label for _, label, _ in metric_cols]
+    head = ["arm", "snapshot", "iteration", "epoch"] + [label for _, label, _ in metric_cols]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    seen_datasets = set()
     for r in results:
         if r.get("skip"):
             lines.append("| %s | %s |" % (r["arm"], r["skip"]) + " |" * (len(head) - 2))
             continue
+        per_epoch = r["iterations"] / r["epochs"] if r["epochs"] else None
         for which in ("best", "last"):
             if which not in r["snapshots"]:
                 continue
             o = _row_metrics(r["snapshots"][which]["table"]).get("overall", {})
             it = r.get("best_iteration") if which == "best" else r["iterations"]
-            cells = [r["arm"], which, str(it), "%.1f" % r["epochs"]]
-            cells += [(fmt % o[k]) if o.get(k) is not None else "—" for k, _, fmt in metric_cols]
-            lines.append("| " + " | ".join(cells) + " |")
-    # baselines (same for every arm of one size/Q; shown from the default arm)
-    base_cols = [(k, k) for k in overall if any(k.startswith(b) for b in BASELINE_KEYS)]
-    if base_cols:
-        lines += ["", "Baselines on the same held-out pairs (default arm's dataset):", "",
-                  "| baseline | value |", "|---|---|"]
-        for k, _ in base_cols:
-            lines.append("| %s | %.3f |" % (k, overall[k]))
-    # per class, RMS
-    classes = [t["object_class"] for t in first["snapshots"]["last"]["table"]]
-    lines += ["", "RMS (eq. 2) per class, best snapshot where kept:", "",
-              "| arm | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-    for r in results:
-        if r.get("skip"):
-            continue
-        snap = r["snapshots"].get("best") or r["snapshots"]["last"]
-        t = _row_metrics(snap["table"])
-        lines.append("| %s | " % r["arm"] + " | ".join("%.1f" % t[c]["tn"] if c in t and t[c].get("tn") is not None
-                                                      else "—" for c in classes) + " |")
+            ep = ("%.1f" % (it / per_epoch)) if (it is not None and per_epoch) else "—"
+            lines.append("| " + " | ".join([r["arm"], which, str(it), ep] + _metric_cells(o, "tn", metric_cols))
+                         + " |")
+        if r["dataset"] not in seen_datasets:
+            seen_datasets.add(r["dataset"])
+            o = _row_metrics(r["snapshots"]["last"]["table"]).get("overall", {})
+            for key, label in BASELINE_ROWS:
+                if o.get(key) is not None:
+                    lines.append("| " + " | ".join(["*baseline: %s*" % label, "", "", ""]
+                                                   + _metric_cells(o, key, metric_cols)) + " |")
+    # per class, RMS (only classes the test pairs have)
+    classes = [t["object_class"] for t in first["snapshots"]["last"]["table"] if t.get("tn") is not None]
+    if len(classes) > 2:
+        lines += ["", "RMS (eq. 2) per class, best snapshot where kept:", "",
+                  "| arm | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        for r in results:
+            if r.get("skip"):
+                continue
+            snap = r["snapshots"].get("best") or r["snapshots"]["last"]
+            t = _row_metrics(snap["table"])
+            lines.append("| %s | " % r["arm"] + " | ".join("%.1f" % t[c]["tn"] if c in t and t[c].get("tn") is not None
+                                                          else "—" for c in classes) + " |")
+        t = _row_metrics(first["snapshots"]["last"]["table"])
+        for key, label in BASELINE_ROWS:
+            lines.append("| *baseline: %s* | " % label + " | ".join(
+                "%.1f" % t[c][key] if c in t and t[c].get(key) is not None else "—" for c in classes) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -412,17 +432,27 @@ def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] 
         results.append(r)
         write_text(os.path.join(out, "ablation.json"), json.dumps({"results": results}, indent=1))
     first = next((r for r in results if not r.get("skip")), None)
+    n_test = 0
+    if first is not None:
+        with open(os.path.join(first["dataset"], spec.DATASET_INFO_FILE)) as f:
+            n_test = int(json.load(f)["counts"]["test"])
     synthetic = bool(first and first["synthetic"])
-    n_test = len(first["snapshots"]["last"]["table"]) and first and \
-        int(json.load(open(os.path.join(first["dataset"], spec.DATASET_INFO_FILE)))["counts"]["test"]) if first else 0
     meta = {"title": title or os.path.basename(os.path.abspath(pairs)),
             "data": ("SYNTHETIC pairs from dataset_builder.synthetic (%s)" if synthetic else "real pairs (%s)")
             % os.path.basename(os.path.abspath(pairs)),
             "budget": ("%d iterations" % iterations) if iterations else ("%g minutes" % minutes),
             "batch": batch, "base_lr": base_lr, "n_test": evaluate_limit or n_test, "command": command}
+    doc = write_outputs(out, results, meta)
+    print(doc["markdown"])
+    return doc
+
+
+def write_outputs(out: str, results: List[Dict], meta: Dict) -> Dict:
+    """ablation.md, .csv, grid.png and ablation.json (with meta) from the arms' results."""
+    from dataset_builder.imageio import write_text
     md = markdown(results, meta)
     rows = table_rows(results)
-    fields = []
+    fields: List[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
     buf = io.StringIO()
@@ -434,8 +464,19 @@ def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] 
     png = grid(results, os.path.join(out, "grid.png"))
     doc = {"meta": meta, "results": results, "grid": png}
     write_text(os.path.join(out, "ablation.json"), json.dumps(doc, indent=1))
-    print(md)
-    return doc
+    return dict(doc, markdown=md)
+
+
+def rerender(out: str) -> Dict:
+    """Write the table, CSV and grid again from a finished ablation.json (no training, no evaluation)."""
+    path = os.path.join(out, "ablation.json")
+    if not os.path.isfile(path):
+        raise ValueError("%s: no ablation.json to render" % out)
+    with open(path) as f:
+        doc = json.load(f)
+    if "meta" not in doc:
+        raise ValueError("%s: the ablation did not finish (no meta); rerun it: finished arms are reused" % path)
+    return write_outputs(out, doc["results"], doc["meta"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -445,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "grid.png (one row of synthetic IR per arm).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", help="folder of aligned pairs (any layout dataset_builder reads)")
+    src.add_argument("--report-only", action="store_true",
+                     help="only write the table, CSV and grid again from OUT/ablation.json")
     src.add_argument("--synthetic", type=int, metavar="COUNT",
                      help="SYNTHETIC pairs from dataset_builder.synthetic (cached like the demo's)")
     p.add_argument("--out", required=True, help="output folder, e.g. runs/ablate/NAME")
@@ -467,6 +510,9 @@ def main(argv=None) -> int:
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
     pairs = a.pairs
     try:
+        if a.report_only:
+            print(rerender(a.out)["markdown"])
+            return 0
         if a.synthetic:
             from dataset_builder.synthetic import generate
             pairs = os.path.join(a.out, "pairs-synthetic-%d" % a.synthetic)
