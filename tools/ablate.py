@@ -394,7 +394,8 @@ def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Opti
             ax.set_xticks([])
             ax.set_yticks([])
     synthetic = bool(json.load(open(os.path.join(ds0, spec.DATASET_INFO_FILE))).get("synthetic"))
-    fig.suptitle("Ablation arms on the same test pairs%s" % (" (SYNTHETIC data)" if synthetic else ""), fontsize=10)
+    fig.suptitle("Ablation arms on the same test pairs (%s)" % ("SYNTHETIC data" if synthetic else "real pairs"),
+                 fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return plots._save(fig, out_png)
 
