@@ -320,7 +320,7 @@ def markdown(results: List[Dict], meta: Dict) -> str:
     metric_cols = [(k, label, fmt) for k, label, fmt in METRICS if k in overall]
     head = ["arm", "snapshot", "iteration", "epoch"] + [label for _, label, _ in metric_cols]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    seen_datasets = set()
+    shown_baselines: List[List[str]] = []
     for r in results:
         if r.get("skip"):
             lines.append("| %s | %s |" % (r["arm"], r["skip"]) + " |" * (len(head) - 2))
@@ -334,13 +334,12 @@ def markdown(results: List[Dict], meta: Dict) -> str:
             ep = ("%.1f" % (it / per_epoch)) if (it is not None and per_epoch) else "—"
             lines.append("| " + " | ".join([r["arm"], which, str(it), ep] + _metric_cells(o, "tn", metric_cols))
                          + " |")
-        if r["dataset"] not in seen_datasets:
-            seen_datasets.add(r["dataset"])
-            o = _row_metrics(r["snapshots"]["last"]["table"]).get("overall", {})
-            for key, label in BASELINE_ROWS:
-                if o.get(key) is not None:
-                    lines.append("| " + " | ".join(["*baseline: %s*" % label, "", "", ""]
-                                                   + _metric_cells(o, key, metric_cols)) + " |")
+        o = _row_metrics(r["snapshots"]["last"]["table"]).get("overall", {})
+        base = [_metric_cells(o, key, metric_cols) for key, _ in BASELINE_ROWS if o.get(key) is not None]
+        if base and (not shown_baselines or base != shown_baselines[-1]):    # a dataset with other baselines
+            shown_baselines.append(base)
+            for (key, label), cells in zip(BASELINE_ROWS, base):
+                lines.append("| " + " | ".join(["*baseline: %s*" % label, "", "", ""] + cells) + " |")
     # per class, RMS (only classes the test pairs have)
     classes = [t["object_class"] for t in first["snapshots"]["last"]["table"] if t.get("tn") is not None]
     if len(classes) > 2:
