@@ -201,3 +201,11 @@ def test_a_moved_run_reads_its_own_files(tmp_path):
     rows = fidelity.check(str(run), caffe_check=False)
     assert _status(rows)["split_1000_100"] == fidelity.NOT_RUN and "is not here" in _evidence(rows, "split_1000_100")
     assert _status(rows)["two_deconv"] == fidelity.PASS
+
+
+def test_every_assumption_says_what_it_rests_on():
+    """No assumption of the register is left without its measurement or reason."""
+    from tools import fidelity
+    for item in fidelity.REGISTER:
+        if item.kind == "assumption":
+            assert len(item.behind) > 40 and "placeholder" not in item.behind.lower(), item.key
