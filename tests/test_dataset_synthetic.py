@@ -146,7 +146,8 @@ def test_full_1100_pairs_paper_split(tmp_path, capsys):
     print(B.format_summary(info, "ds"))
     print("generation %.1f s (%.1f pairs/s), build %.1f s (%.1f pairs/s)"
           % (t_gen, 1100 / t_gen, t_build, 1100 / t_build))
-    assert info["counts"] == {"train": spec.PAPER_TRAIN, "test": spec.PAPER_TEST, "skipped": 0}
+    assert info["counts"] == {"train": spec.PAPER_TRAIN, "test": spec.PAPER_TEST, "skipped": 0,
+                              "train_entries": spec.PAPER_TRAIN}          # no mirrored copies by default
     assert info["synthetic"] is True
     for split in ("train", "test"):
         assert set(info["class_counts"][split]) == set(spec.OBJECT_CLASSES)

@@ -156,13 +156,16 @@ def test_train_gpu_on_the_cpu_build_is_one_line(tiny_dataset, tmp_path):
     if _config(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(caffe.__file__)))),
                "CPU_ONLY") != "1":
         pytest.skip("the venv is linked to a GPU build (make gpu-setup)")
-    proc = subprocess.run([sys.executable, "-m", "tools.train", "--dataset", tiny_dataset[0], "--out",
-                           str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--gpu", "0"],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "GPU 0 is not usable: this Caffe is a CPU-only build" in lines[0]
+    for backend in ("pycaffe", "caffe"):       # checked before anything is written or `caffe train` aborts
+        run = tmp_path / ("run-" + backend)
+        proc = subprocess.run([sys.executable, "-m", "tools.train", "--dataset", tiny_dataset[0], "--out",
+                               str(run), "--epochs", "1", "--batch-size", "2", "--gpu", "0", "--backend", backend],
+                              cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1, proc.stderr
+        assert "GPU 0 is not usable: this Caffe is a CPU-only build" in lines[0]
+        assert not run.exists()
 
 
 def test_explain_gpu_failure_reads_glog_fatal_lines():

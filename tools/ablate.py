@@ -229,7 +229,8 @@ def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes:
     with open(net) as f:
         record = _arm_record(ds, f.read(), iterations, batch, base_lr, arm.get("weights"))
     s = _finished_run(adir, record)
-    if s is not None:
+    reused = s is not None
+    if reused:
         print("[ablate] arm %s: reusing its finished run (same network, dataset and budget)" % arm["name"],
               flush=True)
     else:
@@ -240,7 +241,8 @@ def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes:
         write_text(os.path.join(adir, ARM_FILE), json.dumps(record, indent=1))
     result = {"arm": arm["name"], "why": arm["why"], "dataset": ds, "synthetic": bool(info.get("synthetic")),
               "num_bins": q, "height": info["height"], "width": info["width"], "iterations": s["iterations"],
-              "epochs": s["iterations"] / float(per_epoch), "train_seconds": time.time() - t0,
+              "epochs": s["iterations"] / float(per_epoch),
+              "train_seconds": s.get("wall_seconds") if reused else time.time() - t0,
               "images_per_second": s.get("images_per_second"), "decoding": arm["decoding"], "deploy": deploy,
               "snapshots": {}}
     snaps = {"last": s["final_caffemodel"]}
@@ -318,7 +320,7 @@ def markdown(results: List[Dict], meta: Dict) -> str:
         return "\n".join(lines + ["No arm ran."]) + "\n"
     overall = _row_metrics(first["snapshots"]["last"]["table"]).get("overall", {})
     metric_cols = [(k, label, fmt) for k, label, fmt in METRICS if k in overall]
-    head = ["arm", "snapshot", "iteration", "epoch"] + [label for _, label, _ in metric_cols]
+    head = ["arm", "snapshot", "iteration", "epoch", "train min"] + [label for _, label, _ in metric_cols]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     shown_baselines: List[List[str]] = []
     for r in results:
@@ -332,14 +334,15 @@ def markdown(results: List[Dict], meta: Dict) -> str:
             o = _row_metrics(r["snapshots"][which]["table"]).get("overall", {})
             it = r.get("best_iteration") if which == "best" else r["iterations"]
             ep = ("%.1f" % (it / per_epoch)) if (it is not None and per_epoch) else "—"
-            lines.append("| " + " | ".join([r["arm"], which, str(it), ep] + _metric_cells(o, "tn", metric_cols))
-                         + " |")
+            minutes = ("%.1f" % (r["train_seconds"] / 60.0)) if which == "last" and r.get("train_seconds") else ""
+            lines.append("| " + " | ".join([r["arm"], which, str(it), ep, minutes]
+                                           + _metric_cells(o, "tn", metric_cols)) + " |")
         o = _row_metrics(r["snapshots"]["last"]["table"]).get("overall", {})
         base = [_metric_cells(o, key, metric_cols) for key, _ in BASELINE_ROWS if o.get(key) is not None]
         if base and (not shown_baselines or base != shown_baselines[-1]):    # a dataset with other baselines
             shown_baselines.append(base)
             for (key, label), cells in zip(BASELINE_ROWS, base):
-                lines.append("| " + " | ".join(["*baseline: %s*" % label, "", "", ""] + cells) + " |")
+                lines.append("| " + " | ".join(["*baseline: %s*" % label, "", "", "", ""] + cells) + " |")
     # per class, RMS (only classes the test pairs have)
     classes = [t["object_class"] for t in first["snapshots"]["last"]["table"] if t.get("tn") is not None]
     if len(classes) > 2:

@@ -893,6 +893,10 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
     elif os.path.exists(log_path) and not overwrite:
         raise FileExistsError("%s exists: resume with --resume %s/%s_iter_N.solverstate, or pass --overwrite"
                               % (log_path, out, SNAPSHOT_PREFIX))
+    if gpu is not None:
+        # Before anything is written, and before `caffe train -gpu` could abort with a stack trace.
+        from dataset_builder.caffe_env import check_gpu_available
+        check_gpu_available(gpu)
     plan = prepare_run(dataset, net, out, epochs, batch_size, base_lr=base_lr, solver_template=solver_template,
                        snapshot_epochs=snapshot_epochs, display=display, seed=seed, gpu=gpu, weights=weights)
     plan["max_seconds"] = 60.0 * max_minutes if max_minutes else None
