@@ -77,9 +77,9 @@ REGISTER: Tuple[Item, ...] = (
          "Sec. 3.4, 5.2", "tools/gatys.py; tools/evaluate.py --vgg-weights", "gatys", ""),
     # ---- assumptions of the kit ---------------------------------------------------------------
     Item("q_bins", "assumption", "Q thermal bins (the paper does not give Q)", "—",
-         "dataset_builder/spec.py NUM_BINS; score layer num_output", "q_bins", "Q = 32: the quantisation alone costs 8/sqrt(12) = 2.3 RMS; measured Q 16 / 32 / 64: 26.3 / 26.0 / 25.7 (SSIM 0.816 / 0.822 / 0.820) RMS, SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations')"),
+         "dataset_builder/spec.py NUM_BINS; score layer num_output", "q_bins", "Q = 32: the quantisation alone costs 8/sqrt(12) = 2.3 RMS; measured Q 16 / 32 / 64: 26.3 / 26.0 / 25.7 RMS (SSIM 0.816 / 0.822 / 0.820), SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations')"),
     Item("lambda", "assumption", "v(Y): Zhang et al.'s rebalancing, lambda (paper: v(Y) without values)", "—",
-         "dataset_builder/spec.py REBALANCE_LAMBDA; dataset.json lambda", "rebalance_lambda", "lambda 0.5 (Zhang et al.'s value); measured lambda 0 / 0.5 / 1: 26.6 / 26.0 / 26.2 (SSIM 0.826 / 0.822 / 0.819) RMS, SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations'); the mmse decoding divides v(Y) back out"),
+         "dataset_builder/spec.py REBALANCE_LAMBDA; dataset.json lambda", "rebalance_lambda", "lambda 0.5 (Zhang et al.'s value); measured lambda 0 / 0.5 / 1: 26.6 / 26.0 / 26.2 RMS (SSIM 0.826 / 0.822 / 0.819), SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations'); the mmse decoding divides v(Y) back out"),
     Item("input_size", "assumption", "Network input size (the paper does not give it)", "—",
          "dataset_builder/spec.py DEFAULT_HEIGHT/WIDTH, PAPER_HEIGHT/WIDTH; dataset.json", "input_size", "120x160 = FLIR ONE's IR resolution (Table 1), a quarter of the cost of 240x320 per image; the 240x320 arm was not run here (4x the CPU time of every other arm); its command is in README 'Ablations'"),
     Item("squeezenet_version", "assumption", "SqueezeNet version (the paper does not say v1.0 or v1.1)", "—",
