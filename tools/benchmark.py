@@ -427,14 +427,8 @@ def machine_info() -> dict:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from tools.train import cpu_model     # one reader of the CPU's name for run summaries and benchmarks
+    return cpu_model()
 
 
 def run(quick: bool = False, infer_base: str = spec.PAPER_BASE, train_base: str = spec.DEFAULT_BASE,
