@@ -170,14 +170,20 @@ if built; then
   say "cached build found ($ROOT)"
   echo "$ROOT"; exit 0
 fi
-# One build per cache at a time: a second caller waits, then finds the cached result.
+# One build per cache key at a time: a second caller of the same build waits, then finds
+# the cached result; other builds (a CPU build while a long GPU build runs) go ahead.
 mkdir -p "$CACHE"
-exec 9>"$CACHE/.lock"
+exec 9>"$CACHE/.lock-$KEY"
 if ! flock -n 9; then
-  say "another Caffe build is running in $CACHE; waiting for it"
+  say "the same Caffe build is running in $CACHE; waiting for it"
   flock 9
 fi
-[ "$GPU" = 0 ] || install_cuda
+if [ "$GPU" = 1 ]; then   # the CUDA wheels are shared by every GPU build: one installer at a time
+  exec 8>"$CACHE/.lock-cuda"
+  flock 8
+  install_cuda
+  flock -u 8
+fi
 if built; then
   say "cached build found ($ROOT)"
   echo "$ROOT"; exit 0
