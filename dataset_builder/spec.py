@@ -88,6 +88,17 @@ def bin_centers(num_bins: int = NUM_BINS) -> np.ndarray:
 
 
 DECODINGS = ("mmse", "expectation", "argmax", "annealed")
+# One default everywhere (evaluate, demo, run_flir, augment, ablate, the DIGITS client): mmse, eq. 1's
+# rebalancing divided out, then the mean -- the minimum-RMS estimate, and the best decoding on every
+# metric in the kit's ablations (README "Ablations"). It needs the training class weights; a tool
+# that may run without the dataset (augment, the DIGITS client) falls back to the plain expectation.
+DEFAULT_DECODING = "mmse"
+FALLBACK_DECODING = "expectation"
+
+
+def default_decoding(have_class_weights: bool) -> str:
+    """The kit's decoding when the user names none (see DEFAULT_DECODING)."""
+    return DEFAULT_DECODING if have_class_weights else FALLBACK_DECODING
 
 
 def unweight(probs: np.ndarray, class_weights: np.ndarray) -> np.ndarray:

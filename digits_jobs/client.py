@@ -660,8 +660,9 @@ def upload_flow(client: DigitsClient, weights: str, net: str, name: str, dataset
     return out
 
 
-def decode_outputs(outputs: Dict, decoding: str = "expectation") -> np.ndarray:
-    """DIGITS' {"prob": nested lists} for one image -> brightness HxW (spec.decode)."""
+def decode_outputs(outputs: Dict, decoding: str = spec.FALLBACK_DECODING,
+                   class_weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """DIGITS' {"prob": nested lists} for one image -> brightness HxW (spec.decode; mmse needs the weights)."""
     if "prob" not in outputs:
         have = ", ".join(sorted(outputs)) or "nothing"
         raise DigitsError("DIGITS' answer has no 'prob' output (has: %s)" % have)
@@ -670,12 +671,12 @@ def decode_outputs(outputs: Dict, decoding: str = "expectation") -> np.ndarray:
         prob = prob[0]
     if prob.ndim != 3:
         raise DigitsError("'prob' has shape %s; expected Q x H x W" % (prob.shape,))
-    return spec.decode(prob, decoding)
+    return spec.decode(prob, decoding, class_weights=class_weights)
 
 
 def infer_flow(client: DigitsClient, job_id: str, images: Sequence[str], out: str,
-               epoch: Optional[float] = None, decoding: str = "expectation",
-               ir_dir: Optional[str] = None) -> Dict:
+               epoch: Optional[float] = None, decoding: str = spec.FALLBACK_DECODING,
+               ir_dir: Optional[str] = None, class_weights: Optional[np.ndarray] = None) -> Dict:
     """infer_one per image; brightness PNGs into out/, RMS (eq. 2) against ir_dir/<id>.png if given."""
     from PIL import Image
     from tqdm import tqdm
@@ -686,7 +687,7 @@ def infer_flow(client: DigitsClient, job_id: str, images: Sequence[str], out: st
         outputs = client.infer_one(job_id, img, epoch)
         if client.dry_run:
             continue
-        b = decode_outputs(outputs, decoding)
+        b = decode_outputs(outputs, decoding, class_weights)
         stem = os.path.splitext(os.path.basename(img))[0]
         png = os.path.join(out, stem + ".png")
         Image.fromarray(np.clip(np.rint(b), 0, 255).astype(np.uint8)).save(png + ".tmp.png")
@@ -745,7 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--dataset", help="dataset folder: test/visible images and test/ir ground truth")
     i.add_argument("--limit", type=int, help="first N test images only")
     i.add_argument("--epoch", type=float, help="snapshot epoch (default: the last)")
-    i.add_argument("--decoding", default="expectation", choices=("argmax", "expectation", "annealed"))
+    i.add_argument("--decoding", choices=spec.DECODINGS,
+                   help="default %s with --dataset (its class_weights.txt), else %s (spec.DEFAULT_DECODING: the "
+                        "kit's evaluation decodes the same way)" % (spec.DEFAULT_DECODING, spec.FALLBACK_DECODING))
     i.add_argument("--out", default="runs/digits_infer")
 
     u = sub.add_parser("upload", help="upload a kit-trained model as a DIGITS pretrained model")
@@ -802,7 +805,13 @@ def main(argv=None) -> int:
                 images = images[:args.limit]
             if not images:
                 raise ValueError("no images: give --images or --dataset")
-            res = infer_flow(client, args.job_id, images, args.out, args.epoch, args.decoding, ir_dir)
+            decoding = args.decoding or spec.default_decoding(bool(args.dataset))
+            weights = None
+            if decoding == "mmse":
+                if not args.dataset:
+                    raise ValueError("--decoding mmse needs --dataset (its %s)" % spec.CLASS_WEIGHTS_FILE)
+                weights = spec.read_class_weights(args.dataset, int(spec.read_dataset_info(args.dataset)["num_bins"]))
+            res = infer_flow(client, args.job_id, images, args.out, args.epoch, decoding, ir_dir, weights)
             if "mean_rms" in res:
                 print("mean RMS over %d images: %.2f" % (len(res["images"]), res["mean_rms"]))
         elif args.cmd == "upload":

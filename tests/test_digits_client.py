@@ -343,6 +343,35 @@ def test_infer_one_decodes_like_the_kits_predictor(trained, dataset, tmp_path):
     assert os.path.isfile(os.path.join(str(tmp_path / "inf"), "t000.png"))
 
 
+def test_infer_cli_decodes_like_the_kits_evaluation(trained, dataset, standin, tmp_path, capsys):
+    """One decoding default: with --dataset the client decodes mmse (class weights divided out), as
+    tools.evaluate does; mmse without a dataset is a one-line error."""
+    from PIL import Image
+    from tools.inference import Predictor
+    c, s = trained
+    img = os.path.join(dataset, spec.TEST_DIR, "visible", "t000.png")
+    out = str(tmp_path / "inf")
+    assert C.main(["--url", standin.url, "--poll", "0", "infer", "--job-id", s["model_job"], "--dataset", dataset,
+                   "--limit", "1", "--out", out]) == 0
+    pred = Predictor(s["files"]["deploy"], s["files"]["caffemodel"],
+                     mean_file=os.path.join(dataset, spec.TRAIN_DB, spec.MEAN_FILE))
+    weights = spec.read_class_weights(dataset, spec.NUM_BINS)
+    rgb = np.asarray(Image.open(img).convert("RGB"))
+    want = pred.predict_brightness([rgb], spec.DEFAULT_DECODING, class_weights=weights)[0]
+    other = pred.predict_brightness([rgb], spec.FALLBACK_DECODING)[0]
+    got = np.asarray(Image.open(os.path.join(out, "t000.png")), dtype=np.float64)
+    assert np.abs(got - np.clip(np.rint(want), 0, 255)).max() <= 1
+    assert json.load(open(os.path.join(out, "infer.json")))["decoding"] == spec.DEFAULT_DECODING == "mmse"
+    # mmse differs from the plain expectation on these weights (a net with rebalancing leans to rare bins)
+    probs = pred.predict_probs([rgb])[0]
+    assert not np.allclose(spec.decode(probs, "mmse", class_weights=weights), other)
+    capsys.readouterr()
+    assert C.main(["--url", standin.url, "--poll", "0", "infer", "--job-id", s["model_job"], "--images", img,
+                   "--decoding", "mmse", "--out", out]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--decoding mmse needs --dataset" in err[0]
+
+
 def test_infer_many_with_server_paths(trained, dataset):
     c, s = trained
     vis = os.path.join(dataset, spec.TEST_DIR, "visible")

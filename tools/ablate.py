@@ -35,7 +35,7 @@ from dataset_builder import spec
 DEFAULT_ITERATIONS = 3000
 DEFAULT_BATCH = 4
 DEFAULT_BASE_LR = 1e-3
-DEFAULT_DECODING = "mmse"
+DEFAULT_DECODING = spec.DEFAULT_DECODING
 GRID_IMAGES = 4
 
 # Every arm: what it changes (data = dataset build settings, net = network edits,

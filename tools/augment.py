@@ -268,7 +268,7 @@ def main(argv=None) -> int:
                 raise ValueError("--celsius needs --window TMIN TMAX or --dataset DS")
             if not window[1] > window[0]:
                 raise ValueError("--window needs TMAX > TMIN, got %g %g" % window)
-        decoding = args.decoding or ("mmse" if args.dataset else "expectation")
+        decoding = args.decoding or spec.default_decoding(bool(args.dataset))
         weights = None
         if decoding == "mmse":
             if not args.dataset:

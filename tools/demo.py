@@ -33,7 +33,7 @@ DEMO_MINUTES = 10.0
 DEMO_EPOCHS = 40            # a cap; the time budget ends the demo's training first on 2 cores
 DEMO_BATCH = 4
 DEMO_BASE_LR = 1e-3
-DEMO_DECODING = "mmse"          # tools.evaluate: the softmax mean with eq. 1's rebalancing divided out
+DEMO_DECODING = spec.DEFAULT_DECODING   # the softmax mean with eq. 1's rebalancing divided out
 DEMO_WEIGHTS = None             # pretrained caffemodel(s) to fine-tune from (tools.train --weights); None: fillers
 DEMO_SNAPSHOT = "best"          # which model is evaluated: lowest validation loss ("best") or "last"
 QUICK_COUNT = 60
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, help="epoch cap (default %g, --quick %g)" % (DEMO_EPOCHS, QUICK_EPOCHS))
     p.add_argument("--batch-size", type=int, help="default %d (--quick %d)" % (DEMO_BATCH, QUICK_BATCH))
     p.add_argument("--base-lr", type=float, default=DEMO_BASE_LR, help="Adam learning rate (default %g)" % DEMO_BASE_LR)
-    p.add_argument("--decoding", default=DEMO_DECODING, choices=("mmse", "expectation", "argmax", "annealed"),
+    p.add_argument("--decoding", default=DEMO_DECODING, choices=spec.DECODINGS,
                    help="probabilities -> brightness (default %s, see tools.evaluate)" % DEMO_DECODING)
     p.add_argument("--vgg-weights", help="VGG-16 caffemodel for TN + PP (otherwise 'not run')")
     p.add_argument("--data-root", default=DATA_ROOT, help="dataset cache folder (default %s)" % DATA_ROOT)

@@ -231,7 +231,7 @@ def fit_markdown(fit: Dict) -> str:
 
 
 def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "pycaffe",
-             vgg_weights: Optional[str] = None, decoding: str = "mmse", batch_size: int = 8,
+             vgg_weights: Optional[str] = None, decoding: str = spec.DEFAULT_DECODING, batch_size: int = 8,
              gpu: Optional[int] = None, figures_per_class: int = 2, gatys_iterations: Optional[int] = None,
              limit: Optional[int] = None, progress: bool = True,
              baselines: Optional["bl.Baselines"] = None) -> Dict:
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="pycaffe", choices=BACKENDS, help="inference back-end (default pycaffe)")
     p.add_argument("--vgg-weights", help="VGG_ILSVRC_16_layers.caffemodel for TN + PP (without it: 'not run')")
     p.add_argument("--gatys-iterations", type=int, help="TN + PP optimisation steps per image")
-    p.add_argument("--decoding", default="mmse", choices=DECODINGS,
+    p.add_argument("--decoding", default=spec.DEFAULT_DECODING, choices=DECODINGS,
                    help="probabilities -> brightness: mmse (default; mean of the softmax with the class "
                         "rebalancing of eq. 1 divided out), expectation, argmax, annealed (spec.decode)")
     p.add_argument("--batch-size", type=int, default=8)

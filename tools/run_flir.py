@@ -49,7 +49,7 @@ def build_flir_dataset(flir: Sequence[str], dataset: str, classes_csv: Optional[
 
 def run_flir(flir: Sequence[str], out: str, classes_csv: Optional[str] = None, dataset: Optional[str] = None,
              epochs: float = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH, base_lr: Optional[float] = None,
-             minutes: Optional[float] = None, paper_scale: bool = False, decoding: str = "mmse",
+             minutes: Optional[float] = None, paper_scale: bool = False, decoding: str = spec.DEFAULT_DECODING,
              vgg_weights: Optional[str] = None, backend: str = "pycaffe", gpu: Optional[int] = None,
              rebuild: bool = False, progress: bool = True, weights=None, snapshot: Optional[str] = None) -> Dict:
     """Build (or reuse) the dataset, then tools.demo.run_pipeline; weights/snapshot as there."""
@@ -89,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--base-lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--paper-scale", action="store_true", help="SqueezeNet v1.0 Thermalnet at %dx%d"
                    % (spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
-    p.add_argument("--decoding", default="mmse", choices=("mmse", "expectation", "argmax", "annealed"),
+    p.add_argument("--decoding", default=spec.DEFAULT_DECODING, choices=spec.DECODINGS,
                    help="probabilities -> brightness (default mmse, see tools.evaluate)")
     p.add_argument("--vgg-weights", help="VGG-16 caffemodel for TN + PP")
     p.add_argument("--backend", default="pycaffe", choices=("pycaffe", "caffe"))
