@@ -62,6 +62,13 @@ TEST_DIR = "test"          # test split as image files: test/visible, test/ir, t
 LMDB_KEY_FORMAT = "%09d"
 
 
+def lmdb_pairs(dataset_dir: str):
+    """(split, features LMDB, labels LMDB) for train and val of a dataset folder, in that order."""
+    import os
+    return [(split, os.path.join(dataset_dir, sub, FEATURES), os.path.join(dataset_dir, sub, LABELS))
+            for split, sub in (("train", TRAIN_DB), ("val", VAL_DB))]
+
+
 def to_brightness(temp_c: np.ndarray, t_min: float, t_max: float) -> np.ndarray:
     """degC -> brightness 0..255 (float) through the window [t_min, t_max]."""
     if not t_max > t_min:

@@ -518,9 +518,7 @@ def export_image_folders(dataset_dir: str, out_dir: str, progress: bool = True) 
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".%s.tmp-" % os.path.basename(os.path.abspath(out_dir)), dir=parent)
     try:
-        for split, sub in (("train", spec.TRAIN_DB), ("val", spec.VAL_DB)):
-            feats = os.path.join(dataset_dir, sub, spec.FEATURES)
-            labels = os.path.join(dataset_dir, sub, spec.LABELS)
+        for split, feats, labels in spec.lmdb_pairs(dataset_dir):
             for p in (feats, labels):
                 if not os.path.isdir(p):
                     raise FileNotFoundError("%s: missing LMDB" % p)

@@ -271,16 +271,14 @@ def check_lmdb(path: str) -> int:
 def check_dataset_lmdbs(dataset: str) -> Dict[str, int]:
     """{"train": n, "val": n} after checking all four LMDBs; features and labels must pair up."""
     counts = {}
-    for split, sub in (("train", spec.TRAIN_DB), ("val", spec.VAL_DB)):
-        feats = os.path.join(dataset, sub, spec.FEATURES)
-        labels = os.path.join(dataset, sub, spec.LABELS)
+    for split, feats, labels in spec.lmdb_pairs(dataset):
         for p in (feats, labels):
             if not os.path.isdir(p):
                 raise FileNotFoundError("%s: missing LMDB (build the dataset with python -m dataset_builder)" % p)
         nf, nl = check_lmdb(feats), check_lmdb(labels)
         if nf != nl:
             raise ValueError("%s: %d feature images but %d label images in %s; rebuild the dataset"
-                             % (os.path.join(dataset, sub), nf, nl, spec.LABELS))
+                             % (os.path.dirname(feats), nf, nl, spec.LABELS))
         counts[split] = nf
     return counts
 
