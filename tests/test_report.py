@@ -190,3 +190,22 @@ def test_readme_tables_are_read_from_the_run(reported, capsys):
     assert metric_rows["PSNR dB"][3] == "%.2f" % overall["fitted_luminance_psnr"]
     assert metric_rows["offset-free RMS"][2] == "%.1f" % overall["mean_ir_rms_offset_free"]
     assert "no VGG-16 weights" in out
+
+
+def test_verdict_names_every_class_metric_and_baseline_tn_loses():
+    """Beating the overall row is not enough: one class losing on SSIM is reported by name."""
+    from tools import baselines as bl
+
+    def row(cls, tn, tn_ssim):
+        r = {"object_class": cls, "tn": tn, "tn_gs": tn, "tn_ssim": tn_ssim}
+        for b in bl.BASELINES:
+            r[b], r[b + "_ssim"] = 30.0, 0.80
+        return r
+    table = [row("human", 20.0, 0.85), row("microwave_oven", 25.0, 0.79), row(ev.OVERALL, 22.0, 0.82)]
+    v = report.verdict(table)
+    assert v["beats_baselines"]
+    assert len(v["losses"]) == len(bl.BASELINES)
+    assert all(x.startswith("microwave_oven SSIM: TN 0.79 vs ") for x in v["losses"])
+    table[1]["tn_ssim"] = 0.81
+    table[0]["mean_ir"] = 20.0            # a tie is not a win
+    assert report.verdict(table)["losses"] == ["human rms: TN 20 vs mean_ir 20"]
