@@ -18,7 +18,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from . import spec
+from thermalnet import spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLIR_WITH_PHOTO = ("flir_one_mug.jpg", "flir_ax8.jpg", "flir_b60_aqua_tower.jpg")

@@ -21,8 +21,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from . import flir, pairs, spec
-from .atomic import atomic_output_dir
+from thermalnet import spec
+from thermalnet import layout
+from . import flir, pairs
+from thermalnet.atomic import atomic_output_dir
 from .parallel import make_pool
 from .imageio import (ImageReadError, check_ir_values, read_ir, read_rgb, resize_ir, resize_visible, write_npy,
                       write_png, write_text)
@@ -295,7 +297,7 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
             "ir_range": cfg.ir_range}
     n, h, w = len(items), cfg.height, cfg.width
     by_id = {it.id: it for it in items}
-    with atomic_output_dir(out, marker=spec.DATASET_INFO_FILE) as tmp:
+    with atomic_output_dir(out, marker=layout.DATASET_INFO_FILE) as tmp:
         stage = os.path.join(tmp, ".staging")
         os.makedirs(stage)
         vis_mm = np.lib.format.open_memmap(os.path.join(stage, "vis.npy"), "w+", np.uint8, (n, h, w, 3))
@@ -367,9 +369,9 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
         counts = np.zeros(q, np.int64)
         mean_sum = np.zeros((3, h, w), np.float64)
         t_all = [np.inf, -np.inf]
-        for split, order, db in (("train", train, spec.TRAIN_DB), ("test", test, spec.VAL_DB)):
-            fdir = os.path.join(tmp, db, spec.FEATURES)
-            ldir = os.path.join(tmp, db, spec.LABELS)
+        for split, order, db in (("train", train, layout.TRAIN_DB), ("test", test, layout.VAL_DB)):
+            fdir = os.path.join(tmp, db, layout.FEATURES)
+            ldir = os.path.join(tmp, db, layout.LABELS)
             with LmdbWriter(fdir) as fw, LmdbWriter(ldir) as lw:
                 for k in tqdm(order, desc="write %s" % db, unit="pair", disable=not cfg.progress):
                     it = kept[k]
@@ -391,7 +393,7 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
                             counts += np.bincount(lab.ravel(), minlength=q)[:q]
                     t_all = [min(t_all[0], float(ir.min())), max(t_all[1], float(ir.max()))]
                     if split == "test":
-                        td = os.path.join(tmp, spec.TEST_DIR)
+                        td = os.path.join(tmp, layout.TEST_DIR)
                         write_png(os.path.join(td, "visible", it.id + ".png"), rgb)
                         write_png(os.path.join(td, "ir", it.id + ".png"), np.round(bright).astype(np.uint8))
                         write_npy(os.path.join(td, "ir_degC", it.id + ".npy"), ir.astype(np.float32))
@@ -399,16 +401,16 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
                                           meta["vis_h"], meta["vis_w"], meta["ir_h"], meta["ir_w"], h, w])
         n_train_entries = len(train) * (2 if cfg.mirror else 1)
         write_mean_binaryproto((mean_sum / n_train_entries).astype(np.float32),
-                               os.path.join(tmp, spec.TRAIN_DB, spec.MEAN_FILE))
+                               os.path.join(tmp, layout.TRAIN_DB, layout.MEAN_FILE))
         prior = counts / float(counts.sum())
-        np.savetxt(os.path.join(tmp, spec.CLASS_PRIOR_FILE), prior, fmt="%.8f")
-        np.savetxt(os.path.join(tmp, spec.CLASS_WEIGHTS_FILE), spec.rebalance_weights(prior, cfg.rebalance_lambda),
+        np.savetxt(os.path.join(tmp, layout.CLASS_PRIOR_FILE), prior, fmt="%.8f")
+        np.savetxt(os.path.join(tmp, layout.CLASS_WEIGHTS_FILE), spec.rebalance_weights(prior, cfg.rebalance_lambda),
                    fmt="%.8f")
         buf = io.StringIO()
         wr = csv.writer(buf, lineterminator="\n")
         wr.writerow(MANIFEST_COLUMNS)
         wr.writerows(manifest_rows)
-        write_text(os.path.join(tmp, spec.MANIFEST_FILE), buf.getvalue())
+        write_text(os.path.join(tmp, layout.MANIFEST_FILE), buf.getvalue())
         buf = io.StringIO()
         wr = csv.writer(buf, lineterminator="\n")
         wr.writerow(("file", "reason"))
@@ -442,7 +444,7 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
         }
         del vis_mm, ir_mm
         shutil.rmtree(stage)
-        write_text(os.path.join(tmp, spec.DATASET_INFO_FILE), json.dumps(info, indent=1))
+        write_text(os.path.join(tmp, layout.DATASET_INFO_FILE), json.dumps(info, indent=1))
     info["skipped_files"] = skipped
     return info
 

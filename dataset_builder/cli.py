@@ -7,7 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
-from . import spec
+from thermalnet import spec
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -103,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     a = parser().parse_args(argv)
-    from .atomic import OutputExists
+    from thermalnet.atomic import OutputExists
     from .build import BuildError, build, format_summary
     from .imageio import ImageReadError
 

@@ -11,8 +11,8 @@ from typing import Iterator, Tuple
 import lmdb
 import numpy as np
 
-from . import spec
-from .caffe_env import caffe_pb2
+from thermalnet import layout
+from thermalnet.caffe_env import caffe_pb2
 
 _INITIAL_MAP = 64 << 20
 
@@ -55,7 +55,7 @@ class LmdbWriter:
         self.count = 0
 
     def put(self, arr: np.ndarray, label: int = 0) -> None:
-        key = (spec.LMDB_KEY_FORMAT % self.count).encode("ascii")
+        key = (layout.LMDB_KEY_FORMAT % self.count).encode("ascii")
         self.pending.append((key, array_to_datum(arr, label).SerializeToString()))
         self.count += 1
         if len(self.pending) >= self.commit_every:

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from . import spec
+from thermalnet import spec
 from .imageio import write_npy, write_png, write_text
 
 VIS_H, VIS_W = spec.FLIR_ONE_VISIBLE_SIZE
@@ -736,7 +736,7 @@ def generate(out: str, count: int = spec.PAPER_TRAIN + spec.PAPER_TEST, seed: in
     """Write a SYNTHETIC pairs folder (visible/, ir/, classes.csv, README.txt, pairs.json) atomically."""
     from tqdm import tqdm
 
-    from .atomic import atomic_output_dir
+    from thermalnet.atomic import atomic_output_dir
     from .parallel import make_pool
 
     if count < 1:

@@ -36,8 +36,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from dataset_builder import spec
-from dataset_builder.atomic import replace_dir
+from thermalnet import decoders, layout, metrics
+from thermalnet.atomic import replace_dir
 from digits_jobs import jobdefs as jd
 
 DEFAULT_URL = "http://localhost:5000"
@@ -437,7 +437,7 @@ def unpack_model_archive(blob: bytes, out_dir: str, where: str = "archive") -> D
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 with tf.extractfile(m) as src, open(dest, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-        replace_dir(tmp, out_dir)   # atomic swap (dataset_builder.atomic)
+        replace_dir(tmp, out_dir)   # atomic swap (thermalnet.atomic)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -452,7 +452,7 @@ def model_files(folder: str, where: str = "") -> Dict[str, str]:
     for key, fname in (("deploy", "deploy.prototxt"), ("train_val", "train_val.prototxt"),
                        ("solver", "solver.prototxt"), ("original", "original.prototxt"),
                        ("info", "info.json"), ("python_layer", "digits_python_layers.py"),
-                       ("mean", spec.MEAN_FILE)):
+                       ("mean", layout.MEAN_FILE)):
         if fname in names:
             out[key] = os.path.join(folder, fname)
     if snaps:
@@ -518,7 +518,7 @@ def export_image_folders(dataset_dir: str, out_dir: str, progress: bool = True) 
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".%s.tmp-" % os.path.basename(os.path.abspath(out_dir)), dir=parent)
     try:
-        for split, feats, labels in spec.lmdb_pairs(dataset_dir):
+        for split, feats, labels in layout.lmdb_pairs(dataset_dir):
             for p in (feats, labels):
                 if not os.path.isdir(p):
                     raise FileNotFoundError("%s: missing LMDB" % p)
@@ -541,7 +541,7 @@ def export_image_folders(dataset_dir: str, out_dir: str, progress: bool = True) 
                 bar.update(1)
             bar.close()
             counts[split] = n
-        replace_dir(tmp, out_dir)   # atomic swap (dataset_builder.atomic)
+        replace_dir(tmp, out_dir)   # atomic swap (thermalnet.atomic)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -571,7 +571,7 @@ def preflight(net_text: str, dataset_dir: Optional[str], form: Dict[str, str], w
     v.digits_files(net_text, ds, v.JobSettings.from_form(form), where=where)
     here = [f for f in form.get(jd.PRETRAINED_FIELD, "").split(jd.DIGITS_PATHSEP) if f and os.path.exists(f)]
     if here and network_file:
-        from tools.nets import check_weights
+        from thermalnet.nets import check_weights
         check_weights(here, network_file)
 
 
@@ -658,9 +658,9 @@ def upload_flow(client: DigitsClient, weights: str, net: str, name: str, dataset
     return out
 
 
-def decode_outputs(outputs: Dict, decoding: str = spec.FALLBACK_DECODING,
+def decode_outputs(outputs: Dict, decoding: str = decoders.FALLBACK_DECODING,
                    class_weights: Optional[np.ndarray] = None) -> np.ndarray:
-    """DIGITS' {"prob": nested lists} for one image -> brightness HxW (spec.decode; mmse needs the weights)."""
+    """DIGITS' {"prob": nested lists} for one image -> brightness HxW (decoders.decode; mmse needs the weights)."""
     if "prob" not in outputs:
         have = ", ".join(sorted(outputs)) or "nothing"
         raise DigitsError("DIGITS' answer has no 'prob' output (has: %s)" % have)
@@ -669,11 +669,11 @@ def decode_outputs(outputs: Dict, decoding: str = spec.FALLBACK_DECODING,
         prob = prob[0]
     if prob.ndim != 3:
         raise DigitsError("'prob' has shape %s; expected Q x H x W" % (prob.shape,))
-    return spec.decode(prob, decoding, class_weights=class_weights)
+    return decoders.decode(prob, decoding, class_weights=class_weights)
 
 
 def infer_flow(client: DigitsClient, job_id: str, images: Sequence[str], out: str,
-               epoch: Optional[float] = None, decoding: str = spec.FALLBACK_DECODING,
+               epoch: Optional[float] = None, decoding: str = decoders.FALLBACK_DECODING,
                ir_dir: Optional[str] = None, class_weights: Optional[np.ndarray] = None) -> Dict:
     """infer_one per image; brightness PNGs into out/, RMS (eq. 2) against ir_dir/<id>.png if given."""
     from PIL import Image
@@ -693,7 +693,7 @@ def infer_flow(client: DigitsClient, job_id: str, images: Sequence[str], out: st
         row = {"image": img, "synthetic_ir": png}
         gt = os.path.join(ir_dir, stem + ".png") if ir_dir else None
         if gt and os.path.isfile(gt):
-            row["rms"] = spec.rms(np.asarray(Image.open(gt), dtype=np.float64), b)
+            row["rms"] = metrics.rms(np.asarray(Image.open(gt), dtype=np.float64), b)
         rows.append(row)
     res = {"job_id": job_id, "decoding": decoding, "images": rows}
     rms = [r["rms"] for r in rows if "rms" in r]
@@ -744,9 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--dataset", help="dataset folder: test/visible images and test/ir ground truth")
     i.add_argument("--limit", type=int, help="first N test images only")
     i.add_argument("--epoch", type=float, help="snapshot epoch (default: the last)")
-    i.add_argument("--decoding", choices=spec.DECODINGS,
-                   help="default %s with --dataset (its class_weights.txt), else %s (spec.DEFAULT_DECODING: the "
-                        "kit's evaluation decodes the same way)" % (spec.DEFAULT_DECODING, spec.FALLBACK_DECODING))
+    i.add_argument("--decoding", choices=decoders.DECODINGS,
+                   help="default %s with --dataset (its class_weights.txt), else %s (decoders.DEFAULT_DECODING: the "
+                        "kit's evaluation decodes the same way)" % (decoders.DEFAULT_DECODING, decoders.FALLBACK_DECODING))
     i.add_argument("--out", default="runs/digits_infer")
 
     u = sub.add_parser("upload", help="upload a kit-trained model as a DIGITS pretrained model")
@@ -793,9 +793,9 @@ def main(argv=None) -> int:
             images = list(args.images)
             ir_dir = None
             if args.dataset:
-                ir_dir = os.path.join(args.dataset, spec.TEST_DIR, "ir")
+                ir_dir = os.path.join(args.dataset, layout.TEST_DIR, "ir")
                 if not images:
-                    vis = os.path.join(args.dataset, spec.TEST_DIR, "visible")
+                    vis = os.path.join(args.dataset, layout.TEST_DIR, "visible")
                     if not os.path.isdir(vis):
                         raise FileNotFoundError("%s: no test images" % vis)
                     images = sorted(os.path.join(vis, f) for f in os.listdir(vis) if f.endswith(".png"))
@@ -803,12 +803,12 @@ def main(argv=None) -> int:
                 images = images[:args.limit]
             if not images:
                 raise ValueError("no images: give --images or --dataset")
-            decoding = args.decoding or spec.default_decoding(bool(args.dataset))
+            decoding = args.decoding or decoders.default_decoding(bool(args.dataset))
             weights = None
             if decoding == "mmse":
                 if not args.dataset:
-                    raise ValueError("--decoding mmse needs --dataset (its %s)" % spec.CLASS_WEIGHTS_FILE)
-                weights = spec.read_class_weights(args.dataset, int(spec.read_dataset_info(args.dataset)["num_bins"]))
+                    raise ValueError("--decoding mmse needs --dataset (its %s)" % layout.CLASS_WEIGHTS_FILE)
+                weights = layout.read_class_weights(args.dataset, int(layout.read_dataset_info(args.dataset)["num_bins"]))
             res = infer_flow(client, args.job_id, images, args.out, args.epoch, decoding, ir_dir, weights)
             if "mean_rms" in res:
                 print("mean RMS over %d images: %.2f" % (len(res["images"]), res["mean_rms"]))

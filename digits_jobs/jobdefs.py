@@ -11,8 +11,8 @@ import json
 import os
 from typing import Dict, Optional
 
-from dataset_builder import spec
-from dataset_builder.caffe_env import REPO_ROOT
+from thermalnet import layout
+from thermalnet.caffe_env import REPO_ROOT
 
 JOBS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jobs")
 DATASET_PREBUILT = "dataset_prebuilt.json"
@@ -47,7 +47,7 @@ DIGITS_PATHSEP = ":"
 
 def pretrained_field(weights) -> Dict[str, str]:
     """The kit's --weights ("A,B" or a list of paths as the DIGITS server sees them) as DIGITS' field."""
-    from tools.nets import split_weights
+    from thermalnet.nets import split_weights
     files = split_weights(weights)
     for f in files:
         if DIGITS_PATHSEP in f:
@@ -102,10 +102,10 @@ def repo_path(rel: str) -> str:
 def dataset_layout(root: str) -> Dict[str, str]:
     """The kit's dataset layout (spec) as absolute-style paths under root (a server path)."""
     j = lambda *p: "/".join([root.rstrip("/")] + list(p))   # noqa: E731 (server paths are POSIX)
-    return {"train_images": j(spec.TRAIN_DB, spec.FEATURES), "train_labels": j(spec.TRAIN_DB, spec.LABELS),
-            "val_images": j(spec.VAL_DB, spec.FEATURES), "val_labels": j(spec.VAL_DB, spec.LABELS),
-            "mean_file": j(spec.TRAIN_DB, spec.MEAN_FILE), "class_weights": j(spec.CLASS_WEIGHTS_FILE),
-            "test_visible": j(spec.TEST_DIR, "visible")}
+    return {"train_images": j(layout.TRAIN_DB, layout.FEATURES), "train_labels": j(layout.TRAIN_DB, layout.LABELS),
+            "val_images": j(layout.VAL_DB, layout.FEATURES), "val_labels": j(layout.VAL_DB, layout.LABELS),
+            "mean_file": j(layout.TRAIN_DB, layout.MEAN_FILE), "class_weights": j(layout.CLASS_WEIGHTS_FILE),
+            "test_visible": j(layout.TEST_DIR, "visible")}
 
 
 def model_network_text(job: Dict, class_weights: Optional[str] = None) -> str:

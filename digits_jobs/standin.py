@@ -162,7 +162,7 @@ class StandinState:
         if job.weights_files:
             # DIGITS runs caffe train --weights=A,B; a file that does not fit aborts Caffe and
             # the job ends in Error. The stand-in checks the same by name and shape, without Caffe.
-            from tools.nets import check_weights
+            from thermalnet.nets import check_weights
             fit = check_weights(job.weights_files, os.path.join(job.dir, v.DEPLOY_FILE))
             self._log(job, "pretrained weights %s: %d layers copied by name, from fillers: %s"
                       % (",".join(job.weights_files), len(fit["from_weights"]), ", ".join(fit["from_fillers"])))
@@ -171,7 +171,7 @@ class StandinState:
         """A snapshot from the real Caffe: random init (custom) or the uploaded weights (pretrained)."""
         name = "%s_iter_%d.caffemodel" % (v.SNAPSHOT_PREFIX, job.max_iter)
         if self.make_weights:
-            from dataset_builder.caffe_env import import_caffe
+            from thermalnet.caffe_env import import_caffe
             caffe = import_caffe()
             caffe.set_mode_cpu()
             # The deploy net has no data or Python layers: absolute paths, no chdir (threads share cwd).
@@ -190,7 +190,7 @@ class StandinState:
     # -- inference (DIGITS' transformer: resize, RGB->BGR, mean; then the deploy net) ---
     def infer(self, job: Job, images: List[Tuple[str, bytes]], epoch: Optional[float], resize: bool) -> Dict:
         from PIL import Image
-        from dataset_builder.caffe_env import import_caffe
+        from thermalnet.caffe_env import import_caffe
         from dataset_builder.lmdb_io import read_mean_binaryproto
         if job.status != "Done" or not job.snapshots:
             raise _Answer(500, {"error": {"message": "model job %s has no snapshot" % job.id, "type": "RuntimeError"}})

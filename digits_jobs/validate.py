@@ -54,9 +54,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dataset_builder import spec
-from dataset_builder.atomic import replace_dir
-from dataset_builder.caffe_env import PROTOTXT_DIR, caffe_pb2
+from thermalnet import spec
+from thermalnet import layout
+from thermalnet.atomic import replace_dir
+from thermalnet.caffe_env import PROTOTXT_DIR, caffe_pb2
 
 # File names in a DIGITS model job folder (digits/model/tasks/caffe_train.py).
 ORIGINAL_FILE = "original.prototxt"
@@ -184,8 +185,8 @@ class DatasetFacts:
         """
         from dataset_builder.lmdb_io import lmdb_count, read_lmdb
 
-        info = spec.read_dataset_info(root)
-        feats = os.path.join(root, spec.TRAIN_DB, spec.FEATURES)
+        info = layout.read_dataset_info(root)
+        feats = os.path.join(root, layout.TRAIN_DB, layout.FEATURES)
         if not os.path.isdir(feats):
             raise FileNotFoundError("%s: missing training features LMDB" % feats)
         first = next(read_lmdb(feats), None)
@@ -194,21 +195,21 @@ class DatasetFacts:
         c, h, w = first[1].shape
         if (h, w) != (int(info.get("height", h)), int(info.get("width", w))):
             raise ValueError("%s says %sx%s but %s holds %dx%d Datums"
-                             % (os.path.join(root, spec.DATASET_INFO_FILE), info.get("height"), info.get("width"), feats, h, w))
+                             % (os.path.join(root, layout.DATASET_INFO_FILE), info.get("height"), info.get("width"), feats, h, w))
         srv = server_root or os.path.abspath(root)
         path = lambda *p: os.path.join(srv, *p)   # noqa: E731
         have = lambda *p: os.path.exists(os.path.join(root, *p))   # noqa: E731
-        val_feats = os.path.join(root, spec.VAL_DB, spec.FEATURES)
+        val_feats = os.path.join(root, layout.VAL_DB, layout.FEATURES)
         return cls(height=h, width=w, channels=c,
                    train_count=lmdb_count(feats),
                    val_count=lmdb_count(val_feats) if os.path.isdir(val_feats) else 0,
-                   train_images=path(spec.TRAIN_DB, spec.FEATURES),
-                   train_labels=path(spec.TRAIN_DB, spec.LABELS),
-                   val_images=path(spec.VAL_DB, spec.FEATURES) if os.path.isdir(val_feats) else None,
-                   val_labels=path(spec.VAL_DB, spec.LABELS) if have(spec.VAL_DB, spec.LABELS) else None,
-                   mean_file=path(spec.TRAIN_DB, spec.MEAN_FILE) if have(spec.TRAIN_DB, spec.MEAN_FILE) else None,
+                   train_images=path(layout.TRAIN_DB, layout.FEATURES),
+                   train_labels=path(layout.TRAIN_DB, layout.LABELS),
+                   val_images=path(layout.VAL_DB, layout.FEATURES) if os.path.isdir(val_feats) else None,
+                   val_labels=path(layout.VAL_DB, layout.LABELS) if have(layout.VAL_DB, layout.LABELS) else None,
+                   mean_file=path(layout.TRAIN_DB, layout.MEAN_FILE) if have(layout.TRAIN_DB, layout.MEAN_FILE) else None,
                    num_bins=int(info.get("num_bins", spec.NUM_BINS)),
-                   class_weights=path(spec.CLASS_WEIGHTS_FILE) if have(spec.CLASS_WEIGHTS_FILE) else None)
+                   class_weights=path(layout.CLASS_WEIGHTS_FILE) if have(layout.CLASS_WEIGHTS_FILE) else None)
 
     @classmethod
     def nominal(cls, height: int = spec.DEFAULT_HEIGHT, width: int = spec.DEFAULT_WIDTH,
@@ -217,9 +218,9 @@ class DatasetFacts:
         """Facts of a dataset that is not at hand (structure checks and solver arithmetic only)."""
         p = lambda *a: os.path.join(root, *a)   # noqa: E731
         return cls(height=height, width=width, channels=3, train_count=train_count, val_count=val_count,
-                   train_images=p(spec.TRAIN_DB, spec.FEATURES), train_labels=p(spec.TRAIN_DB, spec.LABELS),
-                   val_images=p(spec.VAL_DB, spec.FEATURES), val_labels=p(spec.VAL_DB, spec.LABELS),
-                   mean_file=p(spec.TRAIN_DB, spec.MEAN_FILE), class_weights=p(spec.CLASS_WEIGHTS_FILE))
+                   train_images=p(layout.TRAIN_DB, layout.FEATURES), train_labels=p(layout.TRAIN_DB, layout.LABELS),
+                   val_images=p(layout.VAL_DB, layout.FEATURES), val_labels=p(layout.VAL_DB, layout.LABELS),
+                   mean_file=p(layout.TRAIN_DB, layout.MEAN_FILE), class_weights=p(layout.CLASS_WEIGHTS_FILE))
 
 
 # ---------------------------------------------------------------------------------
@@ -654,7 +655,7 @@ def write_job_dir(files: DigitsFiles, out_dir: str, python_layer_file: Optional[
                 f.write(text)
         if python_layer_file:
             shutil.copyfile(python_layer_file, os.path.join(tmp, PYTHON_LAYER_FILE))
-        replace_dir(tmp, out_dir)   # atomic swap (dataset_builder.atomic)
+        replace_dir(tmp, out_dir)   # atomic swap (thermalnet.atomic)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -748,7 +749,7 @@ def validate(net_path: str, dataset: Optional[str] = None, out: Optional[str] = 
         write_job_dir(files, job_dir, python_layer_file)
         report["job_dir"] = os.path.abspath(job_dir)
         if run_caffe:
-            from dataset_builder.caffe_env import import_caffe
+            from thermalnet.caffe_env import import_caffe
             try:
                 report["caffe"] = instantiate(job_dir, import_caffe(), ds.num_bins)
             finally:

@@ -11,8 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from dataset_builder import spec
-from dataset_builder.caffe_env import import_caffe
+from thermalnet import spec
+from thermalnet import layout
+from thermalnet.caffe_env import import_caffe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(os.path.dirname(REPO), "shared", "samples", "flir")
@@ -40,20 +41,20 @@ def make_tiny_dataset(root, n_train=6, n_val=4, height=spec.DEFAULT_HEIGHT, widt
     rng = np.random.RandomState(seed)
     os.makedirs(root, exist_ok=True)
     feats = {}
-    for split, n in ((spec.TRAIN_DB, n_train), (spec.VAL_DB, n_val)):
+    for split, n in ((layout.TRAIN_DB, n_train), (layout.VAL_DB, n_val)):
         x = rng.randint(0, 256, size=(n, 3, height, width)).astype(np.uint8)
         y = rng.randint(0, num_bins, size=(n, 1, height, width)).astype(np.uint8)
-        with LmdbWriter(os.path.join(root, split, spec.FEATURES)) as fw, \
-                LmdbWriter(os.path.join(root, split, spec.LABELS)) as lw:
+        with LmdbWriter(os.path.join(root, split, layout.FEATURES)) as fw, \
+                LmdbWriter(os.path.join(root, split, layout.LABELS)) as lw:
             for i in range(n):
                 fw.put(x[i])
                 lw.put(y[i])
         feats[split] = (x, y)
-    write_mean_binaryproto(feats[spec.TRAIN_DB][0].mean(axis=0), os.path.join(root, spec.TRAIN_DB, spec.MEAN_FILE))
-    prior = spec.class_prior(feats[spec.TRAIN_DB][1], num_bins)
-    np.savetxt(os.path.join(root, spec.CLASS_PRIOR_FILE), prior, fmt="%.8f")
-    np.savetxt(os.path.join(root, spec.CLASS_WEIGHTS_FILE), spec.rebalance_weights(prior), fmt="%.8f")
-    with open(os.path.join(root, spec.DATASET_INFO_FILE), "w") as f:
+    write_mean_binaryproto(feats[layout.TRAIN_DB][0].mean(axis=0), os.path.join(root, layout.TRAIN_DB, layout.MEAN_FILE))
+    prior = spec.class_prior(feats[layout.TRAIN_DB][1], num_bins)
+    np.savetxt(os.path.join(root, layout.CLASS_PRIOR_FILE), prior, fmt="%.8f")
+    np.savetxt(os.path.join(root, layout.CLASS_WEIGHTS_FILE), spec.rebalance_weights(prior), fmt="%.8f")
+    with open(os.path.join(root, layout.DATASET_INFO_FILE), "w") as f:
         json.dump({"synthetic": True, "note": "SYNTHETIC random test fixture", "num_bins": num_bins,
                    "height": height, "width": width, "window_mode": "fixed", "window": [15.0, 45.0],
                    "counts": {"train": n_train, "test": n_val}}, f, indent=1)

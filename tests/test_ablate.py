@@ -8,8 +8,11 @@ import os
 
 import pytest
 
-from dataset_builder import spec, synthetic
-from tools import ablate, nets
+from thermalnet import spec
+from thermalnet import layout
+from dataset_builder import synthetic
+from thermalnet import nets
+from tools import ablate
 
 
 def _deconvs(path):
@@ -64,13 +67,13 @@ def test_ablation_runs_every_arm_on_one_split(caffe, tmp_path):
         assert r["iterations"] == 4
         assert r["snapshots"]["last"]["table"][-1]["object_class"] == "overall"
     # same pairs held out in every arm's dataset
-    tests = {r["arm"]: sorted(x["id"] for x in csv.DictReader(open(os.path.join(r["dataset"], spec.MANIFEST_FILE)))
+    tests = {r["arm"]: sorted(x["id"] for x in csv.DictReader(open(os.path.join(r["dataset"], layout.MANIFEST_FILE)))
                               if x["split"] == "test") for r in ran}
     assert len({tuple(v) for v in tests.values()}) == 1
     # what each arm changed reached its files
-    assert json.load(open(os.path.join(res["q16"]["dataset"], spec.DATASET_INFO_FILE)))["num_bins"] == 16
+    assert json.load(open(os.path.join(res["q16"]["dataset"], layout.DATASET_INFO_FILE)))["num_bins"] == 16
     assert _layers(res["q16"]["deploy"])[nets.SCORE_LAYER].convolution_param.num_output == 16
-    assert json.load(open(os.path.join(res["mirror"]["dataset"], spec.DATASET_INFO_FILE)))["mirror"] is True
+    assert json.load(open(os.path.join(res["mirror"]["dataset"], layout.DATASET_INFO_FILE)))["mirror"] is True
     assert [p.lr_mult for p in _deconvs(res["deconv-fixed"]["deploy"])[0].param] == [0.0]
     # decoding arms reuse the default arm's model but score differently
     assert res["decoding-argmax"]["snapshots"]["last"]["model"] == res["default"]["snapshots"]["last"]["model"]

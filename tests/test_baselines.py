@@ -1,4 +1,4 @@
-"""tools.baselines: the least-squares luminance fit and the mean IR image, against numpy on a made-up dataset.
+"""thermalnet.baselines: the least-squares luminance fit and the mean IR image, against numpy on a made-up dataset.
 
 The dataset is written here (LMDBs in the kit's layout): visible images whose IR labels
 are a known straight line of their luminance plus noise, quantised into Q bins, as the
@@ -13,8 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from dataset_builder import spec
-from tools import baselines as bl
+from thermalnet import layout
+from thermalnet import baselines as bl
 
 H, W, Q = 12, 16, 32
 
@@ -26,7 +26,7 @@ def _write_dataset(root, n=5, slope=0.6, offset=30.0, noise=6.0, mirror=False, s
     luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     ir = np.clip(slope * luma + offset + rng.normal(0, noise, luma.shape), 0, 255)
     bins = np.minimum(np.floor(ir * Q / 256.0), Q - 1).astype(np.uint8)
-    os.makedirs(os.path.join(root, spec.TRAIN_DB), exist_ok=True)
+    os.makedirs(os.path.join(root, layout.TRAIN_DB), exist_ok=True)
     feats, labs = [], []
     for i in range(n):
         feats.append(rgb[i][:, :, ::-1].transpose(2, 0, 1))         # BGR CxHxW, as the builder writes
@@ -34,12 +34,12 @@ def _write_dataset(root, n=5, slope=0.6, offset=30.0, noise=6.0, mirror=False, s
         if mirror:
             feats.append(feats[-1][:, :, ::-1])
             labs.append(labs[-1][:, :, ::-1])
-    with LmdbWriter(os.path.join(root, spec.TRAIN_DB, spec.FEATURES)) as fw, \
-            LmdbWriter(os.path.join(root, spec.TRAIN_DB, spec.LABELS)) as lw:
+    with LmdbWriter(os.path.join(root, layout.TRAIN_DB, layout.FEATURES)) as fw, \
+            LmdbWriter(os.path.join(root, layout.TRAIN_DB, layout.LABELS)) as lw:
         for f, l in zip(feats, labs):
             fw.put(np.ascontiguousarray(f))
             lw.put(np.ascontiguousarray(l))
-    with open(os.path.join(root, spec.DATASET_INFO_FILE), "w") as f:
+    with open(os.path.join(root, layout.DATASET_INFO_FILE), "w") as f:
         json.dump({"synthetic": True, "note": "SYNTHETIC made-up test set", "num_bins": Q, "height": H,
                    "width": W}, f)
     centres = (bins.astype(np.float64) + 0.5) * (256.0 / Q) - 0.5
@@ -81,8 +81,8 @@ def test_unpaired_lmdbs_are_refused(tmp_path):
     from dataset_builder.lmdb_io import LmdbWriter
     import shutil
     ds, *_ = _write_dataset(str(tmp_path / "ds"), n=3)
-    shutil.rmtree(os.path.join(ds, spec.TRAIN_DB, spec.LABELS))
-    with LmdbWriter(os.path.join(ds, spec.TRAIN_DB, spec.LABELS)) as lw:   # 4 labels for 3 images
+    shutil.rmtree(os.path.join(ds, layout.TRAIN_DB, layout.LABELS))
+    with LmdbWriter(os.path.join(ds, layout.TRAIN_DB, layout.LABELS)) as lw:   # 4 labels for 3 images
         for _ in range(4):
             lw.put(np.zeros((1, H, W), np.uint8))
     with pytest.raises(ValueError, match="different numbers of entries"):

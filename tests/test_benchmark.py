@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from dataset_builder import spec
+from thermalnet import spec
 from test_loss_layer import _make_net, _net_text, _run, _weights_file
 from tools import benchmark
 

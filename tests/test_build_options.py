@@ -15,7 +15,8 @@ from PIL import Image
 
 from dataset_builder import build as B
 from dataset_builder import pairs as P
-from dataset_builder import spec, synthetic
+from thermalnet import layout
+from dataset_builder import synthetic
 from dataset_builder.cli import main as cli_main
 from dataset_builder.lmdb_io import read_lmdb, read_mean_binaryproto
 
@@ -44,8 +45,8 @@ def plain_and_mirrored(few_pairs, tmp_path_factory):
 
 def test_mirror_writes_flipped_copies_of_training_pairs_only(plain_and_mirrored):
     plain, mirrored = plain_and_mirrored
-    fp, lp = _lmdb(plain, spec.TRAIN_DB, spec.FEATURES), _lmdb(plain, spec.TRAIN_DB, spec.LABELS)
-    fm, lm = _lmdb(mirrored, spec.TRAIN_DB, spec.FEATURES), _lmdb(mirrored, spec.TRAIN_DB, spec.LABELS)
+    fp, lp = _lmdb(plain, layout.TRAIN_DB, layout.FEATURES), _lmdb(plain, layout.TRAIN_DB, layout.LABELS)
+    fm, lm = _lmdb(mirrored, layout.TRAIN_DB, layout.FEATURES), _lmdb(mirrored, layout.TRAIN_DB, layout.LABELS)
     assert len(fm) == len(lm) == 2 * len(fp) == 20
     # entry 2k is pair k as it was, entry 2k+1 its mirror: features and labels flipped together
     np.testing.assert_array_equal(fm[0::2], fp)
@@ -54,12 +55,12 @@ def test_mirror_writes_flipped_copies_of_training_pairs_only(plain_and_mirrored)
     np.testing.assert_array_equal(lm[1::2], lp[:, :, :, ::-1])
     assert not np.array_equal(fm[1::2], fm[0::2])          # a scene is not its own mirror
     # the test split is never mirrored
-    np.testing.assert_array_equal(_lmdb(mirrored, spec.VAL_DB, spec.FEATURES), _lmdb(plain, spec.VAL_DB, spec.FEATURES))
+    np.testing.assert_array_equal(_lmdb(mirrored, layout.VAL_DB, layout.FEATURES), _lmdb(plain, layout.VAL_DB, layout.FEATURES))
     # the mean is over every training entry, so it is left-right symmetric
-    mean = read_mean_binaryproto(os.path.join(mirrored, spec.TRAIN_DB, spec.MEAN_FILE))
+    mean = read_mean_binaryproto(os.path.join(mirrored, layout.TRAIN_DB, layout.MEAN_FILE))
     np.testing.assert_allclose(mean, fm.astype(np.float64).mean(axis=0), atol=1e-3)
     np.testing.assert_allclose(mean, mean[:, :, ::-1], atol=1e-3)
-    info = json.load(open(os.path.join(mirrored, spec.DATASET_INFO_FILE)))
+    info = json.load(open(os.path.join(mirrored, layout.DATASET_INFO_FILE)))
     assert info["mirror"] is True and info["counts"]["train"] == 10 and info["counts"]["train_entries"] == 20
 
 
@@ -69,7 +70,7 @@ def test_bins_and_lambda_reach_labels_and_weights(few_pairs, tmp_path, q, lam):
     info = B.build(ds, pair_roots=[few_pairs], cfg=B.BuildConfig(workers=1, progress=False, test_count=4,
                                                                  num_bins=q, rebalance_lambda=lam))
     assert info["num_bins"] == q and info["lambda"] == lam
-    labels = _lmdb(ds, spec.TRAIN_DB, spec.LABELS)
+    labels = _lmdb(ds, layout.TRAIN_DB, layout.LABELS)
     assert labels.max() < q
     # prior counted here from the LMDB; v(Y) by hand: ((1 - lam) p + lam / Q)^-1, E_p[v] = 1
     counts = np.bincount(labels.ravel(), minlength=q).astype(np.float64)
@@ -78,7 +79,7 @@ def test_bins_and_lambda_reach_labels_and_weights(few_pairs, tmp_path, q, lam):
     v = np.array([1.0 / m if m > 0 else 0.0 for m in mix])
     v[mix == 0] = v.max()                 # bins never seen: the largest finite weight
     v /= (prior * v).sum()
-    w = np.loadtxt(os.path.join(ds, spec.CLASS_WEIGHTS_FILE))
+    w = np.loadtxt(os.path.join(ds, layout.CLASS_WEIGHTS_FILE))
     assert w.shape == (q,)
     np.testing.assert_allclose(w, v, rtol=1e-5)
     if lam == 1.0:

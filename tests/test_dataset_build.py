@@ -21,8 +21,10 @@ import pytest
 from PIL import Image
 
 from dataset_builder import build as B
-from dataset_builder import spec, synthetic
-from dataset_builder.atomic import OutputExists
+from thermalnet import spec
+from thermalnet import layout
+from dataset_builder import synthetic
+from thermalnet.atomic import OutputExists
 from dataset_builder.cli import main as cli_main
 from dataset_builder.imageio import read_rgb, resize_ir, resize_visible
 from dataset_builder.lmdb_io import lmdb_count, read_lmdb
@@ -31,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _manifest(ds):
-    with open(os.path.join(ds, spec.MANIFEST_FILE), newline="") as f:
+    with open(os.path.join(ds, layout.MANIFEST_FILE), newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -70,9 +72,9 @@ def test_caffe_data_layers_read_what_was_written(caffe, syn_pairs, syn_ds, tmp_p
     proto = tmp_path / "read.prototxt"
     layers = []
     for name, src, mean in (("data", "features", False), ("label", "labels", False), ("centred", "features", True)):
-        tp = 'transform_param { mean_file: "%s" }' % os.path.join(ds, spec.TRAIN_DB, spec.MEAN_FILE) if mean else ""
+        tp = 'transform_param { mean_file: "%s" }' % os.path.join(ds, layout.TRAIN_DB, layout.MEAN_FILE) if mean else ""
         layers.append('layer { name: "%s" type: "Data" top: "%s" %s data_param { source: "%s" batch_size: %d '
-                      'backend: LMDB } }' % (name, name, tp, os.path.join(ds, spec.TRAIN_DB, src), n))
+                      'backend: LMDB } }' % (name, name, tp, os.path.join(ds, layout.TRAIN_DB, src), n))
     proto.write_text("name: \"readback\"\n" + "\n".join(layers) + "\n")
     net = caffe.Net(str(proto), caffe.TEST)
     net.forward()
@@ -80,15 +82,15 @@ def test_caffe_data_layers_read_what_was_written(caffe, syn_pairs, syn_ds, tmp_p
     assert net.blobs["label"].data.shape == (n, 1, 120, 160)
     np.testing.assert_array_equal(net.blobs["data"].data, exp_x.astype(np.float32))
     np.testing.assert_array_equal(net.blobs["label"].data, exp_y.astype(np.float32))
-    mean = caffe.io.blobproto_to_array(_blobproto(caffe, os.path.join(ds, spec.TRAIN_DB, spec.MEAN_FILE)))
+    mean = caffe.io.blobproto_to_array(_blobproto(caffe, os.path.join(ds, layout.TRAIN_DB, layout.MEAN_FILE)))
     assert mean.shape == (1, 3, 120, 160)
     np.testing.assert_allclose(mean[0], exp_x.mean(axis=0), atol=1e-3)
     np.testing.assert_allclose(net.blobs["centred"].data, exp_x - mean, atol=1e-3)
     # the val LMDBs hold the test split, in manifest order, with the same key format
     val = [r["id"] for r in _manifest(ds) if r["split"] == "test"]
-    keys = [k for k, _ in read_lmdb(os.path.join(ds, spec.VAL_DB, spec.LABELS))]
-    assert keys == [spec.LMDB_KEY_FORMAT % i for i in range(len(val))]
-    assert lmdb_count(os.path.join(ds, spec.VAL_DB, spec.FEATURES)) == len(val)
+    keys = [k for k, _ in read_lmdb(os.path.join(ds, layout.VAL_DB, layout.LABELS))]
+    assert keys == [layout.LMDB_KEY_FORMAT % i for i in range(len(val))]
+    assert lmdb_count(os.path.join(ds, layout.VAL_DB, layout.FEATURES)) == len(val)
 
 
 def _blobproto(caffe, path):
@@ -100,9 +102,9 @@ def _blobproto(caffe, path):
 
 def test_weights_prior_manifest_and_info(syn_ds):
     ds, info = syn_ds
-    labels = _lmdb(ds, spec.TRAIN_DB, spec.LABELS)
-    prior = np.loadtxt(os.path.join(ds, spec.CLASS_PRIOR_FILE))
-    weights = np.loadtxt(os.path.join(ds, spec.CLASS_WEIGHTS_FILE))
+    labels = _lmdb(ds, layout.TRAIN_DB, layout.LABELS)
+    prior = np.loadtxt(os.path.join(ds, layout.CLASS_PRIOR_FILE))
+    weights = np.loadtxt(os.path.join(ds, layout.CLASS_WEIGHTS_FILE))
     assert prior.shape == weights.shape == (spec.NUM_BINS,)
     # recomputed here, not with spec.class_prior / spec.rebalance_weights (the code under test):
     # bin frequencies of the train labels, then eq. 1's v(Y) with Zhang et al.'s lambda = 1/2
@@ -113,7 +115,7 @@ def test_weights_prior_manifest_and_info(syn_ds):
     v = 1.0 / (0.5 * prior + 0.5 / spec.NUM_BINS)
     np.testing.assert_allclose(weights, v / float((prior * v).sum()), rtol=1e-6)
     assert float((prior * weights).sum()) == pytest.approx(1.0, abs=1e-5)
-    with open(os.path.join(ds, spec.DATASET_INFO_FILE)) as f:
+    with open(os.path.join(ds, layout.DATASET_INFO_FILE)) as f:
         meta = json.load(f)
     for k in ("synthetic", "note", "num_bins", "height", "width", "window_mode", "window", "lambda", "counts",
               "object_classes"):
@@ -124,7 +126,7 @@ def test_weights_prior_manifest_and_info(syn_ds):
     assert meta["counts"] == {"train": 33, "test": 3, "skipped": 0, "train_entries": 33}
     assert meta["window_mode"] == "dataset"
     rows = _manifest(ds)
-    with open(os.path.join(ds, spec.MANIFEST_FILE)) as f:
+    with open(os.path.join(ds, layout.MANIFEST_FILE)) as f:
         assert f.readline().strip() == ",".join(B.MANIFEST_COLUMNS)
     assert all(r["source"].startswith("SYNTHETIC:") for r in rows)
     assert {r["object_class"] for r in rows} == set(spec.OBJECT_CLASSES)
@@ -136,9 +138,9 @@ def test_weights_prior_manifest_and_info(syn_ds):
             ("480", "640", "120", "160", "120", "160")
     # test split also as files: visible RGB, brightness PNG, degC
     for r in (r for r in rows if r["split"] == "test"):
-        vis = np.asarray(Image.open(os.path.join(ds, spec.TEST_DIR, "visible", r["id"] + ".png")))
-        irb = np.asarray(Image.open(os.path.join(ds, spec.TEST_DIR, "ir", r["id"] + ".png")))
-        degc = np.load(os.path.join(ds, spec.TEST_DIR, "ir_degC", r["id"] + ".npy"))
+        vis = np.asarray(Image.open(os.path.join(ds, layout.TEST_DIR, "visible", r["id"] + ".png")))
+        irb = np.asarray(Image.open(os.path.join(ds, layout.TEST_DIR, "ir", r["id"] + ".png")))
+        degc = np.load(os.path.join(ds, layout.TEST_DIR, "ir_degC", r["id"] + ".npy"))
         assert vis.shape == (120, 160, 3) and irb.shape == (120, 160) and degc.shape == (120, 160)
         assert degc.dtype == np.float32
         np.testing.assert_array_equal(irb, np.round(spec.to_brightness(degc, *meta["window"])).astype(np.uint8))
@@ -181,10 +183,10 @@ def test_window_modes_image_and_fixed(syn_pairs, tmp_path):
                                                                  test_count=4))
     assert info["window"] is None
     for r in (r for r in _manifest(out) if r["split"] == "test"):
-        d = np.load(os.path.join(out, spec.TEST_DIR, "ir_degC", r["id"] + ".npy"))
+        d = np.load(os.path.join(out, layout.TEST_DIR, "ir_degC", r["id"] + ".npy"))
         assert float(r["t_min"]) == pytest.approx(float(d.min()), abs=1e-3)
         assert float(r["t_max"]) == pytest.approx(float(d.max()), abs=1e-3)
-        b = np.asarray(Image.open(os.path.join(out, spec.TEST_DIR, "ir", r["id"] + ".png")))
+        b = np.asarray(Image.open(os.path.join(out, layout.TEST_DIR, "ir", r["id"] + ".png")))
         assert b.min() == 0 and b.max() == 255
     out = str(tmp_path / "fixed")
     info = B.build(out, pair_roots=[syn_pairs], cfg=B.BuildConfig(window_mode="fixed", window=(10.0, 50.0),
@@ -221,7 +223,7 @@ def test_pair_layouts(tmp_path):
     info = B.build(out, pair_roots=[tv], cfg=B.BuildConfig(height=24, width=32, workers=1, progress=False))
     assert info["ir_units"] == "brightness" and info["window_mode"] == "fixed" and info["window"] == [0.0, 255.0]
     assert info["synthetic"] is False and info["object_classes"] == ["unknown"]
-    feats, labels = _lmdb(out, spec.TRAIN_DB, spec.FEATURES), _lmdb(out, spec.TRAIN_DB, spec.LABELS)
+    feats, labels = _lmdb(out, layout.TRAIN_DB, layout.FEATURES), _lmdb(out, layout.TRAIN_DB, layout.LABELS)
     np.testing.assert_array_equal(labels[:, 0], spec.brightness_to_bins(feats[:, 0].astype(np.float64)))
     kaist = str(tmp_path / "kaist")
     for s in ("set00/V000", "set00/V001"):
@@ -248,7 +250,7 @@ def test_portrait_and_upsampling(tmp_path):
     out = str(tmp_path / "ds")
     B.build(out, pair_roots=[root], cfg=B.BuildConfig(height=spec.PAPER_HEIGHT, width=spec.PAPER_WIDTH,
                                                       workers=1, progress=False))
-    assert _lmdb(out, spec.TRAIN_DB, spec.FEATURES).shape[1:] == (3, 240, 320)
+    assert _lmdb(out, layout.TRAIN_DB, layout.FEATURES).shape[1:] == (3, 240, 320)
     r = _manifest(out)[0]
     assert (r["ir_h"], r["ir_w"], r["height"], r["width"]) == ("32", "24", "240", "320")
     vis, ir = np.zeros((64, 48, 3), np.uint8), np.random.RandomState(0).rand(32, 24).astype(np.float32)
@@ -327,7 +329,7 @@ def test_strict_exit_code_and_nothing_written(bad_pairs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--strict" in err and all(p in err for p in expect)
     rc = cli_main(["build", "--pairs", root, "--out", out, "--size", "24", "32", "--quiet"])
-    assert rc == 0 and os.path.isfile(os.path.join(out, spec.DATASET_INFO_FILE))
+    assert rc == 0 and os.path.isfile(os.path.join(out, layout.DATASET_INFO_FILE))
 
 
 def test_flir_folder_build(flir_samples, tmp_path, capsys):
@@ -358,7 +360,7 @@ def test_flir_folder_build(flir_samples, tmp_path, capsys):
     m = rows["flir_one_mug"]
     assert (m["vis_h"], m["vis_w"], m["ir_h"], m["ir_w"]) == ("456", "342", "320", "240")
     assert m["source"] == "flir:flir_one_mug.jpg"
-    with open(os.path.join(out, spec.DATASET_INFO_FILE)) as f:
+    with open(os.path.join(out, layout.DATASET_INFO_FILE)) as f:
         meta = json.load(f)
     assert meta["synthetic"] is False and meta["counts"] == {"train": 2, "test": 1, "skipped": 5, "train_entries": 2}
     rc = cli_main(["build", "--flir", src, "--out", str(tmp_path / "strict"), "--strict", "--quiet"])
@@ -419,7 +421,7 @@ def _wait_writing(out, proc, timeout=120):
     t0 = time.time()
     while time.time() - t0 < timeout:
         for tmp in glob.glob(out + ".tmp-*"):
-            mdb = os.path.join(tmp, spec.TRAIN_DB, spec.FEATURES, "data.mdb")
+            mdb = os.path.join(tmp, layout.TRAIN_DB, layout.FEATURES, "data.mdb")
             if os.path.exists(mdb) and os.path.getsize(mdb) > 0:
                 return tmp
         if proc.poll() is not None:
@@ -433,17 +435,17 @@ def test_interrupted_build_keeps_old_dataset(syn_pairs, syn_ds, tmp_path, sig):
     old, _ = syn_ds
     out = str(tmp_path / "ds")
     shutil.copytree(old, out)
-    before = open(os.path.join(out, spec.MANIFEST_FILE)).read()
-    n_before = lmdb_count(os.path.join(out, spec.TRAIN_DB, spec.FEATURES))
+    before = open(os.path.join(out, layout.MANIFEST_FILE)).read()
+    n_before = lmdb_count(os.path.join(out, layout.TRAIN_DB, layout.FEATURES))
     proc = _start_build(syn_pairs, out)
     tmp = _wait_writing(out, proc)
     proc.send_signal(sig)
     rc = proc.wait(60)
     assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 130), proc.stderr.read()
     # the old dataset is whole and untouched
-    assert open(os.path.join(out, spec.MANIFEST_FILE)).read() == before
-    assert lmdb_count(os.path.join(out, spec.TRAIN_DB, spec.FEATURES)) == n_before
-    assert _lmdb(out, spec.TRAIN_DB, spec.FEATURES).shape[2:] == (120, 160)
+    assert open(os.path.join(out, layout.MANIFEST_FILE)).read() == before
+    assert lmdb_count(os.path.join(out, layout.TRAIN_DB, layout.FEATURES)) == n_before
+    assert _lmdb(out, layout.TRAIN_DB, layout.FEATURES).shape[2:] == (120, 160)
     if sig == signal.SIGKILL:
         assert os.path.isdir(tmp)            # a killed process cannot clean up ...
     else:
@@ -451,23 +453,23 @@ def test_interrupted_build_keeps_old_dataset(syn_pairs, syn_ds, tmp_path, sig):
     # the next build removes the dead build's leftovers and replaces the dataset
     info = B.build(out, pair_roots=[syn_pairs], cfg=B.BuildConfig(height=60, width=80, workers=1, progress=False))
     assert not glob.glob(out + ".tmp-*") and not glob.glob(out + ".old-*")
-    assert _lmdb(out, spec.TRAIN_DB, spec.FEATURES).shape[1:] == (3, 60, 80)
+    assert _lmdb(out, layout.TRAIN_DB, layout.FEATURES).shape[1:] == (3, 60, 80)
     assert info["counts"]["train"] == n_before
 
 
 def test_thermalnet_val_stage_reads_the_dataset(caffe, syn_ds, tmp_path):
-    """The real network (prototxt/thermalnet_v1_1.prototxt, bound by tools/nets.materialize)
+    """The real network (prototxt/thermalnet_v1_1.prototxt, bound by thermalnet/nets.materialize)
     reads the val LMDBs of a built dataset: same labels, mean-subtracted features, finite loss."""
-    nets = pytest.importorskip("tools.nets")
+    nets = pytest.importorskip("thermalnet.nets")
     ds, _ = syn_ds
     path = nets.materialize(nets.network("v1_1").net, ds, str(tmp_path / "net.prototxt"), val_batch_size=2)
     with open(path, "a") as f:          # pycaffe here takes no stages: put the val stage in the file
         f.write('\nstate { phase: TEST stage: "val" }\n')
     net = caffe.Net(path, caffe.TEST)
     out = net.forward()
-    labels = _lmdb(ds, spec.VAL_DB, spec.LABELS)[:2]
-    feats = _lmdb(ds, spec.VAL_DB, spec.FEATURES)[:2].astype(np.float32)
-    mean = caffe.io.blobproto_to_array(_blobproto(caffe, os.path.join(ds, spec.TRAIN_DB, spec.MEAN_FILE)))
+    labels = _lmdb(ds, layout.VAL_DB, layout.LABELS)[:2]
+    feats = _lmdb(ds, layout.VAL_DB, layout.FEATURES)[:2].astype(np.float32)
+    mean = caffe.io.blobproto_to_array(_blobproto(caffe, os.path.join(ds, layout.TRAIN_DB, layout.MEAN_FILE)))
     np.testing.assert_array_equal(net.blobs["label"].data, labels)
     np.testing.assert_allclose(net.blobs["data"].data, feats - mean, atol=1e-3)
     losses = [float(np.asarray(v).ravel()[0]) for k, v in out.items() if "loss" in k]

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from dataset_builder import build as B
-from dataset_builder import spec, synthetic
+from thermalnet import spec
+from thermalnet import layout
+from dataset_builder import synthetic
 from dataset_builder.cli import main as cli_main
 
 
@@ -160,7 +162,7 @@ def test_demo_cli(tmp_path, capsys):
     assert cli_main(["demo", "--out", out, "--count", "12", "--workers", "1", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "SYNTHETIC pairs: 12" in printed and "SYNTHETIC dataset" in printed and "11 train / 1 test" in printed
-    with open(os.path.join(out, "dataset", spec.DATASET_INFO_FILE)) as f:
+    with open(os.path.join(out, "dataset", layout.DATASET_INFO_FILE)) as f:
         assert json.load(f)["synthetic"] is True
 
 

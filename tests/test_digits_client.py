@@ -16,7 +16,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from dataset_builder import spec
+from thermalnet import spec
+from thermalnet import decoders, layout, metrics
 from digits_jobs import client as C
 from digits_jobs import jobdefs as jd
 from digits_jobs.standin import STANDIN_HEADER, StandinServer
@@ -31,22 +32,22 @@ def dataset(tmp_path_factory):
     from conftest import make_tiny_dataset
     root, feats = make_tiny_dataset(str(tmp_path_factory.mktemp("ds") / "tiny"), n_train=6, n_val=4,
                                     height=H, width=W, seed=3)
-    x, y = feats[spec.VAL_DB]
+    x, y = feats[layout.VAL_DB]
     rows = []
     for d in ("visible", "ir", "ir_degC"):
-        os.makedirs(os.path.join(root, spec.TEST_DIR, d))
+        os.makedirs(os.path.join(root, layout.TEST_DIR, d))
     for i in range(len(x)):
         iid = "t%03d" % i
         Image.fromarray(np.ascontiguousarray(x[i][::-1].transpose(1, 2, 0))).save(
-            os.path.join(root, spec.TEST_DIR, "visible", iid + ".png"))
+            os.path.join(root, layout.TEST_DIR, "visible", iid + ".png"))
         b = np.clip(np.rint(spec.bin_centers()[y[i, 0]]), 0, 255).astype(np.uint8)
-        Image.fromarray(b).save(os.path.join(root, spec.TEST_DIR, "ir", iid + ".png"))
-        np.save(os.path.join(root, spec.TEST_DIR, "ir_degC", iid + ".npy"),
+        Image.fromarray(b).save(os.path.join(root, layout.TEST_DIR, "ir", iid + ".png"))
+        np.save(os.path.join(root, layout.TEST_DIR, "ir_degC", iid + ".npy"),
                 spec.to_celsius(b, 15.0, 45.0).astype(np.float32))
         rows.append({"id": iid, "source": "SYNTHETIC", "object_class": spec.OBJECT_CLASSES[i % 3], "split": "test",
                      "t_min": 15.0, "t_max": 45.0, "vis_h": H, "vis_w": W, "ir_h": H, "ir_w": W, "height": H,
                      "width": W})
-    with open(os.path.join(root, spec.MANIFEST_FILE), "w", newline="") as f:
+    with open(os.path.join(root, layout.MANIFEST_FILE), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))
         wr.writeheader()
         wr.writerows(rows)
@@ -209,7 +210,7 @@ def test_job_error_state_reports_digits_reason(standin, dataset):
     # A network that breaks DIGITS' rules but parses is accepted by the form and fails when
     # the job starts (DIGITS' before_run): the client must say why.
     from google.protobuf import text_format
-    from dataset_builder.caffe_env import caffe_pb2
+    from thermalnet.caffe_env import caffe_pb2
     c = make_client(standin.url)
     c.login()
     d = c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
@@ -266,7 +267,7 @@ def squeezenet(tmp_path_factory, caffe):
 def test_run_flow_sends_pretrained_weights_in_digits_field(standin, dataset, squeezenet, caffe, tmp_path):
     """--weights goes into custom_network_snapshot; the stand-in's snapshot (Caffe's copy_from,
     as DIGITS' caffe train --weights) then holds SqueezeNet's blobs, the new layers their fillers."""
-    from tools import nets
+    from thermalnet import nets
     path, src = squeezenet["v1_1"]
     c = make_client(standin.url)
     s = C.run_flow(c, dataset, dataset_local=dataset, out=str(tmp_path / "ft"), evaluate=False,
@@ -288,7 +289,7 @@ def test_pretrained_weights_that_do_not_fit(standin, dataset, squeezenet, tmp_pa
     """v1.0 weights for the v1.1 demo job: refused here before queuing (one line naming the
     layer and both shapes); sent anyway, the job ends in Error as DIGITS' would; a path the
     server lacks is DIGITS' form error on custom_network_snapshot."""
-    from tools.nets import WeightsError
+    from thermalnet.nets import WeightsError
     v10 = squeezenet["v1_0"][0]
     c = make_client(standin.url)
     with pytest.raises(WeightsError, match=r"layer 'conv1' blob 0 \(weights\) has shape 96x3x7x7 in the file "
@@ -325,21 +326,21 @@ def trained(standin, dataset, tmp_path):
 
 def test_infer_one_decodes_like_the_kits_predictor(trained, dataset, tmp_path):
     from PIL import Image
-    from tools.inference import Predictor
+    from thermalnet.inference import Predictor
     c, s = trained
-    img = os.path.join(dataset, spec.TEST_DIR, "visible", "t000.png")
+    img = os.path.join(dataset, layout.TEST_DIR, "visible", "t000.png")
     outputs = c.infer_one(s["model_job"], img)
     prob = np.asarray(outputs["prob"])
     assert prob.shape == (1, spec.NUM_BINS, H, W)
     pred = Predictor(s["files"]["deploy"], s["files"]["caffemodel"],
-                     mean_file=os.path.join(dataset, spec.TRAIN_DB, spec.MEAN_FILE))
+                     mean_file=os.path.join(dataset, layout.TRAIN_DB, layout.MEAN_FILE))
     want = pred.predict_probs([np.asarray(Image.open(img).convert("RGB"))])[0]
     np.testing.assert_allclose(prob[0], want, rtol=1e-4, atol=1e-6)
     res = C.infer_flow(c, s["model_job"], [img], str(tmp_path / "inf"),
-                       ir_dir=os.path.join(dataset, spec.TEST_DIR, "ir"))
-    b = spec.decode(want)
-    gt = np.asarray(Image.open(os.path.join(dataset, spec.TEST_DIR, "ir", "t000.png")), dtype=np.float64)
-    assert res["images"][0]["rms"] == pytest.approx(spec.rms(gt, b), abs=1e-3)
+                       ir_dir=os.path.join(dataset, layout.TEST_DIR, "ir"))
+    b = decoders.decode(want)
+    gt = np.asarray(Image.open(os.path.join(dataset, layout.TEST_DIR, "ir", "t000.png")), dtype=np.float64)
+    assert res["images"][0]["rms"] == pytest.approx(metrics.rms(gt, b), abs=1e-3)
     assert os.path.isfile(os.path.join(str(tmp_path / "inf"), "t000.png"))
 
 
@@ -347,24 +348,24 @@ def test_infer_cli_decodes_like_the_kits_evaluation(trained, dataset, standin, t
     """One decoding default: with --dataset the client decodes mmse (class weights divided out), as
     tools.evaluate does; mmse without a dataset is a one-line error."""
     from PIL import Image
-    from tools.inference import Predictor
+    from thermalnet.inference import Predictor
     c, s = trained
-    img = os.path.join(dataset, spec.TEST_DIR, "visible", "t000.png")
+    img = os.path.join(dataset, layout.TEST_DIR, "visible", "t000.png")
     out = str(tmp_path / "inf")
     assert C.main(["--url", standin.url, "--poll", "0", "infer", "--job-id", s["model_job"], "--dataset", dataset,
                    "--limit", "1", "--out", out]) == 0
     pred = Predictor(s["files"]["deploy"], s["files"]["caffemodel"],
-                     mean_file=os.path.join(dataset, spec.TRAIN_DB, spec.MEAN_FILE))
-    weights = spec.read_class_weights(dataset, spec.NUM_BINS)
+                     mean_file=os.path.join(dataset, layout.TRAIN_DB, layout.MEAN_FILE))
+    weights = layout.read_class_weights(dataset, spec.NUM_BINS)
     rgb = np.asarray(Image.open(img).convert("RGB"))
-    want = pred.predict_brightness([rgb], spec.DEFAULT_DECODING, class_weights=weights)[0]
-    other = pred.predict_brightness([rgb], spec.FALLBACK_DECODING)[0]
+    want = pred.predict_brightness([rgb], decoders.DEFAULT_DECODING, class_weights=weights)[0]
+    other = pred.predict_brightness([rgb], decoders.FALLBACK_DECODING)[0]
     got = np.asarray(Image.open(os.path.join(out, "t000.png")), dtype=np.float64)
     assert np.abs(got - np.clip(np.rint(want), 0, 255)).max() <= 1
-    assert json.load(open(os.path.join(out, "infer.json")))["decoding"] == spec.DEFAULT_DECODING == "mmse"
+    assert json.load(open(os.path.join(out, "infer.json")))["decoding"] == decoders.DEFAULT_DECODING == "mmse"
     # mmse differs from the plain expectation on these weights (a net with rebalancing leans to rare bins)
     probs = pred.predict_probs([rgb])[0]
-    assert not np.allclose(spec.decode(probs, "mmse", class_weights=weights), other)
+    assert not np.allclose(decoders.decode(probs, "mmse", class_weights=weights), other)
     capsys.readouterr()
     assert C.main(["--url", standin.url, "--poll", "0", "infer", "--job-id", s["model_job"], "--images", img,
                    "--decoding", "mmse", "--out", out]) == 1
@@ -374,7 +375,7 @@ def test_infer_cli_decodes_like_the_kits_evaluation(trained, dataset, standin, t
 
 def test_infer_many_with_server_paths(trained, dataset):
     c, s = trained
-    vis = os.path.join(dataset, spec.TEST_DIR, "visible")
+    vis = os.path.join(dataset, layout.TEST_DIR, "visible")
     out = c.infer_many(s["model_job"], ["t000.png", "t001.png"], image_folder=vis)
     assert sorted(out) == [os.path.join(vis, "t000.png"), os.path.join(vis, "t001.png")]
     assert np.asarray(out[os.path.join(vis, "t001.png")]["prob"]).shape == (spec.NUM_BINS, H, W)
@@ -427,8 +428,8 @@ def test_image_processing_export_matches_the_kits_lmdbs(standin, dataset, tmp_pa
     d = c.create(job["route"], jd.form_fields(job, folders=folders, name="t"))
     st = c.wait("dataset", d["id"])
     built = os.path.join(st["directory"])
-    for sub in (spec.TRAIN_DB, spec.VAL_DB):
-        for part in (spec.FEATURES, spec.LABELS):
+    for sub in (layout.TRAIN_DB, layout.VAL_DB):
+        for part in (layout.FEATURES, layout.LABELS):
             mine = [a for _, a in read_lmdb(os.path.join(dataset, sub, part))]
             theirs = [a for _, a in read_lmdb(os.path.join(built, sub, part))]
             assert len(mine) == len(theirs)

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from dataset_builder import spec
+from thermalnet import spec
+from thermalnet import layout
 from digits_jobs import jobdefs as jd
 from digits_jobs import validate as v
 
@@ -34,11 +35,11 @@ def test_fields_are_digits_fields(path):
 def test_prebuilt_dataset_paths_follow_the_spec_layout():
     f = jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset="/data/x", name="x")
     lay = jd.dataset_layout("/data/x")
-    assert f["prebuilt_train_images"] == lay["train_images"] == "/data/x/%s/%s" % (spec.TRAIN_DB, spec.FEATURES)
+    assert f["prebuilt_train_images"] == lay["train_images"] == "/data/x/%s/%s" % (layout.TRAIN_DB, layout.FEATURES)
     assert f["prebuilt_train_labels"] == lay["train_labels"]
     assert f["prebuilt_val_images"] == lay["val_images"]
     assert f["prebuilt_val_labels"] == lay["val_labels"]
-    assert f["prebuilt_mean_file"] == lay["mean_file"] == "/data/x/%s/%s" % (spec.TRAIN_DB, spec.MEAN_FILE)
+    assert f["prebuilt_mean_file"] == lay["mean_file"] == "/data/x/%s/%s" % (layout.TRAIN_DB, layout.MEAN_FILE)
     assert f["method"] == "prebuilt" and f["force_same_shape"] == "1"
 
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from dataset_builder import spec
-from dataset_builder.caffe_env import PROTOTXT_DIR, caffe_pb2
+from thermalnet import spec
+from thermalnet import layout
+from thermalnet.caffe_env import PROTOTXT_DIR, caffe_pb2
 from digits_jobs import validate as v
 
 ALL_IN_ONE = sorted(p for p in glob.glob(os.path.join(PROTOTXT_DIR, "*.prototxt"))
@@ -37,7 +38,7 @@ def test_every_network_passes_digits_and_runs_in_caffe(net, tiny_dataset, caffe,
     out = str(tmp_path / "job")
     r = v.validate(net, root, out)
     c = r["caffe"]
-    n, _, h, w = feats[spec.TRAIN_DB][0].shape
+    n, _, h, w = feats[layout.TRAIN_DB][0].shape
     assert c["deploy_input"] == (1, 3, h, w)
     assert c["deploy_prob"] == (1, spec.NUM_BINS, h, w)
     assert "loss" in c["train_outputs"] and np.isfinite(c["train_outputs"]["loss"])
@@ -67,19 +68,19 @@ def test_written_files_follow_digits(tiny_dataset, tmp_path):
         assert l.data_param.backend == pb.DataParameter.LMDB
         sources.add(l.data_param.source)
         if l.top[0] == "data":
-            assert l.transform_param.mean_file == os.path.join(root, spec.TRAIN_DB, spec.MEAN_FILE)
+            assert l.transform_param.mean_file == os.path.join(root, layout.TRAIN_DB, layout.MEAN_FILE)
         else:
             assert not l.transform_param.HasField("mean_file")
-    assert sources == {os.path.join(root, s, p) for s in (spec.TRAIN_DB, spec.VAL_DB)
-                       for p in (spec.FEATURES, spec.LABELS)}
+    assert sources == {os.path.join(root, s, p) for s in (layout.TRAIN_DB, layout.VAL_DB)
+                       for p in (layout.FEATURES, layout.LABELS)}
     assert not any(l.type in ("Input", "Data") for l in dep.layer)
     assert list(dep.input) == ["data"]
-    assert list(dep.input_shape[0].dim) == [1, 3, feats[spec.TRAIN_DB][0].shape[2], feats[spec.TRAIN_DB][0].shape[3]]
+    assert list(dep.input_shape[0].dim) == [1, 3, feats[layout.TRAIN_DB][0].shape[2], feats[layout.TRAIN_DB][0].shape[3]]
     assert not any(v.is_loss_layer(l) for l in dep.layer)
     assert all(not len(l.include) and not len(l.exclude) for l in dep.layer)
     # class weights: DIGITS runs Caffe in the job folder, so the path must be absolute
     loss = [l for l in tv.layer if l.type == "Python"][0]
-    assert os.path.join(root, spec.CLASS_WEIGHTS_FILE) in loss.python_param.param_str
+    assert os.path.join(root, layout.CLASS_WEIGHTS_FILE) in loss.python_param.param_str
 
 
 @pytest.mark.parametrize("form,batch,iter_size", [
@@ -263,7 +264,7 @@ def test_caffe_itself_would_fail_without_the_digits_rules(tiny_dataset, tmp_path
     loss.ClearField("include")
     files.deploy.layer.add().CopyFrom(loss)
     job = v.write_job_dir(files, str(tmp_path / "job"), os.path.join(PROTOTXT_DIR, v.PYTHON_LAYER_FILE))
-    code = ("from dataset_builder.caffe_env import import_caffe; c = import_caffe(quiet=False); "
+    code = ("from thermalnet.caffe_env import import_caffe; c = import_caffe(quiet=False); "
             "c.Net(%r, c.TEST)" % os.path.join(job, v.DEPLOY_FILE))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=job,
                        env=dict(os.environ, PYTHONPATH=os.path.dirname(PROTOTXT_DIR)))

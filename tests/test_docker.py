@@ -273,7 +273,7 @@ def test_bvlc_image_is_the_official_one_plus_the_networks():
 
 
 def _caffe_tool_cmd(words):
-    from dataset_builder.caffe_env import caffe_tool
+    from thermalnet.caffe_env import caffe_tool
     assert words[0] == "caffe", words
     return [caffe_tool()] + words[1:]
 
@@ -281,7 +281,7 @@ def _caffe_tool_cmd(words):
 def test_bvlc_image_build_checks_run_with_the_kits_caffe():
     """The image's build-time checks (the loss layer imports, each deploy net runs forward and
     backward), run here with the kit's Caffe and Python 3 in place of Caffe 1.0 and Python 2.7."""
-    from dataset_builder.caffe_env import python_layer_env
+    from thermalnet.caffe_env import python_layer_env
     instrs = parse_dockerfile(os.path.join(DOCKER, "Dockerfile.bvlc"))
     runs = [r for i, r in instrs if i == "RUN"]
     assert len(runs) == 1
@@ -312,7 +312,7 @@ def test_bvlc_recipe_runs_with_the_kits_caffe(tiny_dataset, tmp_path):
     """Every step of the recipe, on the host as written (a small random dataset in place of
     the demo's), and the `docker run ... caffe ...` steps with the kit's Caffe in the -w folder;
     the solver is shortened to 2 iterations. What Caffe 1.0 in the image does is not run here."""
-    from dataset_builder.caffe_env import python_layer_env
+    from thermalnet.caffe_env import python_layer_env
     lines = bvlc_recipe()
     dataset, rundir = tiny_dataset[0], str(tmp_path / "bvlc")
     sub = [("$PWD/runs/bvlc", rundir), ("runs/datasets/synthetic", dataset), ("runs/bvlc", rundir), ("$PWD", REPO)]

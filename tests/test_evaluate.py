@@ -1,4 +1,4 @@
-"""tools.evaluate and tools.baselines on a small SYNTHETIC dataset with the real Caffe.
+"""tools.evaluate and thermalnet.baselines on a small SYNTHETIC dataset with the real Caffe.
 
 The dataset comes from dataset_builder.synthetic (labelled SYNTHETIC) built at 48x64
 so the test stays fast; the model is a 2-iteration training run of the real v1.1 net.
@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_builder import spec
-from tools import baselines as bl, evaluate as ev
+from thermalnet import spec
+from thermalnet import baselines as bl
+from tools import evaluate as ev
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "prototxt", "thermalnet_v1_1_deploy.prototxt")

@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from tests.conftest import make_tiny_dataset
-from tools import fidelity, nets
+from thermalnet import nets
+from tools import fidelity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NET = nets.network(nets.DEFAULT_NETWORK).net
@@ -79,7 +80,7 @@ def test_three_deconvolutions_fail(small_ds, tmp_path):
 
 
 def test_global_pooling_fails(small_ds, tmp_path):
-    from dataset_builder.caffe_env import caffe_pb2
+    from thermalnet.caffe_env import caffe_pb2
 
     def global_pool(net):
         pool = [l for l in net.layer if l.type == "Pooling"][-1]

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_tiny_dataset
-from tools import caffe_log, nets, train as tr
+from thermalnet import caffe_log, nets
+from tools import train as tr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 48, 64
@@ -159,7 +160,7 @@ def test_squeezenet_weights_load_by_name_into_every_thermalnet(standin, small_ds
 def test_legacy_v1_caffemodel_is_read_like_caffe_reads_it(standin, tmp_path, caffe):
     """An old-format file (V1 `layers`, blobs as num/channels/height/width) passes the check
     and Caffe loads the same values from it."""
-    from dataset_builder.caffe_env import caffe_pb2
+    from thermalnet.caffe_env import caffe_pb2
     pb = caffe_pb2()
     model, src = standin["v1_1"]
     new = pb.NetParameter()
@@ -206,7 +207,7 @@ def test_wrong_weights_are_one_line_errors_before_anything_is_written(standin, s
     empty.write_bytes(b"")
     unrelated = tmp_path / "unrelated.caffemodel"
     shutil.copy(str(standin["v1_1"][0]), str(unrelated))
-    from dataset_builder.caffe_env import caffe_pb2
+    from thermalnet.caffe_env import caffe_pb2
     msg = caffe_pb2().NetParameter()
     msg.ParseFromString(unrelated.read_bytes())
     for layer in msg.layer:
@@ -278,7 +279,7 @@ def test_train_with_weights_on_both_backends(standin, small_ds, tmp_path, caffe,
     assert len(s["weights_layers"]["from_weights"]) == 1 + 3 * len(FIRES)
     log = (out / "train.log").read_text()
     if backend == "caffe":
-        from dataset_builder.caffe_env import caffe_tool
+        from thermalnet.caffe_env import caffe_tool
         if tr.caffe_tool_reads_weights(caffe_tool()):          # BVLC 1.0, NVCaffe
             assert "caffe train -solver %s -weights %s" % (out / tr.CAFFE_SOLVER_FILE, model) in log
         else:                                                   # this kit's rc3-lineage build ignores -weights

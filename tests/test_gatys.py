@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools import gatys
-from tools.inference import random_caffemodel
+from thermalnet import gatys
+from thermalnet.inference import random_caffemodel
 
 
 def _fd_check(fn, x, n=12, eps=1e-6, seed=0):

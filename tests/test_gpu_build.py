@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from dataset_builder import caffe_env
+from thermalnet import caffe_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL = os.path.join(REPO, "tools", "install_caffe.sh")
@@ -54,7 +54,7 @@ def gpu_root():
 @pytest.fixture(scope="module")
 def device_problem(gpu_root):
     """None when GPU 0 runs the GPU build's code, else the kit's one-line reason."""
-    proc = subprocess.run([sys.executable, "-m", "dataset_builder.caffe_env", "--gpu", "0"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "thermalnet.caffe_env", "--gpu", "0"], cwd=REPO,
                           env=_env(CAFFE_ROOT=gpu_root), capture_output=True, text=True)
     return None if proc.returncode == 0 else proc.stderr.strip()
 
@@ -217,7 +217,7 @@ def test_gpu_loss_and_gradient_match_cpu(gpu_root, device_problem, tiny_dataset,
     """Thermalnet v1.1 with the eq. 1 layer: one forward/backward on GPU 0 equals the CPU's."""
     if device_problem is not None:
         pytest.skip("needs a GPU: %s" % device_problem)
-    from tools import nets
+    from thermalnet import nets
     net = str(tmp_path / "v1_1.prototxt")
     nets.materialize(os.path.join(REPO, "prototxt", "thermalnet_v1_1.prototxt"), tiny_dataset[0], net,
                      batch_size=2)

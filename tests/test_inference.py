@@ -11,10 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from dataset_builder import imageio, spec
-from dataset_builder.caffe_env import PROTOTXT_DIR
+from thermalnet import spec
+from thermalnet import decoders, layout
+from dataset_builder import imageio
+from thermalnet.caffe_env import PROTOTXT_DIR
 from tools import augment
-from tools.inference import Predictor, random_caffemodel
+from thermalnet.inference import Predictor, random_caffemodel
 
 TINY_DEPLOY = """name: "tiny_thermal_test_net"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 32 dim: 32 } } }
@@ -63,15 +65,15 @@ def _images(shapes, seed=0):
 def test_preprocess_equals_caffe_data_layer(caffe, tiny_dataset, tiny_net, tmp_path):
     """What Caffe's Data layer feeds in training (LMDB BGR Datum - mean_file) == Predictor.preprocess(RGB)."""
     root, feats = tiny_dataset
-    mean = os.path.join(root, spec.TRAIN_DB, spec.MEAN_FILE)
+    mean = os.path.join(root, layout.TRAIN_DB, layout.MEAN_FILE)
     net_txt = tmp_path / "data_only.prototxt"
     net_txt.write_text('layer { name: "data" type: "Data" top: "data" top: "label" '
                        'transform_param { mean_file: "%s" } data_param { source: "%s" backend: LMDB batch_size: 2 } }'
-                       % (mean, os.path.join(root, spec.TRAIN_DB, spec.FEATURES)))
+                       % (mean, os.path.join(root, layout.TRAIN_DB, layout.FEATURES)))
     net = caffe.Net(str(net_txt), caffe.TEST)
     net.forward()
     pred = Predictor(*tiny_net, mean_file=mean)
-    x = feats[spec.TRAIN_DB][0]
+    x = feats[layout.TRAIN_DB][0]
     for i in range(2):
         rgb = x[i][::-1].transpose(1, 2, 0)            # the visible PNG the Datum was made from
         np.testing.assert_allclose(pred.preprocess(rgb), net.blobs["data"].data[i], atol=1e-4)
@@ -79,7 +81,7 @@ def test_preprocess_equals_caffe_data_layer(caffe, tiny_dataset, tiny_net, tmp_p
 
 def test_mean_is_resized_to_other_sizes(tiny_dataset, tiny_net):
     root, _ = tiny_dataset
-    mean_file = os.path.join(root, spec.TRAIN_DB, spec.MEAN_FILE)
+    mean_file = os.path.join(root, layout.TRAIN_DB, layout.MEAN_FILE)
     pred = Predictor(*tiny_net, mean_file=mean_file)
     from dataset_builder.lmdb_io import read_mean_binaryproto
     mean = read_mean_binaryproto(mean_file)
@@ -117,7 +119,7 @@ def test_brightness_uses_spec_decode(tiny_net):
         got = pred.predict_brightness(imgs, decoding=method, temperature=0.5)
         for g, p in zip(got, probs):
             assert g.shape == (32, 48)
-            np.testing.assert_allclose(g, spec.decode(p, method, 0.5), atol=1e-9)
+            np.testing.assert_allclose(g, decoders.decode(p, method, 0.5), atol=1e-9)
             assert g.min() >= 0 and g.max() <= 255
     with pytest.raises(ValueError, match="decoding"):
         pred.predict_brightness(imgs, decoding="median")
@@ -297,14 +299,14 @@ def test_augment_takes_mean_and_window_from_the_dataset(tiny_net, tiny_dataset, 
     out = str(tmp_path / "out")
     assert augment.main(["--model", weights, "--deploy", deploy, "--dataset", root, "--input", visible_tree,
                          "--out", out, "--celsius", "--quiet", "--decoding", "argmax"]) == 0
-    pred = Predictor(deploy, weights, mean_file=os.path.join(root, spec.TRAIN_DB, spec.MEAN_FILE))
+    pred = Predictor(deploy, weights, mean_file=os.path.join(root, layout.TRAIN_DB, layout.MEAN_FILE))
     rgb = imageio.read_rgb(os.path.join(visible_tree, "b", "y.png"))
     want = pred.predict_brightness([rgb], decoding="argmax")[0]
     np.testing.assert_allclose(np.load(os.path.join(out, "b", "y.npy")), spec.to_celsius(want, 15.0, 45.0),
                                rtol=1e-5, atol=1e-4)
     info = tmp_path / "ds"
     info.mkdir()
-    (info / spec.DATASET_INFO_FILE).write_text('{"num_bins": 32, "height": 120, "width": 160, "window_mode": "image", "window": null}')
+    (info / layout.DATASET_INFO_FILE).write_text('{"num_bins": 32, "height": 120, "width": 160, "window_mode": "image", "window": null}')
     with pytest.raises(ValueError, match="--window"):
         augment.window_from_dataset(str(info))
 

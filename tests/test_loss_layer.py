@@ -12,7 +12,8 @@ import os
 import numpy as np
 import pytest
 
-from dataset_builder import spec
+from thermalnet import spec
+from thermalnet import layout
 
 SHAPE = (2, 5, 3, 4)        # N, Q, H, W: small enough for finite differences
 
@@ -222,8 +223,8 @@ def test_relative_weights_path_uses_cwd_then_dataset_env(caffe, tmp_path, data, 
     scores, labels, weights = data
     ds = tmp_path / "dataset"
     ds.mkdir()
-    _weights_file(ds, weights, spec.CLASS_WEIGHTS_FILE)
-    text = _net_text(SHAPE, "WeightedSoftmaxLoss", 1.0, {"class_weights": spec.CLASS_WEIGHTS_FILE})
+    _weights_file(ds, weights, layout.CLASS_WEIGHTS_FILE)
+    text = _net_text(SHAPE, "WeightedSoftmaxLoss", 1.0, {"class_weights": layout.CLASS_WEIGHTS_FILE})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -234,7 +235,7 @@ def test_relative_weights_path_uses_cwd_then_dataset_env(caffe, tmp_path, data, 
     loss, _ = _run(_make_net(caffe, tmp_path, text), scores, labels)
     assert loss == pytest.approx(eq1_numpy(scores, labels, weights)[0], rel=1e-5)
     # The working directory wins over the environment (a DIGITS job folder).
-    _weights_file(elsewhere, np.ones(SHAPE[1]), spec.CLASS_WEIGHTS_FILE)
+    _weights_file(elsewhere, np.ones(SHAPE[1]), layout.CLASS_WEIGHTS_FILE)
     loss, _ = _run(_make_net(caffe, tmp_path, text), scores, labels)
     assert loss == pytest.approx(eq1_numpy(scores, labels, np.ones(SHAPE[1]))[0], rel=1e-5)
 

@@ -1,4 +1,4 @@
-"""tools.metrics against independent numpy implementations (never the same function twice).
+"""thermalnet.metrics against independent numpy implementations (never the same function twice).
 
 SSIM is re-derived from Wang et al. 2004 with plain numpy: an 11x11 Gaussian window of
 sigma 1.5 (radius int(3.5 * 1.5 + 0.5) = 5), half-sample symmetric borders, population
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools import metrics
+from thermalnet import metrics
 
 
 def _gauss_filter(img, sigma=1.5, radius=5):

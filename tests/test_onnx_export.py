@@ -1,7 +1,7 @@
 """tools.onnx_export: the kit's deploy nets (random weights) in ONNX Runtime equal pycaffe.
 
 Random He-initialised weights with logits scaled like a trained net's (see
-tools.inference.random_caffemodel), random inputs: the checks are about the
+thermalnet.inference.random_caffemodel), random inputs: the checks are about the
 translation, not accuracy.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 import pytest
 
-from dataset_builder import spec
-from dataset_builder.caffe_env import PROTOTXT_DIR
+from thermalnet import spec
+from thermalnet.caffe_env import PROTOTXT_DIR
 from tools import onnx_export
-from tools.inference import _PycaffeBackend, random_caffemodel
+from thermalnet.inference import _PycaffeBackend, random_caffemodel
 
 DEPLOYS = {base: os.path.join(PROTOTXT_DIR, "thermalnet_%s_deploy.prototxt" % base)
            for base in (spec.DEFAULT_BASE, spec.PAPER_BASE)}
@@ -72,7 +72,7 @@ def test_layer_names_do_not_matter(exported, tmp_path):
     with open(new_deploy, "w") as f:
         f.write(renamed)
     # Weights are copied by layer name, so give the renamed net the same weights.
-    from dataset_builder.caffe_env import import_caffe
+    from thermalnet.caffe_env import import_caffe
     caffe = import_caffe()
     src = caffe.Net(deploy, weights, caffe.TEST)
     dst = caffe.Net(new_deploy, caffe.TEST)

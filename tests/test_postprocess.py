@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tools import postprocess
+from thermalnet import postprocess
 
 
 def _numpy_gaussian3x3(img, sigma):

@@ -11,9 +11,10 @@ import os
 import numpy as np
 import pytest
 
-from dataset_builder import spec
-from dataset_builder.caffe_env import PROTOTXT_DIR
-from tools import nets
+from thermalnet import spec
+from thermalnet import layout
+from thermalnet.caffe_env import PROTOTXT_DIR
+from thermalnet import nets
 
 BASES = ("v1_1", "v1_0")
 SIZES = ((120, 160), (240, 320), (227, 227))
@@ -60,7 +61,7 @@ def test_only_portable_layers_and_fields():
 @pytest.mark.parametrize("name", sorted(nets.NETWORKS))
 def test_all_in_one_instantiates_in_every_stage(caffe, tiny_dataset, tmp_path, name):
     root, feats = tiny_dataset
-    n_train = feats[spec.TRAIN_DB][0].shape[0]
+    n_train = feats[layout.TRAIN_DB][0].shape[0]
     path = nets.materialize(nets.network(name).net, root, str(tmp_path / "net.prototxt"), batch_size=2,
                             val_batch_size=3)
     q, h, w = spec.NUM_BINS, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH
@@ -70,9 +71,9 @@ def test_all_in_one_instantiates_in_every_stage(caffe, tiny_dataset, tmp_path, n
     assert train.blobs["score"].data.shape == (2, q, h, w)
     assert train.blobs["label"].data.shape == (2, 1, h, w)
     # The Data layer delivers the stored pixels minus the stored mean, in LMDB order.
-    mean = feats[spec.TRAIN_DB][0].astype(np.float32).mean(axis=0)
-    np.testing.assert_allclose(train.blobs["data"].data[0], feats[spec.TRAIN_DB][0][0] - mean, atol=1e-3)
-    np.testing.assert_array_equal(train.blobs["label"].data[1], feats[spec.TRAIN_DB][1][1])
+    mean = feats[layout.TRAIN_DB][0].astype(np.float32).mean(axis=0)
+    np.testing.assert_allclose(train.blobs["data"].data[0], feats[layout.TRAIN_DB][0][0] - mean, atol=1e-3)
+    np.testing.assert_array_equal(train.blobs["label"].data[1], feats[layout.TRAIN_DB][1][1])
     assert n_train >= 2
 
     val = caffe.Net(path, caffe.TEST, stages=["val"])
@@ -208,13 +209,13 @@ def test_materialize_binds_the_dataset(caffe, tiny_dataset, tmp_path):
     assert len(data_layers) == 4
     for layer in data_layers:
         assert os.path.isabs(layer.data_param.source) and os.path.isdir(layer.data_param.source)
-        split = spec.TRAIN_DB if "train" in layer.name else spec.VAL_DB
-        kind = spec.FEATURES if layer.top[0] == "data" else spec.LABELS
+        split = layout.TRAIN_DB if "train" in layer.name else layout.VAL_DB
+        kind = layout.FEATURES if layer.top[0] == "data" else layout.LABELS
         assert layer.data_param.source == os.path.join(os.path.abspath(root), split, kind)
-        assert layer.data_param.batch_size == (4 if split == spec.TRAIN_DB else 8)
-        if kind == spec.FEATURES:
-            assert layer.transform_param.mean_file == os.path.join(os.path.abspath(root), spec.TRAIN_DB,
-                                                                   spec.MEAN_FILE)
+        assert layer.data_param.batch_size == (4 if split == layout.TRAIN_DB else 8)
+        if kind == layout.FEATURES:
+            assert layer.transform_param.mean_file == os.path.join(os.path.abspath(root), layout.TRAIN_DB,
+                                                                   layout.MEAN_FILE)
     (loss,) = [layer for layer in net.layer if layer.type == "Python"]
     assert os.path.abspath(root) in loss.python_param.param_str
     assert not [p for p in os.listdir(str(tmp_path)) if p.startswith(".tmp-")]
@@ -249,7 +250,7 @@ def _copy_dataset_with_bins(root, tmp_path, bins):
 
     other = str(tmp_path / "other_ds")
     shutil.copytree(root, other)
-    info_path = os.path.join(other, spec.DATASET_INFO_FILE)
+    info_path = os.path.join(other, layout.DATASET_INFO_FILE)
     with open(info_path) as f:
         info = json.load(f)
     info["num_bins"] = bins

@@ -194,7 +194,7 @@ def test_readme_tables_are_read_from_the_run(reported, capsys):
 
 def test_verdict_names_every_class_metric_and_baseline_tn_loses():
     """Beating the overall row is not enough: one class losing on SSIM is reported by name."""
-    from tools import baselines as bl
+    from thermalnet import baselines as bl
 
     def row(cls, tn, tn_ssim):
         r = {"object_class": cls, "tn": tn, "tn_gs": tn, "tn_ssim": tn_ssim}

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_dataset
-from dataset_builder import caffe_env, spec
+from thermalnet import caffe_env, spec
+from thermalnet import layout
 from dataset_builder.lmdb_io import LmdbWriter, write_mean_binaryproto
-from tools import nets
+from thermalnet import nets
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +45,15 @@ def halves_dataset(tmp_path_factory):
         lab = np.full((1, h, w), lo, np.uint8)
         lab[:, :, w // 2:] = hi
         labels.append(lab)
-    for split in (spec.TRAIN_DB, spec.VAL_DB):
-        with LmdbWriter(os.path.join(root, split, spec.FEATURES)) as fw, \
-                LmdbWriter(os.path.join(root, split, spec.LABELS)) as lw:
+    for split in (layout.TRAIN_DB, layout.VAL_DB):
+        with LmdbWriter(os.path.join(root, split, layout.FEATURES)) as fw, \
+                LmdbWriter(os.path.join(root, split, layout.LABELS)) as lw:
             for img, lab in zip(images, labels):
                 fw.put(img)
                 lw.put(lab)
-    write_mean_binaryproto(np.mean(images, axis=0), os.path.join(root, spec.TRAIN_DB, spec.MEAN_FILE))
-    np.savetxt(os.path.join(root, spec.CLASS_WEIGHTS_FILE), spec.rebalance_weights(spec.class_prior(np.array(labels))))
-    with open(os.path.join(root, spec.DATASET_INFO_FILE), "w") as f:
+    write_mean_binaryproto(np.mean(images, axis=0), os.path.join(root, layout.TRAIN_DB, layout.MEAN_FILE))
+    np.savetxt(os.path.join(root, layout.CLASS_WEIGHTS_FILE), spec.rebalance_weights(spec.class_prior(np.array(labels))))
+    with open(os.path.join(root, layout.DATASET_INFO_FILE), "w") as f:
         json.dump({"synthetic": True, "note": "SYNTHETIC two-colour test images", "num_bins": spec.NUM_BINS,
                    "height": h, "width": w}, f)
     return root

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from dataset_builder import spec
+from thermalnet import spec
+from thermalnet import decoders, layout, metrics
 
 
 def test_window_and_bins_round_trip():
@@ -38,14 +39,14 @@ def test_decodings():
     rng = np.random.RandomState(0)
     p = _random_probs(rng)
     c = spec.bin_centers()
-    np.testing.assert_allclose(spec.decode(p, "expectation"), np.einsum("q,qhw->hw", c, p))
-    np.testing.assert_array_equal(spec.decode(p, "argmax"), c[p.argmax(0)])
-    ann = spec.decode(p, "annealed", temperature=1.0)
-    np.testing.assert_allclose(ann, spec.decode(p, "expectation"))
-    sharp = spec.decode(p, "annealed", temperature=1e-3)
-    np.testing.assert_allclose(sharp, spec.decode(p, "argmax"), atol=1e-6)
+    np.testing.assert_allclose(decoders.decode(p, "expectation"), np.einsum("q,qhw->hw", c, p))
+    np.testing.assert_array_equal(decoders.decode(p, "argmax"), c[p.argmax(0)])
+    ann = decoders.decode(p, "annealed", temperature=1.0)
+    np.testing.assert_allclose(ann, decoders.decode(p, "expectation"))
+    sharp = decoders.decode(p, "annealed", temperature=1e-3)
+    np.testing.assert_allclose(sharp, decoders.decode(p, "argmax"), atol=1e-6)
     with pytest.raises(ValueError, match="unknown decoding"):
-        spec.decode(p, "median")
+        decoders.decode(p, "median")
 
 
 def test_mmse_divides_out_the_class_weights():
@@ -54,13 +55,13 @@ def test_mmse_divides_out_the_class_weights():
     w = rng.uniform(0.2, 5.0, spec.NUM_BINS)
     q = p * w[:, None, None]
     q /= q.sum(0)                     # what a net trained with weights w outputs
-    np.testing.assert_allclose(spec.decode(q, "mmse", class_weights=w), spec.decode(p, "expectation"))
-    np.testing.assert_allclose(spec.decode(p, "mmse", class_weights=np.ones(spec.NUM_BINS)),
-                               spec.decode(p, "expectation"))
+    np.testing.assert_allclose(decoders.decode(q, "mmse", class_weights=w), decoders.decode(p, "expectation"))
+    np.testing.assert_allclose(decoders.decode(p, "mmse", class_weights=np.ones(spec.NUM_BINS)),
+                               decoders.decode(p, "expectation"))
     with pytest.raises(ValueError, match="class weights"):
-        spec.decode(p, "mmse")
+        decoders.decode(p, "mmse")
     with pytest.raises(ValueError, match="3 class weights for 32 bins"):
-        spec.decode(p, "mmse", class_weights=np.ones(3))
+        decoders.decode(p, "mmse", class_weights=np.ones(3))
 
 
 def test_rebalance_weights_expectation_is_one():
@@ -94,23 +95,23 @@ def test_class_prior_and_weights_worked_by_hand():
 
 def test_rms_is_eq_2():
     y = np.array([[0.0, 10.0], [20.0, 30.0]])
-    assert spec.rms(y, y + 3) == pytest.approx(3.0)
-    assert spec.rms(y, np.zeros_like(y)) == pytest.approx(np.sqrt((0 + 100 + 400 + 900) / 4.0))
+    assert metrics.rms(y, y + 3) == pytest.approx(3.0)
+    assert metrics.rms(y, np.zeros_like(y)) == pytest.approx(np.sqrt((0 + 100 + 400 + 900) / 4.0))
     with pytest.raises(ValueError, match="equal shapes"):
-        spec.rms(y, y[:1])
+        metrics.rms(y, y[:1])
 
 
 def test_dataset_readers_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset.json"):
-        spec.read_dataset_info(str(tmp_path))
-    (tmp_path / spec.DATASET_INFO_FILE).write_text("{not json")
+        layout.read_dataset_info(str(tmp_path))
+    (tmp_path / layout.DATASET_INFO_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        spec.read_dataset_info(str(tmp_path))
-    (tmp_path / spec.DATASET_INFO_FILE).write_text(json.dumps({"num_bins": 32, "height": 120}))
+        layout.read_dataset_info(str(tmp_path))
+    (tmp_path / layout.DATASET_INFO_FILE).write_text(json.dumps({"num_bins": 32, "height": 120}))
     with pytest.raises(ValueError, match="missing 'width'"):
-        spec.read_dataset_info(str(tmp_path))
+        layout.read_dataset_info(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="class_weights.txt"):
-        spec.read_class_weights(str(tmp_path))
-    np.savetxt(str(tmp_path / spec.CLASS_WEIGHTS_FILE), np.ones(5))
+        layout.read_class_weights(str(tmp_path))
+    np.savetxt(str(tmp_path / layout.CLASS_WEIGHTS_FILE), np.ones(5))
     with pytest.raises(ValueError, match="need 32 positive weights, got 5"):
-        spec.read_class_weights(str(tmp_path))
+        layout.read_class_weights(str(tmp_path))

@@ -1,8 +1,8 @@
-"""tools.train / tools.caffe_log / tools.plots against the real Caffe.
+"""tools.train / thermalnet.caffe_log / thermalnet.plots against the real Caffe.
 
 Datasets here are the random SYNTHETIC fixture layout (tests/conftest.py) at a small
 size (48x64) so each iteration costs little on 2 cores; the networks are the kit's
-real prototxt/thermalnet_v1_1.prototxt materialised by tools.nets.
+real prototxt/thermalnet_v1_1.prototxt materialised by thermalnet.nets.
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import sys
 import numpy as np
 import pytest
 
-from dataset_builder import spec
+from thermalnet import spec
 from tests.conftest import make_tiny_dataset
-from tools import caffe_log, train as tr
+from thermalnet import caffe_log
+from tools import train as tr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 48, 64
@@ -176,7 +177,7 @@ def test_resume_continues_the_same_curve(full_run, small_ds, tmp_path, caffe):
 
 def test_resume_is_bitwise_without_dropout(small_ds, tmp_path, caffe):
     """The same net minus its Dropout layer: resuming gives the uninterrupted run's exact weights."""
-    from tools import nets
+    from thermalnet import nets
     net = nets.load_net(tr.DEFAULT_NET)
     keep = [layer for layer in net.layer if layer.type != "Dropout"]
     assert len(keep) == len(net.layer) - 1
@@ -237,7 +238,7 @@ def test_divergence_watch_without_nan():
 
 
 def test_learning_rate_policies_match_caffe(caffe):
-    from dataset_builder.caffe_env import caffe_pb2
+    from thermalnet.caffe_env import caffe_pb2
     sp = caffe_pb2().SolverParameter(base_lr=0.1, lr_policy="step", gamma=0.5, stepsize=10, max_iter=100)
     assert tr.learning_rate(sp, 9) == pytest.approx(0.1) and tr.learning_rate(sp, 10) == pytest.approx(0.05)
     sp = caffe_pb2().SolverParameter(base_lr=0.1, lr_policy="poly", power=1.0, max_iter=100)
@@ -287,7 +288,7 @@ def test_log_and_plot_clis_on_a_real_run(full_run, tmp_path, capsys):
     _, out = full_run
     assert caffe_log.main([os.path.join(out, "train.log"), "--out", str(tmp_path)]) == 0
     assert open(tmp_path / "train.csv").read() == open(os.path.join(out, "train.csv")).read()
-    from tools import plots
+    from thermalnet import plots
     png = tmp_path / "curve.png"
     assert plots.main([out, "--out", str(png), "--iters-per-epoch", "2"]) == 0
     from PIL import Image

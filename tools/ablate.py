@@ -30,12 +30,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from dataset_builder import spec
+from thermalnet import spec
+from thermalnet import decoders, layout
 
 DEFAULT_ITERATIONS = 3000
 DEFAULT_BATCH = 4
 DEFAULT_BASE_LR = 1e-3
-DEFAULT_DECODING = spec.DEFAULT_DECODING
+DEFAULT_DECODING = decoders.DEFAULT_DECODING
 GRID_IMAGES = 4
 
 # Every arm: what it changes (data = dataset build settings, net = network edits,
@@ -59,7 +60,7 @@ ARMS: Dict[str, Dict] = {
                    "why": "BEYOND THE PAPER: FCN-style skip, stride-4 scores from fire3 added before the second "
                           "deconvolution (zero-initialised: starts as the default) - shows what stride 16 costs"},
     "imagenet": {"weights": True, "why": "body initialised from the ImageNet SqueezeNet caffemodel (--imagenet)"},
-    "decoding": {"decoding": [d for d in spec.DECODINGS if d != DEFAULT_DECODING],
+    "decoding": {"decoding": [d for d in decoders.DECODINGS if d != DEFAULT_DECODING],
                  "why": "the default arm's model decoded otherwise"},
 }
 
@@ -76,7 +77,7 @@ def build_variant(pairs: str, data: Dict, root: str, progress: bool = True) -> s
                 "rebalance_lambda": data.get("rebalance_lambda", spec.REBALANCE_LAMBDA),
                 "mirror": bool(data.get("mirror", False)), "seed": spec.SEED}
     out = os.path.join(root, "dataset-%s" % _key(settings))
-    if os.path.isfile(os.path.join(out, spec.DATASET_INFO_FILE)):
+    if os.path.isfile(os.path.join(out, layout.DATASET_INFO_FILE)):
         return out
     h, w = settings["size"]
     cfg = BuildConfig(height=h, width=w, num_bins=settings["num_bins"], seed=settings["seed"],
@@ -126,7 +127,7 @@ layer { name: "fuse_skip" type: "Eltwise" bottom: "upscore1_crop" bottom: "score
 def edit_net(net_path: str, out_path: str, num_bins: int, deconv: Optional[str] = None,
              skip: Optional[str] = None) -> str:
     """Copy of a Thermalnet prototxt with Q outputs and the deconvolutions fixed/learned (None: as is)."""
-    from tools import nets
+    from thermalnet import nets
     net = nets.load_net(net_path)
     deconvs = [l for l in net.layer if l.type == "Deconvolution"]
     if not deconvs:
@@ -196,7 +197,7 @@ def _finished_run(adir: str, record: Dict) -> Optional[Dict]:
     An ablation interrupted, or rerun with more arms, retrains only what changed: same
     dataset, network text, iteration budget, batch, learning rate and weights, finished.
     """
-    from tools import train
+    from . import train
     path = os.path.join(adir, "train", train.SUMMARY_FILE)
     rec = os.path.join(adir, ARM_FILE)
     if not record["iterations"] or not (os.path.isfile(path) and os.path.isfile(rec)):
@@ -212,11 +213,12 @@ def _finished_run(adir: str, record: Dict) -> Optional[Dict]:
 def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes: Optional[float], batch: int,
             base_lr: float, net_path: str, deploy_path: str, progress: bool = True, evaluate_limit=None) -> Dict:
     """Build (cached) -> edit net -> train for the budget -> evaluate best and last snapshots."""
-    from tools import evaluate, nets, train
+    from thermalnet import nets
+    from . import evaluate, train
     adir = os.path.join(out, "arms", arm["name"])
     os.makedirs(adir, exist_ok=True)
     ds = build_variant(pairs, arm["data"], os.path.join(out, "datasets"), progress)
-    info = json.load(open(os.path.join(ds, spec.DATASET_INFO_FILE)))
+    info = json.load(open(os.path.join(ds, layout.DATASET_INFO_FILE)))
     q = int(info["num_bins"])
     net = edit_net(net_path, os.path.join(adir, "net.prototxt"), q, arm["net"].get("deconv"), arm["net"].get("skip"))
     deploy = edit_net(deploy_path, os.path.join(adir, "deploy.prototxt"), q, arm["net"].get("deconv"),
@@ -258,7 +260,7 @@ def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes:
 
 
 def reuse_for_decoding(arm: Dict, base: Dict, out: str, progress: bool = True, evaluate_limit=None) -> Dict:
-    from tools import evaluate
+    from . import evaluate
     adir = os.path.join(out, "arms", arm["name"])
     result = dict(base, arm=arm["name"], why=arm["why"], decoding=arm["decoding"], snapshots={})
     for which, snap in base["snapshots"].items():
@@ -364,9 +366,9 @@ def markdown(results: List[Dict], meta: Dict) -> str:
 
 def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Optional[str]:
     """One row per arm (its synthetic IR of the same test pairs), under the visible and real IR rows."""
-    from tools import baselines as bl
-    from tools import plots
-    from tools.inference import Predictor
+    from thermalnet import baselines as bl
+    from thermalnet import plots
+    from thermalnet.inference import Predictor
     ran = [r for r in results if not r.get("skip")]
     if not ran:
         return None
@@ -382,10 +384,10 @@ def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Opti
     axes[1][0].set_ylabel("real IR", fontsize=8)
     for i, r in enumerate(ran):
         snap = r["snapshots"].get("best") or r["snapshots"]["last"]
-        info = json.load(open(os.path.join(r["dataset"], spec.DATASET_INFO_FILE)))
-        pred = Predictor(r["deploy"], snap["model"], mean_file=os.path.join(r["dataset"], spec.TRAIN_DB,
-                                                                             spec.MEAN_FILE))
-        weights = spec.read_class_weights(r["dataset"], int(info["num_bins"])) if r["decoding"] == "mmse" else None
+        info = json.load(open(os.path.join(r["dataset"], layout.DATASET_INFO_FILE)))
+        pred = Predictor(r["deploy"], snap["model"], mean_file=os.path.join(r["dataset"], layout.TRAIN_DB,
+                                                                             layout.MEAN_FILE))
+        weights = layout.read_class_weights(r["dataset"], int(info["num_bins"])) if r["decoding"] == "mmse" else None
         for j, iid in enumerate(ids):
             vis, ir = bl.load_test_pair(r["dataset"], iid)
             tn = pred.predict_brightness([vis], r["decoding"], class_weights=weights)[0]
@@ -395,7 +397,7 @@ def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Opti
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    synthetic = bool(json.load(open(os.path.join(ds0, spec.DATASET_INFO_FILE))).get("synthetic"))
+    synthetic = bool(json.load(open(os.path.join(ds0, layout.DATASET_INFO_FILE))).get("synthetic"))
     fig.suptitle("Ablation arms on the same test pairs (%s)" % ("SYNTHETIC data" if synthetic else "real pairs"),
                  fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
@@ -408,7 +410,7 @@ def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] 
            evaluate_limit: Optional[int] = None) -> Dict:
     """Run every arm; write ablation.md/.csv/.json and grid.png into `out`; return the JSON's dict."""
     from dataset_builder.imageio import write_text
-    from tools import nets
+    from thermalnet import nets
     if not iterations and not minutes:
         raise ValueError("give a budget: iterations or minutes")
     plan = plan_arms(arms, imagenet)
@@ -437,7 +439,7 @@ def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] 
     first = next((r for r in results if not r.get("skip")), None)
     n_test = 0
     if first is not None:
-        with open(os.path.join(first["dataset"], spec.DATASET_INFO_FILE)) as f:
+        with open(os.path.join(first["dataset"], layout.DATASET_INFO_FILE)) as f:
             n_test = int(json.load(f)["counts"]["test"])
     synthetic = bool(first and first["synthetic"])
     meta = {"title": title or os.path.basename(os.path.abspath(pairs)),

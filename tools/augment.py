@@ -19,7 +19,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dataset_builder import imageio, spec
+from thermalnet import spec
+from thermalnet import decoders, layout
+from dataset_builder import imageio
 
 PALETTE = "inferno"
 PALETTE_SUFFIX = "_pal"
@@ -132,8 +134,8 @@ def select_shard(items: Sequence, index: int, count: int) -> list:
 # -- outputs ------------------------------------------------------------------------
 def window_from_dataset(dataset_dir: str) -> Tuple[float, float]:
     """The brightness window [tmin, tmax] (degC) recorded in a dataset's dataset.json."""
-    path = os.path.join(dataset_dir, spec.DATASET_INFO_FILE)
-    info = spec.read_dataset_info(dataset_dir)
+    path = os.path.join(dataset_dir, layout.DATASET_INFO_FILE)
+    info = layout.read_dataset_info(dataset_dir)
     window = info.get("window")
     if not window or len(window) != 2:
         raise ValueError("%s: no single brightness window (window_mode %r); pass --window TMIN TMAX"
@@ -184,7 +186,7 @@ def _chunks(seq: Sequence, n: int) -> Iterable[Sequence]:
 
 
 def run_augment(predictor, inputs: Sequence[Tuple[str, str]], out_dir: str, shard: Tuple[int, int] = (0, 1),
-                decoding: str = "expectation", temperature: float = spec.ANNEAL_T, window=None,
+                decoding: str = "expectation", temperature: float = decoders.ANNEAL_T, window=None,
                 palette: bool = False, size=None, progress: bool = True, log=None,
                 class_weights=None) -> dict:
     """Predict and write every image of this shard; return a summary dict.
@@ -236,10 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (input sub-folders are mirrored)")
     p.add_argument("--backend", choices=("pycaffe", "opencv", "onnxruntime"), default="pycaffe",
                    help="pycaffe (reference), opencv (cv2.dnn) or onnxruntime; make bench prints their speeds")
-    p.add_argument("--decoding", choices=spec.DECODINGS,
+    p.add_argument("--decoding", choices=decoders.DECODINGS,
                    help="mmse (default with --dataset: eq. 1's class weights divided out, the minimum-RMS "
                         "estimate), expectation (default without), argmax, annealed")
-    p.add_argument("--temperature", type=float, default=spec.ANNEAL_T, help="annealed-mean temperature")
+    p.add_argument("--temperature", type=float, default=decoders.ANNEAL_T, help="annealed-mean temperature")
     p.add_argument("--celsius", action="store_true", help="also write degC arrays (.npy float32)")
     p.add_argument("--window", nargs=2, type=float, metavar=("TMIN", "TMAX"),
                    help="degC window of brightness 0..255 (default: from --dataset)")
@@ -257,7 +259,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         shard = parse_shard(args.shard) if args.shard else (shard_from_env() or (0, 1))
-        mean = args.mean or (os.path.join(args.dataset, spec.TRAIN_DB, spec.MEAN_FILE) if args.dataset else None)
+        mean = args.mean or (os.path.join(args.dataset, layout.TRAIN_DB, layout.MEAN_FILE) if args.dataset else None)
         window = None
         if args.celsius:
             if args.window:
@@ -268,16 +270,16 @@ def main(argv=None) -> int:
                 raise ValueError("--celsius needs --window TMIN TMAX or --dataset DS")
             if not window[1] > window[0]:
                 raise ValueError("--window needs TMAX > TMIN, got %g %g" % window)
-        decoding = args.decoding or spec.default_decoding(bool(args.dataset))
+        decoding = args.decoding or decoders.default_decoding(bool(args.dataset))
         weights = None
         if decoding == "mmse":
             if not args.dataset:
                 raise ValueError("--decoding mmse needs --dataset DS (its class_weights.txt)")
-            weights = spec.read_class_weights(args.dataset, int(spec.read_dataset_info(args.dataset)["num_bins"]))
+            weights = layout.read_class_weights(args.dataset, int(layout.read_dataset_info(args.dataset)["num_bins"]))
         inputs = list_inputs(args.input)
         if not inputs:
             raise ValueError("%s: no images found" % args.input)
-        from tools.inference import Predictor
+        from thermalnet.inference import Predictor
         predictor = Predictor(args.deploy, args.model, mean_file=mean, backend=args.backend,
                               batch_size=args.batch_size, gpu=args.gpu)
         summary = run_augment(predictor, inputs, args.out, shard=shard, decoding=decoding, class_weights=weights,

@@ -44,8 +44,9 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from dataset_builder import spec
-from dataset_builder.caffe_env import PROTOTXT_DIR, REPO_ROOT
+from thermalnet import spec
+from thermalnet import layout
+from thermalnet.caffe_env import PROTOTXT_DIR, REPO_ROOT
 
 FB_RE = re.compile(r"Average Forward-Backward:\s*([0-9.eE+-]+)\s*ms")
 LAYER_RE = re.compile(r"\]\s+(\S+)\s+(forward|backward):\s*([0-9.eE+-]+)\s*ms")
@@ -91,7 +92,7 @@ def conv_flops(net) -> Dict[str, int]:
 
 def net_flops(deploy: str, height: int, width: int, batch: int = 1) -> int:
     """Total conv+deconv FLOPs of one forward of a deploy net at (batch, 3, H, W)."""
-    from dataset_builder.caffe_env import import_caffe
+    from thermalnet.caffe_env import import_caffe
     caffe = import_caffe()
     caffe.set_mode_cpu()
     net = caffe.Net(deploy, caffe.TEST)
@@ -125,8 +126,8 @@ def _time_predict(pred, images) -> float:
 
 def bench_inference(base: str, sizes, n_images: int, batch: int, repeats: int, workdir: str) -> dict:
     """Every back-end on one deploy net with random weights, at each size; ONNX export checked."""
-    from tools import onnx_export
-    from tools.inference import Predictor, random_caffemodel
+    from . import onnx_export
+    from thermalnet.inference import Predictor, random_caffemodel
     deploy = deploy_path(base)
     if not os.path.isfile(deploy):
         return {"skipped": "%s missing" % os.path.basename(deploy)}
@@ -204,13 +205,13 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
                    rounds: int = 3) -> dict:
     """Old vs new training step (pycaffe loop and `caffe time`) on SYNTHETIC data, and loop / caffe time."""
     try:
-        from tools import nets
+        from thermalnet import nets
     except ImportError as exc:
-        return {"skipped": "tools.nets not importable (%s)" % exc}
+        return {"skipped": "thermalnet.nets not importable (%s)" % exc}
     net_src = train_path(base)
     if not os.path.isfile(net_src):
         return {"skipped": "%s missing" % os.path.basename(net_src)}
-    from dataset_builder.caffe_env import caffe_tool, import_caffe, python_layer_env
+    from thermalnet.caffe_env import caffe_tool, import_caffe, python_layer_env
     caffe = import_caffe()
     caffe.set_mode_cpu()
     res = {"net": os.path.basename(net_src), "data": "SYNTHETIC random", "height": height, "width": width,
@@ -317,21 +318,21 @@ def synthetic_dataset(root: str, n_train: int, n_val: int, height: int, width: i
     from dataset_builder.lmdb_io import LmdbWriter, write_mean_binaryproto
     rng = np.random.RandomState(spec.SEED)
     labels_all = []
-    for split, n in ((spec.TRAIN_DB, n_train), (spec.VAL_DB, n_val)):
+    for split, n in ((layout.TRAIN_DB, n_train), (layout.VAL_DB, n_val)):
         x = rng.randint(0, 256, size=(n, 3, height, width)).astype(np.uint8)
         y = rng.randint(0, spec.NUM_BINS, size=(n, 1, height, width)).astype(np.uint8)
-        with LmdbWriter(os.path.join(root, split, spec.FEATURES)) as fw, \
-                LmdbWriter(os.path.join(root, split, spec.LABELS)) as lw:
+        with LmdbWriter(os.path.join(root, split, layout.FEATURES)) as fw, \
+                LmdbWriter(os.path.join(root, split, layout.LABELS)) as lw:
             for i in range(n):
                 fw.put(x[i])
                 lw.put(y[i])
-        if split == spec.TRAIN_DB:
-            write_mean_binaryproto(x.mean(axis=0), os.path.join(root, split, spec.MEAN_FILE))
+        if split == layout.TRAIN_DB:
+            write_mean_binaryproto(x.mean(axis=0), os.path.join(root, split, layout.MEAN_FILE))
             labels_all = y
     prior = spec.class_prior(labels_all)
-    np.savetxt(os.path.join(root, spec.CLASS_PRIOR_FILE), prior, fmt="%.8f")
-    np.savetxt(os.path.join(root, spec.CLASS_WEIGHTS_FILE), spec.rebalance_weights(prior), fmt="%.8f")
-    with open(os.path.join(root, spec.DATASET_INFO_FILE), "w") as f:
+    np.savetxt(os.path.join(root, layout.CLASS_PRIOR_FILE), prior, fmt="%.8f")
+    np.savetxt(os.path.join(root, layout.CLASS_WEIGHTS_FILE), spec.rebalance_weights(prior), fmt="%.8f")
+    with open(os.path.join(root, layout.DATASET_INFO_FILE), "w") as f:
         json.dump({"synthetic": True, "note": "SYNTHETIC random benchmark data", "num_bins": spec.NUM_BINS,
                    "height": height, "width": width, "window_mode": "fixed", "window": [15.0, 45.0],
                    "lambda": spec.REBALANCE_LAMBDA, "counts": {"train": n_train, "test": n_val, "skipped": 0},
@@ -427,7 +428,7 @@ def machine_info() -> dict:
 
 
 def _cpu_model() -> str:
-    from tools.train import cpu_model     # one reader of the CPU's name for run summaries and benchmarks
+    from .train import cpu_model     # one reader of the CPU's name for run summaries and benchmarks
     return cpu_model()
 
 

@@ -29,7 +29,8 @@ import sys
 import time
 from typing import Dict, Optional
 
-from dataset_builder import spec
+from thermalnet import spec
+from thermalnet import decoders, layout
 
 DEMO_COUNT = spec.PAPER_TRAIN + spec.PAPER_TEST     # the paper's 1000 train / 100 test
 DEMO_MINUTES = None          # no wall-clock cap: the budget is DEMO_EPOCHS (machine-independent)
@@ -37,7 +38,7 @@ DEMO_EPOCHS = 16            # passes over the mirrored training pairs: 8000 iter
 DEMO_MIRROR = True          # every training pair also flipped left-right (visible and IR together)
 DEMO_BATCH = 4
 DEMO_BASE_LR = 1e-3
-DEMO_DECODING = spec.DEFAULT_DECODING   # the softmax mean with eq. 1's rebalancing divided out
+DEMO_DECODING = decoders.DEFAULT_DECODING   # the softmax mean with eq. 1's rebalancing divided out
 DEMO_WEIGHTS = None             # pretrained caffemodel(s) to fine-tune from (tools.train --weights); None: fillers
 DEMO_SNAPSHOT = "best"          # which model is evaluated: lowest validation loss ("best") or "last"
 QUICK_COUNT = 60
@@ -69,7 +70,7 @@ def synthetic_dataset(count: int = DEMO_COUNT, seed: int = spec.SEED, height: in
                                                                                               width)))
     pairs = os.path.join(folder, "pairs")
     ds = os.path.join(folder, "dataset-mirror" if mirror else "dataset")
-    if os.path.isfile(os.path.join(ds, spec.DATASET_INFO_FILE)):
+    if os.path.isfile(os.path.join(ds, layout.DATASET_INFO_FILE)):
         print("[demo] using cached SYNTHETIC dataset %s" % ds, flush=True)
         return ds
     if not os.path.isfile(os.path.join(pairs, "pairs.json")):
@@ -83,7 +84,7 @@ def synthetic_dataset(count: int = DEMO_COUNT, seed: int = spec.SEED, height: in
 
 def deploy_for(net: str) -> str:
     """The stand-alone deploy prototxt that goes with an all-in-one network."""
-    from tools import nets
+    from thermalnet import nets
     for n in nets.NETWORKS.values():
         if os.path.abspath(n.net) == os.path.abspath(net):
             return n.deploy
@@ -104,7 +105,7 @@ def run_pipeline(dataset: str, out: str, net: Optional[str] = None, deploy: Opti
     weights: caffemodel(s) to fine-tune from; snapshot: evaluate the "best" (lowest
     validation loss) or the "last" model -- recorded as the summary's "evaluated_snapshot".
     """
-    from tools import evaluate, report, train
+    from . import evaluate, report, train
     net = net or train.DEFAULT_NET
     deploy = deploy or deploy_for(net)
     t0 = time.time()
@@ -151,7 +152,7 @@ def demo(out: str = os.path.join("runs", "demo"), quick: bool = False, minutes: 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """--weights and --snapshot, shared by tools.demo and tools.run_flir."""
-    from tools.train import SNAPSHOT_CHOICES
+    from .train import SNAPSHOT_CHOICES
     p.add_argument("--weights", default=DEMO_WEIGHTS, metavar="A.caffemodel[,B.caffemodel]",
                    help="fine-tune from these caffemodels (tools.train --weights), e.g. ImageNet "
                         "squeezenet_v1.1.caffemodel (default: %s)" % (DEMO_WEIGHTS or "none, fillers"))
@@ -178,14 +179,14 @@ def main(argv=None) -> int:
                         "visible and IR together; --quick never mirrors)")
     p.add_argument("--batch-size", type=int, help="default %d (--quick %d)" % (DEMO_BATCH, QUICK_BATCH))
     p.add_argument("--base-lr", type=float, default=DEMO_BASE_LR, help="Adam learning rate (default %g)" % DEMO_BASE_LR)
-    p.add_argument("--decoding", default=DEMO_DECODING, choices=spec.DECODINGS,
+    p.add_argument("--decoding", default=DEMO_DECODING, choices=decoders.DECODINGS,
                    help="probabilities -> brightness (default %s, see tools.evaluate)" % DEMO_DECODING)
     p.add_argument("--vgg-weights", help="VGG-16 caffemodel for TN + PP (otherwise 'not run')")
     p.add_argument("--data-root", default=DATA_ROOT, help="dataset cache folder (default %s)" % DATA_ROOT)
     p.add_argument("--seed", type=int, default=spec.SEED)
     add_model_options(p)
     a = p.parse_args(argv)
-    from tools.train import TrainingError
+    from .train import TrainingError
     try:
         r = demo(a.out, a.quick, a.minutes, a.count, a.epochs, a.batch_size, a.base_lr, a.decoding, a.vgg_weights,
                  a.data_root, a.seed, weights=a.weights, snapshot=a.snapshot, mirror=a.mirror)

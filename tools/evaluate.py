@@ -4,11 +4,11 @@
         --model runs/NAME/snap_iter_N.caffemodel --out runs/NAME/eval
 
 For every test image (the dataset's test/ folder, at the network's HxW): TN (the
-network's output decoded to brightness), TN + GS (3x3 Gaussian, tools.postprocess),
+network's output decoded to brightness), TN + GS (3x3 Gaussian, thermalnet.postprocess),
 TN + PP (Gatys style reconstruction with VGG-16: only with --vgg-weights, otherwise
 reported "not run" and never approximated), and the trivial baselines of
-tools.baselines on the same images (mean training IR image, visible luminance fitted
-to the IR on the training split, ...). Each is scored with tools.metrics on brightness
+thermalnet.baselines on the same images (mean training IR image, visible luminance fitted
+to the IR on the training split, ...). Each is scored with thermalnet.metrics on brightness
 0..255: eq. 2's RMS, the offset-free RMS (each image's mean difference removed), SSIM
 and PSNR. Per-class figures are means of per-image values, as the paper's "average RMS".
 dataset.json says whether the data are SYNTHETIC or real pairs; every table says which.
@@ -32,8 +32,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from dataset_builder import spec
-from tools import baselines as bl, metrics
+from thermalnet import spec
+from thermalnet import decoders, layout
+from thermalnet import baselines as bl, metrics
 
 # Table 2 of Kniaz et al. 2017: (TN, TN + PP, TN + GS) average RMS.
 PAPER_TABLE2 = {
@@ -76,10 +77,10 @@ def data_statement(info: Dict) -> str:
                                                  info.get("note") or "no note")
 
 
-# Default "mmse" (spec.decode): eq. 1's rebalancing divided out, then the mean, the
+# Default "mmse" (decoders.decode): eq. 1's rebalancing divided out, then the mean, the
 # minimum-RMS estimate; plain "expectation" is pulled towards the up-weighted rare bins.
-DECODINGS = spec.DECODINGS
-unweight = spec.unweight
+DECODINGS = decoders.DECODINGS
+unweight = decoders.unweight
 
 
 def decode_batch(predictor, images, decoding: str, class_weights: Optional[np.ndarray]) -> List[np.ndarray]:
@@ -231,7 +232,7 @@ def fit_markdown(fit: Dict) -> str:
 
 
 def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "pycaffe",
-             vgg_weights: Optional[str] = None, decoding: str = spec.DEFAULT_DECODING, batch_size: int = 8,
+             vgg_weights: Optional[str] = None, decoding: str = decoders.DEFAULT_DECODING, batch_size: int = 8,
              gpu: Optional[int] = None, figures_per_class: int = 2, gatys_iterations: Optional[int] = None,
              limit: Optional[int] = None, progress: bool = True,
              baselines: Optional["bl.Baselines"] = None) -> Dict:
@@ -241,11 +242,11 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     row of ROWS (TN, TN + PP, TN + GS, the baselines, the quantisation floor) and metric of
     METRICS (rms = eq. 2, rms_offset_free, ssim, psnr); "baseline_fit" the fitted-luminance
     line; "data" which data the numbers come from (dataset.json). Pass `baselines` (a
-    tools.baselines.Baselines of the same dataset) to reuse its training statistics across calls.
+    thermalnet.baselines.Baselines of the same dataset) to reuse its training statistics across calls.
     """
     from tqdm import tqdm
-    from tools import plots, postprocess
-    from tools.inference import Predictor
+    from thermalnet import plots, postprocess
+    from thermalnet.inference import Predictor
 
     info = bl.read_dataset_info(dataset)
     data = data_label(info)
@@ -253,15 +254,15 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     if limit:
         rows = rows[:limit]
     if not rows:
-        raise ValueError("%s: the manifest lists no test images" % os.path.join(dataset, spec.MANIFEST_FILE))
-    mean_file = os.path.join(dataset, spec.TRAIN_DB, spec.MEAN_FILE)
+        raise ValueError("%s: the manifest lists no test images" % os.path.join(dataset, layout.MANIFEST_FILE))
+    mean_file = os.path.join(dataset, layout.TRAIN_DB, layout.MEAN_FILE)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
     predictor = Predictor(deploy, model, mean_file=mean_file, backend=backend, batch_size=batch_size, gpu=gpu)
     base = baselines if baselines is not None else bl.Baselines(dataset)
-    weights = spec.read_class_weights(dataset, int(info["num_bins"])) if decoding == "mmse" else None
+    weights = layout.read_class_weights(dataset, int(info["num_bins"])) if decoding == "mmse" else None
 
-    from tools import gatys
+    from thermalnet import gatys
     pp_reason = gatys.unavailable_reason(vgg_weights)
     reconstructor = None
     if pp_reason is None:
@@ -327,7 +328,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     summary = {
         "dataset": os.path.abspath(dataset), "synthetic": bool(info.get("synthetic")),
         "data": {"label": data, "synthetic": bool(info.get("synthetic")), "note": info.get("note"),
-                 "source": os.path.join(os.path.abspath(dataset), spec.DATASET_INFO_FILE)},
+                 "source": os.path.join(os.path.abspath(dataset), layout.DATASET_INFO_FILE)},
         "deploy": os.path.abspath(deploy), "model": os.path.abspath(model), "backend": backend,
         "decoding": decoding, "gaussian_sigma": postprocess.GAUSSIAN_SIGMA,
         "tn_pp": "run" if reconstructor is not None else "not run", "tn_pp_note": pp_note,
@@ -346,7 +347,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tools.inference import BACKENDS
+    from thermalnet.inference import BACKENDS
     p = argparse.ArgumentParser(prog="python -m tools.evaluate",
                                 description="Table 2 of the paper for a trained Thermalnet: average RMS per object "
                                             "class for TN, TN + PP, TN + GS, beside the paper's numbers, and its "
@@ -361,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="pycaffe", choices=BACKENDS, help="inference back-end (default pycaffe)")
     p.add_argument("--vgg-weights", help="VGG_ILSVRC_16_layers.caffemodel for TN + PP (without it: 'not run')")
     p.add_argument("--gatys-iterations", type=int, help="TN + PP optimisation steps per image")
-    p.add_argument("--decoding", default=spec.DEFAULT_DECODING, choices=DECODINGS,
+    p.add_argument("--decoding", default=decoders.DEFAULT_DECODING, choices=DECODINGS,
                    help="probabilities -> brightness: mmse (default; mean of the softmax with the class "
-                        "rebalancing of eq. 1 divided out), expectation, argmax, annealed (spec.decode)")
+                        "rebalancing of eq. 1 divided out), expectation, argmax, annealed (decoders.decode)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--gpu", type=int, help="GPU id (a GPU build of Caffe); default CPU")
     p.add_argument("--figures-per-class", type=int, default=2, help="triptych figures per object class")

@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dataset_builder import spec
+from thermalnet import spec
+from thermalnet import layout
 
 PASS, FAIL, ASSUMED, NOT_RUN = "PASS", "FAIL", "ASSUMED", "NOT RUN"
 STATUSES = (PASS, FAIL, ASSUMED, NOT_RUN)
@@ -47,13 +48,13 @@ Item = collections.namedtuple("Item", "key kind statement paper where check behi
 REGISTER: Tuple[Item, ...] = (
     # ---- claims of the paper ----------------------------------------------------------------
     Item("table1_sizes", "claim", "FLIR ONE pairs: visible 640x480, infrared 160x120", "Table 1",
-         "dataset_builder/spec.py FLIR_ONE_*; manifest.csv vis_h/vis_w/ir_h/ir_w", "table1_sizes", ""),
+         "thermalnet/spec.py FLIR_ONE_*; manifest.csv vis_h/vis_w/ir_h/ir_w", "table1_sizes", ""),
     Item("table2_classes", "claim", "Test objects: human, microwave oven, computer", "Table 2",
-         "dataset_builder/spec.py OBJECT_CLASSES; dataset.json class_counts", "table2_classes", ""),
+         "thermalnet/spec.py OBJECT_CLASSES; dataset.json class_counts", "table2_classes", ""),
     Item("squeezenet_fire", "claim", "SqueezeNet body built of fire modules (8, as in SqueezeNet)", "Sec. 3.2",
          "prototxt/thermalnet_*.prototxt", "fire_modules", ""),
     Item("squeezenet_body", "claim", "The SqueezeNet body is unchanged (parameter count of SqueezeNet minus its "
-         "classifier)", "Sec. 3.2", "prototxt/thermalnet_*.prototxt; tools/nets.py SQUEEZENET_BODY_PARAMS",
+         "classifier)", "Sec. 3.2", "prototxt/thermalnet_*.prototxt; thermalnet/nets.py SQUEEZENET_BODY_PARAMS",
          "body_params", ""),
     Item("avgpool_removed", "claim", "Global average pooling removed", "Sec. 3.2", "prototxt/thermalnet_*.prototxt",
          "no_global_pool", ""),
@@ -64,24 +65,24 @@ REGISTER: Tuple[Item, ...] = (
     Item("eq1_loss", "claim", "Eq. 1: per-pixel multinomial cross-entropy weighted by v(Y)", "Sec. 3.1, eq. 1",
          "prototxt/digits_python_layers.py WeightedSoftmaxLoss; class_weights.txt", "eq1_loss", ""),
     Item("split_1000_100", "claim", "1000 training pairs, 100 test pairs", "Sec. 4.1, 5.1",
-         "dataset_builder/spec.py PAPER_TRAIN/PAPER_TEST; train_db/, val_db/", "split", ""),
+         "thermalnet/spec.py PAPER_TRAIN/PAPER_TEST; train_db/, val_db/", "split", ""),
     Item("epochs_1000", "claim", "Trained for 1000 epochs", "Sec. 5", "tools/train.py; train_summary.json",
          "epochs", ""),
     Item("digits_titanx", "claim", "Trained in NVIDIA DIGITS on a Titan X (Pascal) GPU", "Sec. 3.3, 5",
          "digits_jobs/; tools/train.py --gpu", "digits", ""),
     Item("eq2_rms", "claim", "Eq. 2 RMS of brightness, averaged per object class", "Sec. 5.1, eq. 2, Table 2",
-         "dataset_builder/spec.py rms; tools/evaluate.py", "eq2_rms", ""),
-    Item("gaussian_3x3", "claim", "TN + GS: 3x3 Gaussian smoothing", "Table 2", "tools/postprocess.py gaussian3x3",
+         "thermalnet/spec.py rms; tools/evaluate.py", "eq2_rms", ""),
+    Item("gaussian_3x3", "claim", "TN + GS: 3x3 Gaussian smoothing", "Table 2", "thermalnet/postprocess.py gaussian3x3",
          "gaussian_3x3", ""),
     Item("gatys_vgg16", "claim", "TN + PP: Gatys style reconstruction with VGG-16, the real IR image as style",
-         "Sec. 3.4, 5.2", "tools/gatys.py; tools/evaluate.py --vgg-weights", "gatys", ""),
+         "Sec. 3.4, 5.2", "thermalnet/gatys.py; tools/evaluate.py --vgg-weights", "gatys", ""),
     # ---- assumptions of the kit ---------------------------------------------------------------
     Item("q_bins", "assumption", "Q thermal bins (the paper does not give Q)", "—",
-         "dataset_builder/spec.py NUM_BINS; score layer num_output", "q_bins", "Q = 32: the quantisation alone costs 8/sqrt(12) = 2.3 RMS; measured Q 16 / 32 / 64: 26.3 / 26.0 / 25.7 RMS (SSIM 0.816 / 0.822 / 0.820), SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations')"),
+         "thermalnet/spec.py NUM_BINS; score layer num_output", "q_bins", "Q = 32: the quantisation alone costs 8/sqrt(12) = 2.3 RMS; measured Q 16 / 32 / 64: 26.3 / 26.0 / 25.7 RMS (SSIM 0.816 / 0.822 / 0.820), SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations')"),
     Item("lambda", "assumption", "v(Y): Zhang et al.'s rebalancing, lambda (paper: v(Y) without values)", "—",
-         "dataset_builder/spec.py REBALANCE_LAMBDA; dataset.json lambda", "rebalance_lambda", "lambda 0.5 (Zhang et al.'s value); measured lambda 0 / 0.5 / 1: 26.6 / 26.0 / 26.2 RMS (SSIM 0.826 / 0.822 / 0.819), SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations'); the mmse decoding divides v(Y) back out"),
+         "thermalnet/spec.py REBALANCE_LAMBDA; dataset.json lambda", "rebalance_lambda", "lambda 0.5 (Zhang et al.'s value); measured lambda 0 / 0.5 / 1: 26.6 / 26.0 / 26.2 RMS (SSIM 0.826 / 0.822 / 0.819), SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations'); the mmse decoding divides v(Y) back out"),
     Item("input_size", "assumption", "Network input size (the paper does not give it)", "—",
-         "dataset_builder/spec.py DEFAULT_HEIGHT/WIDTH, PAPER_HEIGHT/WIDTH; dataset.json", "input_size", "120x160 = FLIR ONE's IR resolution (Table 1), a quarter of the cost of 240x320 per image; the 240x320 arm was not run here (4x the CPU time of every other arm); its command is in README 'Ablations'"),
+         "thermalnet/spec.py DEFAULT_HEIGHT/WIDTH, PAPER_HEIGHT/WIDTH; dataset.json", "input_size", "120x160 = FLIR ONE's IR resolution (Table 1), a quarter of the cost of 240x320 per image; the 240x320 arm was not run here (4x the CPU time of every other arm); its command is in README 'Ablations'"),
     Item("squeezenet_version", "assumption", "SqueezeNet version (the paper does not say v1.0 or v1.1)", "—",
          "prototxt/thermalnet_v1_1.prototxt, thermalnet_v1_0.prototxt", "squeezenet_version", "v1.1 by default: 2.4x less computation than v1.0 at SqueezeNet's published accuracy; v1.0 at 240x320 is the paper-scale network (--paper-scale); not compared in an ablation here"),
     Item("deconv_learned", "assumption", "Deconvolutions fixed bilinear or learned; kernel and stride", "—",
@@ -100,17 +101,17 @@ REGISTER: Tuple[Item, ...] = (
     Item("mirror", "assumption", "Mirror augmentation of the training pairs", "—",
          "dataset_builder/build.py BuildConfig.mirror; dataset.json mirror", "mirror", "off by default: measured with / without mirrored pairs: SYNTHETIC 27.0 / 26.0 RMS (1100 pairs, 2000 iterations), RoadScene 44.1 / 43.6 RMS (each beside its own mean-image baseline, 43.6 / 43.0) (201 real pairs, 2500 iterations, best snapshots); but at 40 passes over the SYNTHETIC pairs mirroring kept the validation loss down (2.49 vs 2.53 best, 2.59 vs 3.17 last) and its best snapshot beat every baseline in every class on RMS and SSIM (results/mirror-40epochs); --mirror keeps it one flag away"),
     Item("window", "assumption", "Temperature -> brightness 0..255 window", "—",
-         "dataset_builder/spec.py WINDOW_MODES; dataset.json window", "window", "'dataset' window from the training split's 0.5..99.5 temperature percentiles so RMS is comparable across images; 8-bit IR (RoadScene) is taken as brightness 0..255; not ablated"),
+         "thermalnet/spec.py WINDOW_MODES; dataset.json window", "window", "'dataset' window from the training split's 0.5..99.5 temperature percentiles so RMS is comparable across images; 8-bit IR (RoadScene) is taken as brightness 0..255; not ablated"),
     Item("val_is_test", "assumption", "Validation loss (Fig. 8) computed on the test split", "Fig. 8",
          "dataset_builder/build.py (val_db = test split)", "val_is_test", "DIGITS' validation set is the paper's 100 test pairs (the paper has no third split): best-snapshot numbers are chosen on the pairs they are scored on and are optimistic; last-snapshot numbers are not"),
     Item("decoding", "assumption", "Decoding of the per-pixel distribution into brightness", "—",
-         "dataset_builder/spec.py decode; tools/evaluate.py --decoding", "decoding", "mmse: measured on the default arm's model, mmse / expectation / argmax / annealed: 26.0 / 28.4 / 35.2 / 28.2 RMS, SSIM 0.822 / 0.783 / 0.718 / 0.782, SYNTHETIC 1100 pairs, 2000 iterations (README 'Ablations')"),
+         "thermalnet/spec.py decode; tools/evaluate.py --decoding", "decoding", "mmse: measured on the default arm's model, mmse / expectation / argmax / annealed: 26.0 / 28.4 / 35.2 / 28.2 RMS, SSIM 0.822 / 0.783 / 0.718 / 0.782, SYNTHETIC 1100 pairs, 2000 iterations (README 'Ablations')"),
     Item("gs_sigma", "assumption", "TN + GS sigma (the paper gives only 3x3)", "—",
-         "tools/postprocess.py GAUSSIAN_SIGMA", "gs_sigma", "sigma 0.8 (the paper gives only 3x3); not ablated: TN + GS differs from TN by under 0.3 RMS in every run here"),
+         "thermalnet/postprocess.py GAUSSIAN_SIGMA", "gs_sigma", "sigma 0.8 (the paper gives only 3x3); not ablated: TN + GS differs from TN by under 0.3 RMS in every run here"),
     Item("snapshot", "assumption", "Which snapshot is evaluated (final or best validation loss)", "—",
          "tools/train.py (train_summary.json 'best'); eval.json model", "snapshot", "the best-validation-loss snapshot (best.caffemodel) in the demo; best and last both in ablations; with few pairs the validation loss turns up (RoadScene: lowest at iteration 1122 of 2500)"),
     Item("gatys_impl", "assumption", "TN + PP in pycaffe with the VGG-16 Caffe model (paper: Torch7)", "Sec. 3.4",
-         "tools/gatys.py", "gatys_impl", "pycaffe with the VGG-16 Caffe model, so the kit needs no Torch7; not run here without the VGG-16 weights"),
+         "thermalnet/gatys.py", "gatys_impl", "pycaffe with the VGG-16 Caffe model, so the kit needs no Torch7; not run here without the VGG-16 weights"),
 )
 
 
@@ -121,7 +122,7 @@ class Context:
 
     def __init__(self, path: str, net: Optional[str] = None, deploy: Optional[str] = None,
                  eval_dir: Optional[str] = None, caffe_check: bool = True):
-        from tools import nets
+        from thermalnet import nets
         path = os.path.abspath(path)
         self.path = path
         self.summary: Dict = {}
@@ -133,12 +134,12 @@ class Context:
             self.run = path
             self.summary = _load_json(os.path.join(path, "train_summary.json"))
             self.dataset = self.summary.get("dataset") or ""
-        elif os.path.isfile(os.path.join(path, spec.DATASET_INFO_FILE)):
+        elif os.path.isfile(os.path.join(path, layout.DATASET_INFO_FILE)):
             self.dataset = path
         else:
             raise FileNotFoundError("%s: neither a run folder (train_summary.json) nor a dataset folder (%s)"
-                                    % (path, spec.DATASET_INFO_FILE))
-        self.info = spec.read_dataset_info(self.dataset) if os.path.isdir(self.dataset) else {}
+                                    % (path, layout.DATASET_INFO_FILE))
+        self.info = layout.read_dataset_info(self.dataset) if os.path.isdir(self.dataset) else {}
         self.eval_dir = eval_dir or (os.path.join(self.run, "eval") if self.run else None)
         self.eval: Dict = {}
         if self.eval_dir and os.path.isfile(os.path.join(self.eval_dir, "eval.json")):
@@ -178,7 +179,7 @@ class Context:
         if self._shapes is None:
             files = {"net (deploy stage)": (self.net, self.net_path)}
             if self.deploy_path and os.path.isfile(self.deploy_path):
-                from tools import nets
+                from thermalnet import nets
                 files["deploy"] = (nets.load_net(self.deploy_path), self.deploy_path)
             self._shapes = caffe_shapes(files, self.height, self.width) if self.caffe_check else \
                 {"error": "Caffe check switched off"}
@@ -194,7 +195,7 @@ def _load_json(path: str) -> Dict:
 
 
 def _deploy_for(net_path: str) -> Optional[str]:
-    from tools import nets
+    from thermalnet import nets
     for n in nets.NETWORKS.values():
         if os.path.abspath(n.net) == os.path.abspath(net_path):
             return n.deploy
@@ -203,7 +204,7 @@ def _deploy_for(net_path: str) -> Optional[str]:
 
 
 def _rule_matches(rule, phase: str, stages: Sequence[str]) -> bool:
-    from dataset_builder.caffe_env import caffe_pb2
+    from thermalnet.caffe_env import caffe_pb2
     if rule.HasField("phase") and rule.phase != getattr(caffe_pb2(), phase):
         return False
     if any(s not in stages for s in rule.stage):
@@ -269,7 +270,7 @@ def fire_modules(layers) -> List[str]:
 
 _SHAPES_SCRIPT = r"""
 import json, sys
-from dataset_builder.caffe_env import import_caffe
+from thermalnet.caffe_env import import_caffe
 caffe = import_caffe()
 caffe.set_mode_cpu()
 out = {}
@@ -288,7 +289,7 @@ def caffe_shapes(files: Dict[str, Tuple], height: int, width: int, timeout: floa
     Runs in a child process: a network Caffe rejects ends in a glog abort, which must not
     take the report down with it. Returns {"error": message} when Caffe cannot build one.
     """
-    from tools import nets
+    from thermalnet import nets
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
         paths = {}
@@ -336,7 +337,7 @@ def _need_eval(ctx) -> Optional[Tuple[str, str]]:
 
 def _manifest(ctx) -> List[Dict]:
     import csv
-    path = os.path.join(ctx.dataset, spec.MANIFEST_FILE)
+    path = os.path.join(ctx.dataset, layout.MANIFEST_FILE)
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
@@ -422,7 +423,7 @@ def _squeezenet_base(layers) -> Optional[str]:
 
 
 def check_body_params(ctx):
-    from tools import nets
+    from thermalnet import nets
     sh = ctx.caffe_shapes()
     if "error" in sh:
         return NOT_RUN, sh["error"]
@@ -443,7 +444,7 @@ def check_body_params(ctx):
 
 
 def check_no_global_pool(ctx):
-    from dataset_builder.caffe_env import caffe_pb2
+    from thermalnet.caffe_env import caffe_pb2
     pools = [l for l in ctx.layers("train") if l.type == "Pooling"]
     ave = caffe_pb2().PoolingParameter.AVE
     bad = [l.name for l in pools if l.pooling_param.global_pooling or l.pooling_param.pool == ave]
@@ -457,7 +458,7 @@ def check_no_global_pool(ctx):
 
 
 def check_two_deconv(ctx):
-    from tools import nets
+    from thermalnet import nets
     counts = {"train net": deconvolutions(ctx.layers("train"))}
     if ctx.deploy_path and os.path.isfile(ctx.deploy_path):
         counts["deploy"] = deconvolutions(stage_layers(nets.load_net(ctx.deploy_path), "TEST", "deploy"))
@@ -491,8 +492,8 @@ def check_eq1_loss(ctx):
         return FAIL, "%s: loss %s is not eq. 1's weighted softmax cross-entropy" % (os.path.basename(ctx.net_path),
                                                                                    name)
     try:
-        w = spec.read_class_weights(ctx.dataset, int(ctx.info.get("num_bins", spec.NUM_BINS)))
-        prior = np.loadtxt(os.path.join(ctx.dataset, spec.CLASS_PRIOR_FILE)).ravel()
+        w = layout.read_class_weights(ctx.dataset, int(ctx.info.get("num_bins", spec.NUM_BINS)))
+        prior = np.loadtxt(os.path.join(ctx.dataset, layout.CLASS_PRIOR_FILE)).ravel()
     except (OSError, ValueError) as exc:
         return FAIL, "class weights v(Y) unreadable: %s" % exc
     lam = float(ctx.info.get("lambda", spec.REBALANCE_LAMBDA))
@@ -507,8 +508,8 @@ def check_eq1_loss(ctx):
 def check_split(ctx):
     from dataset_builder.lmdb_io import lmdb_count
     try:
-        tr = lmdb_count(os.path.join(ctx.dataset, spec.TRAIN_DB, spec.FEATURES))
-        va = lmdb_count(os.path.join(ctx.dataset, spec.VAL_DB, spec.FEATURES))
+        tr = lmdb_count(os.path.join(ctx.dataset, layout.TRAIN_DB, layout.FEATURES))
+        va = lmdb_count(os.path.join(ctx.dataset, layout.VAL_DB, layout.FEATURES))
     except Exception as exc:  # lmdb.Error
         return FAIL, "cannot count the LMDBs of %s (%s)" % (ctx.dataset, exc)
     mirror = bool(ctx.info.get("mirror"))
@@ -546,7 +547,7 @@ def check_eq2_rms(ctx):
     miss = _need_eval(ctx)
     if miss:
         return miss
-    from tools import evaluate as ev
+    from . import evaluate as ev
     try:
         per = ev.read_table_csv(os.path.join(ctx.eval_dir, "per_image.csv"))
         table = ev.read_table_csv(os.path.join(ctx.eval_dir, "table2.csv"))
@@ -565,14 +566,14 @@ def check_eq2_rms(ctx):
 
 
 def check_gaussian_3x3(ctx):
-    from tools import postprocess
+    from thermalnet import postprocess
     impulse = np.zeros((9, 9))
     impulse[4, 4] = 1.0
     support = np.argwhere(np.abs(postprocess.gaussian3x3(impulse)) > 1e-12)
     size = tuple(int(x) for x in support.max(axis=0) - support.min(axis=0) + 1)
     if size != (3, 3):
-        return FAIL, "tools.postprocess.gaussian3x3 impulse response is %dx%d" % size
-    ev = "impulse response of tools.postprocess.gaussian3x3: 3x3 (sigma %.2f)" % postprocess.GAUSSIAN_SIGMA
+        return FAIL, "thermalnet.postprocess.gaussian3x3 impulse response is %dx%d" % size
+    ev = "impulse response of thermalnet.postprocess.gaussian3x3: 3x3 (sigma %.2f)" % postprocess.GAUSSIAN_SIGMA
     if not ctx.eval:
         return NOT_RUN, ev + "; no evaluation in this folder"
     return PASS, ev + "; eval.json TN + GS with sigma %s" % ctx.eval.get("gaussian_sigma")
@@ -691,7 +692,7 @@ def check_solver(ctx):
     if miss:
         return ASSUMED, miss[1] + "; tools.train defaults apply"
     from google.protobuf import text_format
-    from dataset_builder.caffe_env import caffe_pb2
+    from thermalnet.caffe_env import caffe_pb2
     try:
         sp = caffe_pb2().SolverParameter()
         with open(ctx.solver_path or "") as f:
@@ -718,7 +719,7 @@ def check_window(ctx):
 def check_val_is_test(ctx):
     from dataset_builder.lmdb_io import lmdb_count
     try:
-        va = lmdb_count(os.path.join(ctx.dataset, spec.VAL_DB, spec.FEATURES))
+        va = lmdb_count(os.path.join(ctx.dataset, layout.VAL_DB, layout.FEATURES))
     except Exception as exc:  # lmdb.Error
         return NOT_RUN, str(exc)
     rows = _manifest(ctx)
@@ -737,8 +738,8 @@ def check_decoding(ctx):
 
 
 def check_gs_sigma(ctx):
-    from tools import postprocess
-    return ASSUMED, "sigma %s (eval.json), tools.postprocess.GAUSSIAN_SIGMA %.1f" % (
+    from thermalnet import postprocess
+    return ASSUMED, "sigma %s (eval.json), thermalnet.postprocess.GAUSSIAN_SIGMA %.1f" % (
         ctx.eval.get("gaussian_sigma", "—"), postprocess.GAUSSIAN_SIGMA)
 
 
@@ -759,8 +760,8 @@ def check_snapshot(ctx):
 
 
 def check_gatys_impl(ctx):
-    from tools import gatys
-    return ASSUMED, "tools/gatys.py (%s)" % (gatys.__doc__ or "").strip().splitlines()[0]
+    from thermalnet import gatys
+    return ASSUMED, "thermalnet/gatys.py (%s)" % (gatys.__doc__ or "").strip().splitlines()[0]
 
 
 # checks that read the dataset folder (NOT RUN when a run's dataset has gone)
@@ -777,7 +778,7 @@ def check(path: str, net: Optional[str] = None, deploy: Optional[str] = None, ev
     out = []
     for item in REGISTER:
         fn = globals().get("check_" + item.check)
-        if item.check in DATASET_CHECKS and not os.path.isfile(os.path.join(ctx.dataset, spec.DATASET_INFO_FILE)):
+        if item.check in DATASET_CHECKS and not os.path.isfile(os.path.join(ctx.dataset, layout.DATASET_INFO_FILE)):
             status, evidence = NOT_RUN, "the run's dataset %s is not here (moved or deleted)" % ctx.dataset
         elif fn is None:
             status, evidence = NOT_RUN, "no check function check_%s" % item.check

@@ -38,7 +38,7 @@ class ExportError(ValueError):
 def _load_net_param(deploy: str):
     from google.protobuf import text_format
 
-    from dataset_builder.caffe_env import caffe_pb2
+    from thermalnet.caffe_env import caffe_pb2
     pb2 = caffe_pb2()
     net = pb2.NetParameter()
     try:
@@ -86,7 +86,7 @@ def build_model(deploy: str, caffemodel: str):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from dataset_builder.caffe_env import import_caffe
+    from thermalnet.caffe_env import import_caffe
     pb2, net_param = _load_net_param(deploy)
     caffe = import_caffe()
     caffe.set_mode_cpu()
@@ -211,7 +211,7 @@ def build_model(deploy: str, caffemodel: str):
             current[top] = name
     if not inputs:
         raise ExportError("%s: no Input layer (the deploy net must start with Input `data`)" % deploy)
-    from tools.inference import OUTPUT_BLOB
+    from thermalnet.inference import OUTPUT_BLOB
     if OUTPUT_BLOB not in current:
         raise ExportError("%s: no blob %r (the deploy net must end in Softmax `prob`)" % (deploy, OUTPUT_BLOB))
     # The graph's output is called `prob` whatever tensor last wrote that blob.
@@ -256,7 +256,7 @@ def ort_session(model, threads: Optional[int] = None):
 def verify(deploy: str, caffemodel: str, model, sizes: List[Tuple[int, int]], batch: int = 1,
            seed: int = 0) -> float:
     """max |ONNX Runtime - pycaffe| of `prob` on random mean-subtracted-like inputs at each size."""
-    from tools.inference import OUTPUT_BLOB, _PycaffeBackend
+    from thermalnet.inference import OUTPUT_BLOB, _PycaffeBackend
     ref = _PycaffeBackend(deploy, caffemodel, None)
     sess = ort_session(model)
     name = sess.get_inputs()[0].name

@@ -22,9 +22,10 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from tools import baselines as bl, fidelity, metrics
-from tools.caffe_log import read_csv
-from tools.evaluate import (METHODS, OVERALL, class_label, fit_markdown, metric_caption, metric_table_lines,
+from thermalnet import baselines as bl, metrics
+from . import fidelity
+from thermalnet.caffe_log import read_csv
+from .evaluate import (METHODS, OVERALL, class_label, fit_markdown, metric_caption, metric_table_lines,
                             read_table_csv)
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
@@ -387,7 +388,7 @@ def readme_tables(run: str, eval_dir: Optional[str] = None) -> str:
     when = _time.strftime("%Y-%m-%d", _time.gmtime(os.path.getmtime(os.path.join(eval_dir, "eval.json"))))
     ipe = float(s.get("iters_per_epoch") or 1)
     cols = [c for c in README_COLUMNS if c != "tn_pp" or ev.get("tn_pp") == "run"]
-    from tools.evaluate import ROW_SHORT, metric_key
+    from .evaluate import ROW_SHORT, metric_key
     lines = ["Run `%s`, evaluated %s: %s; %s, %d iterations (%.1f epochs) in %s on %s, %s CPU cores%s; %d test "
              "images at %sx%s, %s decoding." % (
                  os.path.basename(os.path.abspath(run)), when, data_label(g), os.path.basename(s.get("net", "")), s.get("iterations") or 0,

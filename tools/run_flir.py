@@ -22,7 +22,8 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from dataset_builder import spec
+from thermalnet import spec
+from thermalnet import decoders, layout
 
 DEFAULT_EPOCHS = 30.0
 DEFAULT_BATCH = 8
@@ -32,7 +33,7 @@ def build_flir_dataset(flir: Sequence[str], dataset: str, classes_csv: Optional[
                        paper_scale: bool = False, rebuild: bool = False, progress: bool = True) -> str:
     """dataset_builder's build of FLIR files (reused when present and not rebuild)."""
     from dataset_builder.build import BuildConfig, build
-    if os.path.isfile(os.path.join(dataset, spec.DATASET_INFO_FILE)) and not rebuild:
+    if os.path.isfile(os.path.join(dataset, layout.DATASET_INFO_FILE)) and not rebuild:
         print("[run_flir] using the existing dataset %s (--rebuild to make it again)" % dataset, flush=True)
         return dataset
     classes = None
@@ -49,17 +50,17 @@ def build_flir_dataset(flir: Sequence[str], dataset: str, classes_csv: Optional[
 
 def run_flir(flir: Sequence[str], out: str, classes_csv: Optional[str] = None, dataset: Optional[str] = None,
              epochs: float = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH, base_lr: Optional[float] = None,
-             minutes: Optional[float] = None, paper_scale: bool = False, decoding: str = spec.DEFAULT_DECODING,
+             minutes: Optional[float] = None, paper_scale: bool = False, decoding: str = decoders.DEFAULT_DECODING,
              vgg_weights: Optional[str] = None, backend: str = "pycaffe", gpu: Optional[int] = None,
              rebuild: bool = False, progress: bool = True, weights=None, snapshot: Optional[str] = None) -> Dict:
     """Build (or reuse) the dataset, then tools.demo.run_pipeline; weights/snapshot as there."""
-    from tools import demo, train
+    from . import demo, train
     for f in flir:
         if not os.path.exists(f):
             raise FileNotFoundError("%s: no such FLIR file or folder" % f)
     ds = build_flir_dataset(flir, dataset or os.path.join(out, "dataset"), classes_csv, paper_scale, rebuild,
                             progress)
-    from tools.baselines import read_dataset_info
+    from thermalnet.baselines import read_dataset_info
     info = read_dataset_info(ds)
     want = (spec.PAPER_HEIGHT, spec.PAPER_WIDTH) if paper_scale else (spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH)
     if (int(info["height"]), int(info["width"])) != want:
@@ -89,16 +90,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--base-lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--paper-scale", action="store_true", help="SqueezeNet v1.0 Thermalnet at %dx%d"
                    % (spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
-    p.add_argument("--decoding", default=spec.DEFAULT_DECODING, choices=spec.DECODINGS,
+    p.add_argument("--decoding", default=decoders.DEFAULT_DECODING, choices=decoders.DECODINGS,
                    help="probabilities -> brightness (default mmse, see tools.evaluate)")
     p.add_argument("--vgg-weights", help="VGG-16 caffemodel for TN + PP")
     p.add_argument("--backend", default="pycaffe", choices=("pycaffe", "caffe"))
     p.add_argument("--gpu", type=int, help="GPU id (a GPU build of Caffe)")
-    from tools.demo import add_model_options
+    from .demo import add_model_options
     add_model_options(p)
     a = p.parse_args(argv)
     from dataset_builder.build import BuildError
-    from tools.train import TrainingError
+    from .train import TrainingError
     try:
         r = run_flir(a.flir, a.out, a.classes, a.dataset, a.epochs, a.batch_size, a.base_lr, a.minutes,
                      a.paper_scale, a.decoding, a.vgg_weights, a.backend, a.gpu, a.rebuild,

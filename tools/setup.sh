@@ -83,5 +83,5 @@ fi
   || die "the venv cannot import caffe and digits_python_layers from $ROOT; rerun with a clean cache: rm -rf ~/.cache/thermalnet"
 say "ready: $VENV (caffe from $ROOT)"
 if [ -n "$CAFFE_BUILD_FLAGS" ] && [ -z "${CAFFE_ROOT:-}" ]; then
-  say "GPU build ($CAFFE_BUILD_FLAGS); is a GPU usable? $PY -m dataset_builder.caffe_env --gpu 0"
+  say "GPU build ($CAFFE_BUILD_FLAGS); is a GPU usable? $PY -m thermalnet.caffe_env --gpu 0"
 fi

@@ -15,7 +15,7 @@ its iteration and loss, and pick_snapshot() gives the evaluation either model.
 
 --weights: Caffe's -weights (fine-tuning): each caffemodel is copied into the net by layer
 name, in order; layers whose names are not in the file keep their fillers. Each file is
-checked first (tools.nets.check_weights), so one that does not fit is a one-line error
+checked first (thermalnet.nets.check_weights), so one that does not fit is a one-line error
 instead of Caffe's abort; the summary records the files and which layers came from them.
 
 pycaffe back-end: solver.step(1) in a loop so the loss of every iteration is seen
@@ -42,10 +42,14 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from dataset_builder import spec
-from dataset_builder.caffe_env import PROTOTXT_DIR, REPO_ROOT
-from tools import caffe_log
+from thermalnet import spec
+from thermalnet import layout
+from thermalnet.caffe_env import PROTOTXT_DIR, REPO_ROOT
+from thermalnet import caffe_log
 
+# This module's import name for the worker processes: tools.train from the repository, thermalnet.tools.train
+# when installed (under python -m, __name__ is "__main__" but __spec__ keeps the real name).
+_MODULE = __spec__.name if __spec__ is not None else "tools.train"
 SNAPSHOT_PREFIX = "snap"
 LOG_FILE = "train.log"
 SUMMARY_FILE = "train_summary.json"
@@ -83,8 +87,8 @@ class ClassCountMismatch(ValueError):
 # -- checks ----------------------------------------------------------------------------
 def check_class_count(net_path: str, dataset: str) -> int:
     """The score layer's (nets.SCORE_LAYER) num_output must equal the dataset's num_bins; returns it."""
-    from tools import nets
-    from tools.baselines import read_dataset_info
+    from thermalnet import nets
+    from thermalnet.baselines import read_dataset_info
     info = read_dataset_info(dataset)
     q_net = int(nets.num_classes(net_path))
     q_ds = int(info["num_bins"])
@@ -92,13 +96,13 @@ def check_class_count(net_path: str, dataset: str) -> int:
         raise ClassCountMismatch(
             "%s: the network predicts %d classes (%s num_output) but %s has num_bins %d "
             "(%s); rebuild the dataset with %d bins or use a network with num_output %d"
-            % (net_path, q_net, nets.SCORE_LAYER, dataset, q_ds, spec.DATASET_INFO_FILE, q_net, q_ds))
+            % (net_path, q_net, nets.SCORE_LAYER, dataset, q_ds, layout.DATASET_INFO_FILE, q_net, q_ds))
     return q_net
 
 
 def _solver_param(path: str):
     from google.protobuf import text_format
-    from dataset_builder.caffe_env import caffe_pb2
+    from thermalnet.caffe_env import caffe_pb2
     sp = caffe_pb2().SolverParameter()
     with open(path) as f:
         text_format.Merge(f.read(), sp)
@@ -271,14 +275,14 @@ def check_lmdb(path: str) -> int:
 def check_dataset_lmdbs(dataset: str) -> Dict[str, int]:
     """{"train": n, "val": n} after checking all four LMDBs; features and labels must pair up."""
     counts = {}
-    for split, feats, labels in spec.lmdb_pairs(dataset):
+    for split, feats, labels in layout.lmdb_pairs(dataset):
         for p in (feats, labels):
             if not os.path.isdir(p):
                 raise FileNotFoundError("%s: missing LMDB (build the dataset with python -m dataset_builder)" % p)
         nf, nl = check_lmdb(feats), check_lmdb(labels)
         if nf != nl:
             raise ValueError("%s: %d feature images but %d label images in %s; rebuild the dataset"
-                             % (os.path.dirname(feats), nf, nl, spec.LABELS))
+                             % (os.path.dirname(feats), nf, nl, layout.LABELS))
         counts[split] = nf
     return counts
 
@@ -287,8 +291,8 @@ def check_mean_file(dataset: str, height: int, width: int) -> str:
     """The training mean (train_db/mean.binaryproto) must parse and be 3 x H x W: Caffe's
     DataTransformer aborts the whole process otherwise. A bad one is a one-line ValueError."""
     from google.protobuf.message import DecodeError
-    from dataset_builder.caffe_env import caffe_pb2
-    path = os.path.join(dataset, spec.TRAIN_DB, spec.MEAN_FILE)
+    from thermalnet.caffe_env import caffe_pb2
+    path = os.path.join(dataset, layout.TRAIN_DB, layout.MEAN_FILE)
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -310,7 +314,7 @@ def check_mean_file(dataset: str, height: int, width: int) -> str:
 
 # -- the glog-format log ----------------------------------------------------------------
 class GlogWriter:
-    """Appends lines in `caffe train`'s log format, so tools.caffe_log parses both back-ends."""
+    """Appends lines in `caffe train`'s log format, so thermalnet.caffe_log parses both back-ends."""
 
     def __init__(self, path: str):
         self.f = open(path, "a", buffering=1)
@@ -370,8 +374,8 @@ def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int
                 seed: int = spec.SEED, gpu: Optional[int] = None, weights=None) -> Dict:
     """Check inputs (LMDBs whole, class count, pretrained weights fit), then write
     train_val.prototxt + solver.prototxt into the run folder; return the plan."""
-    from tools import nets
-    from tools.baselines import read_dataset_info
+    from thermalnet import nets
+    from thermalnet.baselines import read_dataset_info
 
     counts = check_dataset_lmdbs(dataset)
     if not os.path.isfile(net):
@@ -388,7 +392,7 @@ def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int
     fit = nets.check_weights(given, net) if given else None        # errors name the files as given
     weight_files = [os.path.abspath(w) for w in given]
     if n_train == 0:
-        raise ValueError("%s: the training LMDB is empty" % os.path.join(dataset, spec.TRAIN_DB, spec.FEATURES))
+        raise ValueError("%s: the training LMDB is empty" % os.path.join(dataset, layout.TRAIN_DB, layout.FEATURES))
     # The val batch divides n_val, so test_iter batches cover val_db exactly once per pass.
     val_batch = max(d for d in range(1, min(batch_size, n_val) + 1) if n_val % d == 0) if n_val else None
     snapshot_epochs = snapshot_epochs or max(1.0, epochs / 5.0)
@@ -465,7 +469,7 @@ def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optio
                   progress: bool, watch: DivergenceWatch) -> Dict:
     """The training loop itself; runs in the child process of _train_pycaffe."""
     from tqdm import tqdm
-    from dataset_builder.caffe_env import use_device
+    from thermalnet.caffe_env import use_device
     caffe = use_device(gpu)
     sp = _solver_param(plan["solver"])
     solver_file = _pycaffe_solver_file(plan)
@@ -475,7 +479,7 @@ def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optio
     loss_name = _loss_blob(net)
     tnet = solver.test_nets[0] if (len(solver.test_nets) and plan["test_iter"]) else None
     tloss_name = _loss_blob(tnet) if tnet is not None else None
-    from tools import nets
+    from thermalnet import nets
     log("Solving %s" % (nets.load_net(plan["train_val"]).name or "net"))
     log("Learning Rate Policy: %s" % (sp.lr_policy or "fixed"))
     for w in plan.get("weights") or []:
@@ -622,8 +626,8 @@ def _train_pycaffe(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Opti
         os.remove(job["result"])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from tools.train import _worker_main; "
-                             "_worker_main(sys.argv[1])", job_path], env=env, cwd=plan["out"])
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from %s import _worker_main; "
+                             "_worker_main(sys.argv[1])" % _MODULE, job_path], env=env, cwd=plan["out"])
     try:
         rc = proc.wait()
     except KeyboardInterrupt:
@@ -746,7 +750,7 @@ def _init_worker(job_path: str) -> None:
     """Child-process entry: the solver with --weights copied in, saved as an iteration-0 snapshot."""
     with open(job_path) as f:
         job = json.load(f)
-    from dataset_builder.caffe_env import use_device
+    from thermalnet.caffe_env import use_device
     caffe = use_device(job["gpu"])
     solver = caffe.get_solver(job["solver"])
     for w in job["weights"]:
@@ -768,8 +772,8 @@ def _initial_state(plan: Dict, solver_file: str, gpu: Optional[int], log: GlogWr
     _write_text(job_path, json.dumps({"solver": init_solver, "weights": plan["weights"], "gpu": gpu}))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    r = subprocess.run([sys.executable, "-c", "import sys; from tools.train import _init_worker; "
-                        "_init_worker(sys.argv[1])", job_path], env=env, cwd=plan["out"], capture_output=True,
+    r = subprocess.run([sys.executable, "-c", "import sys; from %s import _init_worker; _init_worker(sys.argv[1])" % _MODULE,
+                        job_path], env=env, cwd=plan["out"], capture_output=True,
                        text=True)
     state = os.path.join(plan["out"], "init_iter_0.solverstate")
     for p in (job_path, init_solver):
@@ -786,7 +790,7 @@ def _initial_state(plan: Dict, solver_file: str, gpu: Optional[int], log: GlogWr
 def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optional[int],
                       progress: bool, watch: DivergenceWatch) -> Dict:
     from tqdm import tqdm
-    from dataset_builder.caffe_env import caffe_tool, python_layer_env
+    from thermalnet.caffe_env import caffe_tool, python_layer_env
     solver_file = _caffe_tool_solver_file(plan)
     cmd = [caffe_tool(), "train", "-solver", solver_file]
     init_files: List[str] = []
@@ -869,19 +873,19 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
     max_minutes: a wall-clock budget; training stops at the first iteration past it
     (snapshot + validation there), so a demo fits its time whatever the machine's speed.
     weights: caffemodel(s) to fine-tune from ("A,B" or a list; Caffe's -weights), checked
-    against the network first (tools.nets.WeightsError, a ValueError, when one does not fit).
+    against the network first (thermalnet.nets.WeightsError, a ValueError, when one does not fit).
     """
     if backend not in BACKENDS:
         raise ValueError("unknown backend %r (choose from %s)" % (backend, ", ".join(BACKENDS)))
     net = net or (PAPER_NET if paper_scale else DEFAULT_NET)
     if paper_scale:
-        from tools.baselines import read_dataset_info
+        from thermalnet.baselines import read_dataset_info
         info = read_dataset_info(dataset)
         if (int(info["height"]), int(info["width"])) != (spec.PAPER_HEIGHT, spec.PAPER_WIDTH):
             raise ValueError("%s is %dx%d but --paper-scale trains at %dx%d: build the dataset at paper scale"
                              % (dataset, info["height"], info["width"], spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
     log_path = os.path.join(out, LOG_FILE)
-    from tools import nets
+    from thermalnet import nets
     if resume and nets.split_weights(weights):
         # caffe train refuses the pair too: a restored .solverstate would overwrite the weights.
         raise ValueError("give --resume to continue training or --weights to fine-tune, not both")
@@ -893,7 +897,7 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
                               % (log_path, out, SNAPSHOT_PREFIX))
     if gpu is not None:
         # Before anything is written, and before `caffe train -gpu` could abort with a stack trace.
-        from dataset_builder.caffe_env import check_gpu_available
+        from thermalnet.caffe_env import check_gpu_available
         check_gpu_available(gpu)
     plan = prepare_run(dataset, net, out, epochs, batch_size, base_lr=base_lr, solver_template=solver_template,
                        snapshot_epochs=snapshot_epochs, display=display, seed=seed, gpu=gpu, weights=weights)
@@ -925,7 +929,7 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
     summary["best"] = read_best(plan["out"])
     try:
         train_csv, val_csv = caffe_log.log_to_csv(os.path.join(plan["out"], LOG_FILE))
-        from tools import plots
+        from thermalnet import plots
         plots.plot_loss_csv(train_csv, val_csv, os.path.join(plan["out"], "loss.png"), plan["iters_per_epoch"],
                             title="Thermalnet %s, %dx%d, Q=%d%s" % (
                                 os.path.basename(plan["net"]).replace(".prototxt", ""), plan["height"],
@@ -946,7 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="dataset folder built by dataset_builder")
     p.add_argument("--net", help="all-in-one network prototxt (default prototxt/thermalnet_%s.prototxt, "
                                  "or _%s with --paper-scale)" % (spec.DEFAULT_BASE, spec.PAPER_BASE))
-    p.add_argument("--solver-template", help="solver prototxt to start from (default: tools.nets' template)")
+    p.add_argument("--solver-template", help="solver prototxt to start from (default: thermalnet.nets' template)")
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--epochs", type=float, required=True, help="passes over the training split")
     p.add_argument("--batch-size", type=int, required=True)

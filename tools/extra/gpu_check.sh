@@ -6,7 +6,7 @@
 #
 # 1. builds the GPU Caffe with all cores and links it into the venv (make gpu-setup), for this
 #    GPU's architecture only (CUDA_ARCH="" builds the default list; any other value is used as is);
-# 2. probes GPU 0 (python -m dataset_builder.caffe_env --gpu 0);
+# 2. probes GPU 0 (python -m thermalnet.caffe_env --gpu 0);
 # 3. runs the test suite with the GPU build, so the tests marked `gpu` run (SKIP_TESTS=1 skips);
 # 4. times `caffe time -gpu 0` (train stage, forward-backward) for v1_0 at 240x320 and v1_1 at
 #    120x160, batch 8, SYNTHETIC random data;
@@ -41,7 +41,7 @@ fi
 note "- CUDA_ARCH: ${CUDA_ARCH:-the default list of install_caffe.sh}"
 
 step "make gpu-setup (all $(nproc) cores)" make gpu-setup CUDA_ARCH="$CUDA_ARCH" || { note "GPU build failed: see $LOG"; exit 1; }
-step "probe GPU 0" "$PY" -m dataset_builder.caffe_env --gpu 0 || { note "GPU 0 not usable: see $LOG"; exit 1; }
+step "probe GPU 0" "$PY" -m thermalnet.caffe_env --gpu 0 || { note "GPU 0 not usable: see $LOG"; exit 1; }
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   step "test suite (GPU tests enabled)" "$PY" -m pytest -q -rs tests
   note "  - $(grep -E '[0-9]+ (passed|failed)' "$LOG" | tail -n 1)"
@@ -50,7 +50,7 @@ fi
 step "caffe time -gpu 0 and the GPU demo" "$PY" - "$OUT" "$ITERS" <<'PYEOF'
 """Times and the GPU demo; appends to results.md and writes results.json."""
 import json, os, subprocess, sys, tempfile
-from dataset_builder.caffe_env import caffe_tool, python_layer_env
+from thermalnet.caffe_env import caffe_tool, python_layer_env
 from tools import benchmark, demo, nets
 
 out, iters = sys.argv[1], int(sys.argv[2])

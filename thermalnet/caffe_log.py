@@ -221,7 +221,7 @@ def log_to_csv(log_path: str, out_dir: Optional[str] = None) -> Tuple[str, str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.caffe_log",
+    p = argparse.ArgumentParser(prog="python -m thermalnet.caffe_log",
                                 description="Parse a Caffe training log (caffe train, DIGITS, or the kit's "
                                             "pycaffe loop) into train.csv and val.csv "
                                             "(iteration, seconds, loss, lr).")

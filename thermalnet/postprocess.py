@@ -6,7 +6,7 @@ axis are [0.2390, 0.5220, 0.2390]. (For sigma=0 OpenCV itself then substitutes t
 binomial table [1/4, 1/2, 1/4]; pass sigma to compare.) Borders reflect (OpenCV's
 BORDER_REFLECT_101), so a flat image stays flat (to rounding).
 
-TN+PP: Gatys et al.'s style reconstruction with VGG-16, in tools/gatys.py; it needs
+TN+PP: Gatys et al.'s style reconstruction with VGG-16, in thermalnet/gatys.py; it needs
 the VGG_ILSVRC_16_layers weights, so apply() reports it unavailable without them.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def apply(method: str, tn_brightness: np.ndarray, style_reference: Optional[np.n
           reconstructor=None, **gatys_kwargs) -> np.ndarray:
     """Dispatch one post-processing variant on a Thermalnet brightness image (HxW).
 
-    "gatys" needs the real IR image (style_reference) and a tools.gatys.StyleReconstructor.
+    "gatys" needs the real IR image (style_reference) and a thermalnet.gatys.StyleReconstructor.
     """
     if method == "none":
         return np.asarray(tn_brightness, dtype=np.float64)

@@ -56,7 +56,7 @@ def plot_loss(train_rows: List[Dict], val_rows: List[Dict], out_png: str,
 
 def plot_loss_csv(train_csv: str, val_csv: str, out_png: str, iters_per_epoch: Optional[float] = None,
                   title: str = "Thermalnet training") -> str:
-    from tools.caffe_log import read_csv
+    from thermalnet.caffe_log import read_csv
     return plot_loss(read_csv(train_csv), read_csv(val_csv) if os.path.isfile(val_csv) else [],
                      out_png, iters_per_epoch, title)
 
@@ -107,9 +107,9 @@ def plot_triptych(visible_rgb: np.ndarray, ir: np.ndarray, synthetic: np.ndarray
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.plots",
+    p = argparse.ArgumentParser(prog="python -m thermalnet.plots",
                                 description="Plot train/validation loss of a run (train.csv, val.csv written "
-                                            "by tools.caffe_log) as loss.png.")
+                                            "by thermalnet.caffe_log) as loss.png.")
     p.add_argument("run", help="run folder holding train.csv and val.csv (or a train.log to parse first)")
     p.add_argument("--out", help="PNG path (default RUN/loss.png)")
     p.add_argument("--iters-per-epoch", type=float, help="adds an epoch axis")
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     run = args.run
     try:
         if os.path.isfile(run):
-            from tools.caffe_log import log_to_csv
+            from thermalnet.caffe_log import log_to_csv
             log_to_csv(run)
             run = os.path.dirname(os.path.abspath(run))
         out = plot_loss_csv(os.path.join(run, "train.csv"), os.path.join(run, "val.csv"),

@@ -34,8 +34,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dataset_builder import spec
-from dataset_builder.caffe_env import PROTOTXT_DIR
+from thermalnet import spec
+from thermalnet.caffe_env import PROTOTXT_DIR
 
 VGG_PROTOTXT = os.path.join(PROTOTXT_DIR, "vgg16_deploy.prototxt")
 VGG_WEIGHTS_NAME = "VGG_ILSVRC_16_layers.caffemodel"
@@ -100,7 +100,7 @@ class StyleReconstructor:
             raise FileNotFoundError(reason)
         if not os.path.isfile(prototxt):
             raise FileNotFoundError("%s: no such VGG-16 prototxt" % prototxt)
-        from dataset_builder.caffe_env import use_device
+        from thermalnet.caffe_env import use_device
         caffe = use_device(gpu)
         self.net = caffe.Net(prototxt, vgg_weights, caffe.TEST)
         self.content_layer = content_layer
@@ -258,7 +258,7 @@ class StyleReconstructor:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.gatys",
+    p = argparse.ArgumentParser(prog="python -m thermalnet.gatys",
                                 description="TN+PP: Gatys style reconstruction of a Thermalnet output, "
                                             "with a real IR image as the style source (VGG-16 in pycaffe).")
     p.add_argument("--vgg-weights", help="VGG_ILSVRC_16_layers.caffemodel (supplied by you)")

@@ -25,7 +25,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from dataset_builder import spec
+from thermalnet import spec
+from thermalnet import layout
 
 BASELINES = ("mean_ir", "fitted_luminance", "constant", "luminance")
 BASELINE_LABELS = {
@@ -38,12 +39,12 @@ BASELINE_LABELS = {
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)   # R, G, B (ITU-R BT.601)
 
 
-read_dataset_info = spec.read_dataset_info
+read_dataset_info = layout.read_dataset_info
 
 
 def read_manifest(dataset: str, split: Optional[str] = "test") -> List[Dict]:
     """manifest.csv rows (all, or one split) in file order."""
-    path = os.path.join(dataset, spec.MANIFEST_FILE)
+    path = os.path.join(dataset, layout.MANIFEST_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError("%s: no such manifest" % path)
     with open(path, newline="") as f:
@@ -66,8 +67,8 @@ def _read_png(path: str, what: str) -> np.ndarray:
 
 def load_test_pair(dataset: str, image_id: str):
     """(visible RGB HxWx3 uint8, IR brightness HxW float64) of one test image."""
-    vis = _read_png(os.path.join(dataset, spec.TEST_DIR, "visible", image_id + ".png"), "visible test image")
-    ir = _read_png(os.path.join(dataset, spec.TEST_DIR, "ir", image_id + ".png"), "IR test image")
+    vis = _read_png(os.path.join(dataset, layout.TEST_DIR, "visible", image_id + ".png"), "visible test image")
+    ir = _read_png(os.path.join(dataset, layout.TEST_DIR, "ir", image_id + ".png"), "IR test image")
     if vis.ndim == 2:
         vis = np.repeat(vis[:, :, None], 3, axis=2)
     vis = vis[:, :, :3]
@@ -87,8 +88,8 @@ def train_statistics(dataset: str, num_bins: Optional[int] = None) -> Dict:
     from dataset_builder.lmdb_io import lmdb_count, read_lmdb
     num_bins = num_bins or int(read_dataset_info(dataset)["num_bins"])
     centers = spec.bin_centers(num_bins)
-    lab_path = os.path.join(dataset, spec.TRAIN_DB, spec.LABELS)
-    feat_path = os.path.join(dataset, spec.TRAIN_DB, spec.FEATURES)
+    lab_path = os.path.join(dataset, layout.TRAIN_DB, layout.LABELS)
+    feat_path = os.path.join(dataset, layout.TRAIN_DB, layout.FEATURES)
     for p in (feat_path, lab_path):
         if not os.path.isdir(p):
             raise FileNotFoundError("%s: no LMDB folder" % p)

@@ -6,8 +6,8 @@ or pycaffe needs: the same network pointed at one dataset folder (materialize),
 a deploy file for another input size (deploy_for_size), and a solver whose
 iteration counts follow DIGITS' epoch arithmetic (solver_schedule, write_solver).
 
-    python -m tools.nets --counts        # parameter counts of every network
-    python -m tools.nets --net v1_1 --check-weights squeezenet_v1.1.caffemodel   # would it load?
+    python -m thermalnet.nets --counts        # parameter counts of every network
+    python -m thermalnet.nets --net v1_1 --check-weights squeezenet_v1.1.caffemodel   # would it load?
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import sys
 import tempfile
 from typing import Dict, Optional, Sequence, Tuple
 
-from dataset_builder import spec
-from dataset_builder.caffe_env import PROTOTXT_DIR, caffe_pb2
+from thermalnet import spec
+from thermalnet import layout
+from thermalnet.caffe_env import PROTOTXT_DIR, caffe_pb2
 
 Network = collections.namedtuple("Network", "net deploy base loss")
 
@@ -106,7 +107,7 @@ def _stages(layer) -> set:
 
 
 def _dataset_info(dataset_dir: str) -> dict:
-    path = os.path.join(dataset_dir, spec.DATASET_INFO_FILE)
+    path = os.path.join(dataset_dir, layout.DATASET_INFO_FILE)
     if not os.path.isfile(path):
         return {}
     try:
@@ -152,8 +153,8 @@ def materialize(net_path: str, dataset_dir: str, out_path: str, batch_size: Opti
             q = int(layer.convolution_param.num_output)
     if info.get("num_bins") is not None and q is not None and int(info["num_bins"]) != q:
         raise ValueError("%s: dataset has %s thermal bins but %s scores %d (%s num_output)"
-                         % (os.path.join(ds, spec.DATASET_INFO_FILE), info["num_bins"], net_path, q, SCORE_LAYER))
-    weights = os.path.join(ds, spec.CLASS_WEIGHTS_FILE)
+                         % (os.path.join(ds, layout.DATASET_INFO_FILE), info["num_bins"], net_path, q, SCORE_LAYER))
+    weights = os.path.join(ds, layout.CLASS_WEIGHTS_FILE)
     data_layers = 0
     for layer in net.layer:
         if layer.type == "Data":
@@ -187,7 +188,7 @@ def materialize(net_path: str, dataset_dir: str, out_path: str, batch_size: Opti
         raise ValueError("%s: class weights file missing (the loss layer needs it)" % weights)
     if info.get("height") and info.get("width"):
         _set_input_shape(net, int(info["height"]), int(info["width"]))
-    save_net(net, out_path, "%s bound to dataset %s by tools/nets.py materialize()"
+    save_net(net, out_path, "%s bound to dataset %s by thermalnet/nets.py materialize()"
              % (os.path.basename(net_path), ds))
     return out_path
 
@@ -199,7 +200,7 @@ def deploy_for_size(deploy_path: str, height: int, width: int, out_path: str, ba
     net = load_net(deploy_path)
     if not _set_input_shape(net, height, width, batch):
         raise ValueError("%s: no Input layer with top \"data\" to resize" % deploy_path)
-    save_net(net, out_path, "%s with input %dx3x%dx%d (tools/nets.py deploy_for_size)"
+    save_net(net, out_path, "%s with input %dx3x%dx%d (thermalnet/nets.py deploy_for_size)"
              % (os.path.basename(deploy_path), batch, height, width))
     return out_path
 
@@ -311,7 +312,7 @@ def write_solver(out_path: str, net_path: str, schedule: Dict[str, int], base_lr
         s.random_seed = int(random_seed)
     from google.protobuf import text_format
 
-    _write_text("# written by tools/nets.py write_solver(); iterations: %s\n%s"
+    _write_text("# written by thermalnet/nets.py write_solver(); iterations: %s\n%s"
                 % (json.dumps(schedule, sort_keys=True), text_format.MessageToString(s)), out_path)
     return out_path
 
@@ -379,7 +380,7 @@ def net_param_shapes(net_path: str) -> "collections.OrderedDict[str, list]":
     Built by Caffe itself (channel counts follow from the graph), on the deploy stage so
     no LMDB is opened; the train and val stages of the kit's networks hold the same layers.
     """
-    from dataset_builder.caffe_env import import_caffe
+    from thermalnet.caffe_env import import_caffe
 
     caffe = import_caffe()
     caffe.set_mode_cpu()
@@ -446,7 +447,7 @@ def check_weights(weights, net_path: str, target: Optional[Dict[str, list]] = No
 def print_counts(names: Sequence[str], stream=None) -> Dict[str, Dict[str, int]]:
     """Instantiate each deploy net (random weights) and print its parameter budget."""
     stream = stream or sys.stdout
-    from dataset_builder.caffe_env import import_caffe
+    from thermalnet.caffe_env import import_caffe
 
     caffe = import_caffe()
     caffe.set_mode_cpu()
@@ -468,7 +469,7 @@ def print_counts(names: Sequence[str], stream=None) -> Dict[str, Dict[str, int]]
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.nets",
+        prog="python -m thermalnet.nets",
         description="Thermalnet networks: parameter counts, binding a network to a dataset, resizing deploy.")
     parser.add_argument("--counts", action="store_true", help="print parameter counts of the networks")
     parser.add_argument("--net", choices=sorted(NETWORKS), action="append",

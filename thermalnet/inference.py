@@ -22,12 +22,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dataset_builder import spec
-from dataset_builder.caffe_env import use_device
+from thermalnet import decoders
+from thermalnet.caffe_env import use_device
 
 BACKENDS = ("pycaffe", "opencv", "onnxruntime")
 ONNX_SUFFIX = ".onnx"
-DECODINGS = spec.DECODINGS
+DECODINGS = decoders.DECODINGS
 OUTPUT_BLOB = "prob"
 INPUT_BLOB = "data"
 
@@ -263,13 +263,13 @@ class Predictor:
         return results  # type: ignore[return-value]
 
     def predict_brightness(self, images: Sequence[np.ndarray], decoding: str = "expectation",
-                           temperature: float = spec.ANNEAL_T,
+                           temperature: float = decoders.ANNEAL_T,
                            class_weights: Optional[np.ndarray] = None) -> List[np.ndarray]:
-        """Per-image HxW brightness 0..255 (float), decoded with spec.decode
-        ("mmse" needs the training class weights, spec.read_class_weights)."""
+        """Per-image HxW brightness 0..255 (float), decoded with decoders.decode
+        ("mmse" needs the training class weights, layout.read_class_weights)."""
         if decoding not in DECODINGS:
             raise ValueError("unknown decoding %r (choose from %s)" % (decoding, ", ".join(DECODINGS)))
-        return [spec.decode(p, decoding, temperature, class_weights) for p in self.predict_probs(images)]
+        return [decoders.decode(p, decoding, temperature, class_weights) for p in self.predict_probs(images)]
 
 
 def random_caffemodel(deploy_prototxt: str, out_path: str, seed: int = 0, logit_std: float = 4.0) -> str:
@@ -281,7 +281,7 @@ def random_caffemodel(deploy_prototxt: str, out_path: str, seed: int = 0, logit_
     random mean-subtracted input, like a trained net's: near-uniform probabilities
     would make back-end comparisons trivially pass, saturated ones meaningless.
     """
-    from dataset_builder.caffe_env import import_caffe
+    from thermalnet.caffe_env import import_caffe
     caffe = import_caffe()
     caffe.set_mode_cpu()
     if hasattr(caffe, "set_random_seed"):

@@ -79,7 +79,7 @@ def python_layer_env() -> dict:
 # device and a build without code for this GPU's architecture all show up here.
 _GPU_PROBE = """
 import os, sys, tempfile
-from dataset_builder.caffe_env import import_caffe
+from thermalnet.caffe_env import import_caffe
 c = import_caffe()
 c.set_mode_gpu()
 c.set_device(int(sys.argv[1]))
@@ -146,7 +146,7 @@ def use_device(gpu=None):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dataset_builder.caffe_env",
+    p = argparse.ArgumentParser(prog="python -m thermalnet.caffe_env",
                                 description="Say which Caffe the kit uses and whether a GPU is usable by it "
                                             "(a child process probes the device: Caffe aborts on a bad one).")
     p.add_argument("--gpu", type=int, help="GPU id to probe (set_device + one ReLU on the device)")
