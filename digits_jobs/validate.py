@@ -25,12 +25,9 @@ shows up here, with the layer named:
   all rules removed.
 * Each net must pass DIGITS' sanity check: every bottom produced at that phase.
 * solver.prototxt: solver_type (the old enum), net: train_val.prototxt, snapshot
-  prefix "snapshot", iter_size = batch accumulation, max_iter = ceil(N_train /
-  (batch * iter_size)) * epochs, snapshot / test_interval from the epoch intervals,
-  test_iter = ceil(N_val / val batch), lr policy steps given in percent of max_iter,
-  momentum 0.9 (not for AdaGrad and RMSprop), weight_decay = base_lr / 100 (yes,
-  the learning rate over 100, not Caffe's 5e-4), display 8x per epoch or every 5000
-  images, whichever is more often.
+  prefix "snapshot", iter_size = batch accumulation, and DIGITS' arithmetic (epochs
+  to iterations, intervals, lr policies, momentum, weight_decay, display) from
+  thermalnet.solver, which the kit's trainer uses too.
 
 On top of DIGITS' own checks the kit rejects what DIGITS lets through but breaks
 later or silently: a loss layer left in deploy, a Python layer whose module is not
@@ -44,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -56,6 +52,8 @@ import numpy as np
 
 from thermalnet import spec
 from thermalnet import layout
+from thermalnet import solver as digits_solver
+from thermalnet.solver import LR_POLICIES, SOLVER_TYPES
 from thermalnet.atomic import replace_dir
 from thermalnet.caffe_env import PROTOTXT_DIR, caffe_pb2
 
@@ -69,9 +67,6 @@ PYTHON_LAYER_FILE = "digits_python_layers.py"
 PYTHON_MODULE = "digits_python_layers"
 DIGITS_DEFAULT_BATCH_SIZE = 16          # digits/utils/constants.py
 OUTPUT_BLOB = "prob"                    # the kit's deploy output (N, Q, H, W)
-SOLVER_TYPES = ("SGD", "NESTEROV", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM")
-NO_MOMENTUM = ("ADAGRAD", "RMSPROP")
-LR_POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid")
 USE_MEAN = ("none", "image", "pixel")
 STAGES = ("train", "val", "deploy")
 
@@ -113,19 +108,8 @@ class JobSettings:
                 raise DigitsRuleError("job field %s=%r is not a %s" % (key, v, kind.__name__))
         policy = str(form.get("lr_policy", "step"))
         lr = {"policy": policy}
-        if policy == "step":
-            lr.update(stepsize=num("lr_step_size", float, 33.0), gamma=num("lr_step_gamma", float, 0.1))
-        elif policy == "multistep":
-            lr.update(stepvalue=str(form.get("lr_multistep_values", "50,85")),
-                      gamma=num("lr_multistep_gamma", float, 0.5))
-        elif policy == "exp":
-            lr.update(gamma=num("lr_exp_gamma", float, 0.95))
-        elif policy == "inv":
-            lr.update(gamma=num("lr_inv_gamma", float, 0.1), power=num("lr_inv_power", float, 0.5))
-        elif policy == "poly":
-            lr.update(power=num("lr_poly_power", float, 3.0))
-        elif policy == "sigmoid":
-            lr.update(stepsize=num("lr_sigmoid_step", float, 50.0), gamma=num("lr_sigmoid_gamma", float, 0.1))
+        for name, key, default in digits_solver.LR_FORM_FIELDS.get(policy, ()):
+            lr[name] = str(form.get(key, default)) if isinstance(default, str) else num(key, float, default)
         rates = str(form.get("learning_rate", "0.01")).split(",")
         batches = [b for b in str(form.get("batch_size", "") or "").split(",") if b.strip()]
         if len(rates) > 1 or len(batches) > 1:
@@ -571,7 +555,7 @@ def digits_files(net_text: str, ds: DatasetFacts, settings: Optional[JobSettings
 
 
 def _solver(settings: JobSettings, ds: DatasetFacts, train_batch: int, val_batch: Optional[int]):
-    """save_files_generic's solver arithmetic, field by field."""
+    """save_files_generic's solver, field by field in DIGITS' order; the numbers from thermalnet.solver."""
     pb = caffe_pb2()
     s = pb.SolverParameter()
     s.solver_type = getattr(pb.SolverParameter, settings.solver_type)
@@ -580,40 +564,19 @@ def _solver(settings: JobSettings, ds: DatasetFacts, train_batch: int, val_batch
     s.snapshot_prefix = SNAPSHOT_PREFIX
     if settings.batch_accumulation:
         s.iter_size = settings.batch_accumulation
-    train_iter = int(math.ceil(float(ds.train_count) / (train_batch * s.iter_size)))
-    s.max_iter = train_iter * settings.train_epochs
-    snap = settings.snapshot_interval * train_iter
-    s.snapshot = 1 if 0 < snap <= 1 else int(snap) if 1 < snap < s.max_iter else 0
+    train_iter = digits_solver.iters_per_epoch(ds.train_count, train_batch, s.iter_size)
+    s.max_iter = digits_solver.max_iter(train_iter, settings.train_epochs)
+    s.snapshot = digits_solver.snapshot_interval(settings.snapshot_interval, train_iter, s.max_iter)
     if val_batch:
-        s.test_iter.append(int(math.ceil(float(ds.val_count) / val_batch)))
-        vi = settings.val_interval * train_iter
-        s.test_interval = 1 if 0 < vi <= 1 else int(vi) if 1 < vi < s.max_iter else s.max_iter
+        s.test_iter.append(digits_solver.val_iters(ds.val_count, val_batch))
+        s.test_interval = digits_solver.val_interval(settings.val_interval, train_iter, s.max_iter)
     s.base_lr = settings.learning_rate
     p = settings.lr_policy
-    s.lr_policy = p["policy"]
-    scale = float(s.max_iter) / 100.0
-    if s.lr_policy == "step":
-        s.stepsize = int(math.ceil(float(p["stepsize"]) * scale))
-        s.gamma = p["gamma"]
-    elif s.lr_policy == "multistep":
-        for v in str(p["stepvalue"]).split(","):
-            s.stepvalue.append(int(math.ceil(float(v) * scale)))
-        s.gamma = p["gamma"]
-    elif s.lr_policy == "exp":
-        s.gamma = math.pow(p["gamma"], 1.0 / scale)
-    elif s.lr_policy == "inv":
-        s.gamma = p["gamma"] / scale
-        s.power = p["power"]
-    elif s.lr_policy == "poly":
-        s.power = p["power"]
-    elif s.lr_policy == "sigmoid":
-        s.gamma = -1.0 * p["gamma"] / scale
-        s.stepsize = int(math.ceil(float(p["stepsize"]) * scale))
-    if settings.solver_type not in NO_MOMENTUM:
-        s.momentum = 0.9
-    s.weight_decay = s.base_lr / 100.0
-    s.display = max(1, min(int(math.floor(float(s.max_iter) / (settings.train_epochs * 8))),
-                           int(math.ceil(5000.0 / (train_batch * s.iter_size)))))
+    digits_solver.set_lr_fields(s, p["policy"], p)
+    if digits_solver.uses_momentum(settings.solver_type):
+        s.momentum = digits_solver.MOMENTUM
+    s.weight_decay = digits_solver.weight_decay(s.base_lr)
+    s.display = digits_solver.display_interval(s.max_iter, settings.train_epochs, train_batch, s.iter_size)
     if settings.random_seed is not None:
         s.random_seed = settings.random_seed
     return s

@@ -4,7 +4,8 @@ The prototxt files stay hand-written and DIGITS-ready (relative LMDB sources, a
 relative class-weights file); this module makes the copies a plain `caffe train`
 or pycaffe needs: the same network pointed at one dataset folder (materialize),
 a deploy file for another input size (deploy_for_size), and a solver whose
-iteration counts follow DIGITS' epoch arithmetic (solver_schedule, write_solver).
+iteration counts follow DIGITS' epoch arithmetic (solver_schedule, write_solver, both
+on thermalnet.solver).
 
     python -m thermalnet.nets --counts        # parameter counts of every network
     python -m thermalnet.nets --net v1_1 --check-weights squeezenet_v1.1.caffemodel   # would it load?
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import math
 import os
 import sys
 import tempfile
@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from thermalnet import spec
 from thermalnet import layout
+from thermalnet import solver as digits_solver
 from thermalnet.caffe_env import PROTOTXT_DIR, caffe_pb2
 
 Network = collections.namedtuple("Network", "net deploy base loss")
@@ -225,51 +226,51 @@ def count_summary(net) -> Dict[str, int]:
 
 def solver_schedule(n_train: int, batch: int, epochs: float, iter_size: int = 1, n_val: int = 0,
                     val_batch: Optional[int] = None, val_every_epochs: float = 1.0,
-                    snapshot_every_epochs: Optional[float] = None, step_percent: float = 33.0,
-                    display_per_epoch: int = 4) -> Dict[str, int]:
-    """Iteration counts from epochs, as DIGITS computes them.
+                    snapshot_every_epochs: Optional[float] = None, step_percent: float = 33.0) -> Dict[str, int]:
+    """Iteration counts from epochs by DIGITS' arithmetic (thermalnet.solver, shared with
+    digits_jobs.validate), so a run here and the same job in DIGITS count alike.
 
-    iters_per_epoch = ceil(n_train / (batch * iter_size)); max_iter = iters_per_epoch * epochs;
-    test_interval = iters_per_epoch * val_every_epochs (one epoch by default, DIGITS'
-    "validation interval"); test_iter = ceil(n_val / val_batch); stepsize = step_percent % of
-    max_iter (DIGITS' "step size (% of total)", 33 by default). Paper: 1000 training pairs,
-    1000 epochs; at batch 8 that is 125 iterations per epoch, 125,000 in all.
+    Paper: 1000 training pairs, 1000 epochs; at batch 8 that is 125 iterations per epoch,
+    125,000 in all. stepsize is step_percent % of max_iter (DIGITS' "step size (% of
+    total)"). DIGITS' snapshot 0 ("only at the end") is max_iter here: the trainer uses
+    the value as a period.
     """
     if n_train < 1 or batch < 1 or iter_size < 1 or epochs <= 0:
         raise ValueError("solver_schedule: need n_train, batch, iter_size >= 1 and epochs > 0 "
                          "(got %r, %r, %r, %r)" % (n_train, batch, iter_size, epochs))
-    per_epoch = int(math.ceil(n_train / float(batch * iter_size)))
-    max_iter = max(1, int(math.ceil(per_epoch * epochs)))
+    per_epoch = digits_solver.iters_per_epoch(n_train, batch, iter_size)
+    max_iter = digits_solver.max_iter(per_epoch, epochs)
     out = {"iters_per_epoch": per_epoch, "max_iter": max_iter, "iter_size": int(iter_size),
            "batch": int(batch),
-           "test_interval": max(1, int(round(per_epoch * val_every_epochs))),
-           "test_iter": 0, "stepsize": max(1, int(math.ceil(max_iter * step_percent / 100.0))),
-           "display": max(1, per_epoch // max(1, display_per_epoch))}
+           "test_interval": digits_solver.val_interval(val_every_epochs, per_epoch, max_iter),
+           "test_iter": 0, "step_percent": float(step_percent),
+           "stepsize": digits_solver.lr_fields("step", {"stepsize": step_percent}, max_iter)["stepsize"],
+           "display": digits_solver.display_interval(max_iter, epochs, batch, iter_size)}
     if n_val > 0:
-        out["test_iter"] = int(math.ceil(n_val / float(val_batch or batch)))
+        out["test_iter"] = digits_solver.val_iters(n_val, val_batch or batch)
     snap = snapshot_every_epochs if snapshot_every_epochs is not None else epochs
-    out["snapshot"] = max(1, int(round(per_epoch * snap)))
+    out["snapshot"] = digits_solver.snapshot_interval(snap, per_epoch, max_iter) or max_iter
     return out
 
 
-SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-LR_POLICIES = ("fixed", "step", "exp", "inv", "poly")
-
-
 def write_solver(out_path: str, net_path: str, schedule: Dict[str, int], base_lr: float,
-                 lr_policy: str = "fixed", solver_type: str = "Adam", momentum: float = 0.9,
+                 lr_policy: str = "fixed", solver_type: str = "ADAM", momentum: float = digits_solver.MOMENTUM,
                  weight_decay: Optional[float] = None, snapshot_prefix: str = "snapshot",
-                 mode: str = "CPU", gamma: float = 0.1, power: float = 1.0,
-                 random_seed: Optional[int] = spec.SEED, test_initialization: bool = False) -> str:
+                 mode: str = "CPU", gamma: Optional[float] = None, power: Optional[float] = None,
+                 random_seed: Optional[int] = spec.SEED, test_initialization: bool = False,
+                 stepvalue: Optional[str] = None) -> str:
     """A solver.prototxt for an all-in-one net (train_state "train", test_state "val").
 
-    DIGITS' conventions: momentum 0.9 (left out for AdaGrad and RMSProp, which refuse it),
-    weight_decay = base_lr / 100 unless given, step and exp policies scaled to max_iter.
+    DIGITS' conventions (thermalnet.solver): solver_type in DIGITS' spelling (ADAM) or
+    Caffe's (Adam), written as Caffe's `type`; momentum left out for AdaGrad and RMSprop;
+    weight_decay = base_lr / 100 unless given; every DIGITS lr policy, its gamma, power
+    and stepvalue (percent of max_iter) in DIGITS' form units, None = the form default.
     """
-    if solver_type not in SOLVER_TYPES:
-        raise ValueError("unknown solver type %r (known: %s)" % (solver_type, ", ".join(SOLVER_TYPES)))
-    if lr_policy not in LR_POLICIES:
-        raise ValueError("unknown lr_policy %r (known: %s)" % (lr_policy, ", ".join(LR_POLICIES)))
+    caffe_type = digits_solver.caffe_type(solver_type)
+    lr_given = {"gamma": gamma, "power": power, "stepvalue": stepvalue}
+    if lr_policy == "step":
+        lr_given["stepsize"] = schedule.get("step_percent")
+    digits_solver.lr_params(lr_policy)          # an unknown policy fails before anything is built
     if mode not in ("CPU", "GPU"):
         raise ValueError("mode must be CPU or GPU, got %r" % mode)
     if not base_lr > 0:
@@ -291,22 +292,12 @@ def write_solver(out_path: str, net_path: str, schedule: Dict[str, int], base_lr
     s.display = int(schedule.get("display", 1))
     s.snapshot = int(schedule.get("snapshot", schedule["max_iter"]))
     s.snapshot_prefix = snapshot_prefix
-    s.type = solver_type
+    s.type = caffe_type
     s.base_lr = float(base_lr)
-    s.lr_policy = lr_policy
-    if lr_policy == "step":
-        s.stepsize = int(schedule["stepsize"])
-        s.gamma = float(gamma)
-    elif lr_policy == "exp":
-        # DIGITS' "gamma per 1% of training": decay by `gamma` over every max_iter/100 iterations.
-        s.gamma = float(gamma) ** (1.0 / max(1.0, s.max_iter / 100.0))
-    elif lr_policy == "inv":
-        s.gamma, s.power = float(gamma), float(power)
-    elif lr_policy == "poly":
-        s.power = float(power)
-    if solver_type not in ("AdaGrad", "RMSProp"):   # Caffe refuses momentum for these two
+    digits_solver.set_lr_fields(s, lr_policy, lr_given)
+    if digits_solver.uses_momentum(solver_type):   # Caffe refuses momentum for AdaGrad and RMSprop
         s.momentum = float(momentum)
-    s.weight_decay = float(base_lr / 100.0 if weight_decay is None else weight_decay)
+    s.weight_decay = float(digits_solver.weight_decay(base_lr) if weight_decay is None else weight_decay)
     s.solver_mode = getattr(pb.SolverParameter, mode)
     if random_seed is not None:
         s.random_seed = int(random_seed)
