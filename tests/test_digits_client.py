@@ -1,4 +1,4 @@
-"""The DIGITS client against the local stand-in for DIGITS' HTTP contract (digits_jobs/standin.py).
+"""The DIGITS client against the local stand-in for DIGITS' HTTP contract (tests/digits_standin.py).
 
 The stand-in is NOT DIGITS: it validates DIGITS' form fields, applies DIGITS' network
 rules (digits_jobs/validate.py) and saves snapshots with the real Caffe, but trains
@@ -16,11 +16,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from thermalnet import spec
-from thermalnet import decoders, layout, metrics
+from thermalnet import decoders, layout, metrics, spec
 from digits_jobs import client as C
 from digits_jobs import jobdefs as jd
-from digits_jobs.standin import STANDIN_HEADER, StandinServer
+from tests.digits_standin import STANDIN_HEADER, StandinServer
 
 H, W = 48, 64
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
+from thermalnet import solver as digits_solver
 from digits_jobs import jobdefs as jd
 from digits_jobs import validate as v
 
@@ -96,7 +96,8 @@ def test_model_jobs_upload_the_loss_layer(name):
     assert os.path.isfile(jd.repo_path(job["python_layer_file"]))
     assert os.path.basename(job["python_layer_file"]) == v.PYTHON_LAYER_FILE
     assert job["form"]["python_layer_from_client"] is True and job["form"]["method"] == "custom"
-    assert job["form"]["solver_type"] in v.SOLVER_TYPES and job["form"]["lr_policy"] in v.LR_POLICIES
+    assert job["form"]["solver_type"] in digits_solver.SOLVER_TYPES
+    assert job["form"]["lr_policy"] in digits_solver.LR_POLICIES
 
 
 def test_pretrained_archive_info_has_digits_keys():

@@ -1,6 +1,6 @@
 """A local stand-in for DIGITS' HTTP contract -- NOT DIGITS -- to test the client against.
 
-    python -m digits_jobs.standin [--port 0] [--jobs-dir DIR] [--max-seconds 600]
+    python -m tests.digits_standin [--port 0] [--jobs-dir DIR] [--max-seconds 600]
 
 DIGITS (Python 2, Flask, a GPU scheduler) cannot run here, so this small
 http.server implements the routes and fields the kit's client uses, with DIGITS'
@@ -48,6 +48,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from digits_jobs import validate as v
+from thermalnet import solver as digits_solver
 
 STANDIN_HEADER = "X-Thermalnet-Stand-In"
 STANDIN_NOTE = "stand-in for DIGITS' HTTP contract, not DIGITS"
@@ -598,8 +599,8 @@ class StandinHandler(BaseHTTPRequestHandler):
         for key in ("snapshot_interval", "val_interval"):
             _float_list(form, errs, key, 1.0)
         _int(form, errs, "random_seed", optional=True, minimum=0)
-        _choice(form, errs, "solver_type", v.SOLVER_TYPES, "SGD")
-        _choice(form, errs, "lr_policy", v.LR_POLICIES, "step")
+        _choice(form, errs, "solver_type", digits_solver.SOLVER_TYPES, "SGD")
+        _choice(form, errs, "lr_policy", digits_solver.LR_POLICIES, "step")
         _choice(form, errs, "use_mean", v.USE_MEAN, "image")
         from_client = form.get("python_layer_from_client", "").lower() not in ("", "false")
         upload = form.files.get("python_layer_client_file")
@@ -927,7 +928,7 @@ class StandinServer:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m digits_jobs.standin",
+    p = argparse.ArgumentParser(prog="python -m tests.digits_standin",
                                 description="A local stand-in for DIGITS' HTTP contract (NOT DIGITS: it validates "
                                             "forms and writes DIGITS' job files, but does not train; snapshots hold "
                                             "untrained weights). Loopback only.")
