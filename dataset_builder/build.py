@@ -21,13 +21,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
+from thermalnet.atomic import atomic_output_dir, write_text
+
 from . import flir, pairs
-from thermalnet.atomic import atomic_output_dir
-from .parallel import make_pool
 from .imageio import (ImageReadError, check_ir_values, read_ir, read_rgb, resize_ir, resize_visible, write_npy,
-                      write_png, write_text)
+                      write_png)
+from .parallel import make_pool
 
 FITS = ("crop", "stretch", "rotate")
 MANIFEST_COLUMNS = ("id", "source", "object_class", "split", "t_min", "t_max", "vis_h", "vis_w", "ir_h", "ir_w",

@@ -3,18 +3,19 @@
 Every reader raises ImageReadError with a one-line message that starts with the
 file's path, so a bad file among thousands is named, skipped and reported (or
 stops the run under --strict) instead of surfacing later as a shape error.
-Every writer writes to a temporary name in the same folder and renames it, so an
-interrupted run never leaves a half-written PNG/NPY behind.
+Every writer goes through thermalnet.atomic (a temporary name in the same folder,
+renamed when complete), so an interrupted run never leaves a half-written PNG/NPY behind.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from thermalnet.atomic import write_bytes
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IR_EXTS = IMAGE_EXTS + (".npy",)
@@ -129,27 +130,6 @@ def check_ir_values(values: np.ndarray, path: str) -> None:
         raise ImageReadError(path, "IR is constant (%.3f everywhere)" % float(values.flat[0]))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def encode_png(arr: np.ndarray, compression: int = 3, fast: bool = False) -> bytes:
     """HxW (grey, uint8/uint16) or HxWx3 RGB uint8 -> PNG bytes.
 
@@ -173,7 +153,7 @@ def encode_png(arr: np.ndarray, compression: int = 3, fast: bool = False) -> byt
 
 def write_png(path: str, arr: np.ndarray, compression: int = 3, fast: bool = False) -> None:
     """Write an RGB or grey PNG atomically (temp file + rename)."""
-    _atomic_write_bytes(path, encode_png(arr, compression, fast))
+    write_bytes(path, encode_png(arr, compression, fast))
 
 
 def write_npy(path: str, arr: np.ndarray) -> None:
@@ -182,12 +162,7 @@ def write_npy(path: str, arr: np.ndarray) -> None:
 
     buf = io.BytesIO()
     np.save(buf, np.asarray(arr), allow_pickle=False)
-    _atomic_write_bytes(path, buf.getvalue())
-
-
-def write_text(path: str, text: str) -> None:
-    """Write a text file atomically (temp file + rename)."""
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    write_bytes(path, buf.getvalue())
 
 
 def resize_visible(rgb: np.ndarray, height: int, width: int) -> np.ndarray:

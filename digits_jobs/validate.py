@@ -50,8 +50,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 from thermalnet import solver as digits_solver
 from thermalnet.solver import LR_POLICIES, SOLVER_TYPES
 from thermalnet.atomic import replace_dir

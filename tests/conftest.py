@@ -11,8 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 from thermalnet.caffe_env import import_caffe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

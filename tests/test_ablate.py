@@ -8,8 +8,7 @@ import os
 
 import pytest
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 from dataset_builder import synthetic
 from thermalnet import nets
 from tools import ablate

@@ -13,8 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from thermalnet import layout
-from thermalnet import baselines as bl
+from thermalnet import baselines as bl, layout
 
 H, W, Q = 12, 16, 32
 

@@ -21,8 +21,7 @@ import pytest
 from PIL import Image
 
 from dataset_builder import build as B
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 from dataset_builder import synthetic
 from thermalnet.atomic import OutputExists
 from dataset_builder.cli import main as cli_main

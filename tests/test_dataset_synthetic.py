@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from dataset_builder import build as B
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 from dataset_builder import synthetic
 from dataset_builder.cli import main as cli_main
 

@@ -83,7 +83,7 @@ def test_weights_and_snapshot_pass_through_demo_and_run_flir(monkeypatch, tmp_pa
               "train_seconds": 0.0, "md": "r.md", "html": "r.html"}
     monkeypatch.setattr(demo, "run_pipeline", lambda *a, **kw: calls.append(kw) or dict(result))
     monkeypatch.setattr(run_flir, "build_flir_dataset", lambda *a, **kw: "DS")
-    monkeypatch.setattr("thermalnet.baselines.read_dataset_info", lambda ds: {"height": 120, "width": 160})
+    monkeypatch.setattr("thermalnet.layout.read_dataset_info", lambda ds, missing_ok=False: {"height": 120, "width": 160})
     monkeypatch.setattr(demo, "synthetic_dataset", lambda *a, **kw: "DS")
     flir = tmp_path / "flir"
     flir.mkdir()

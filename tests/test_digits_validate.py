@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 from thermalnet.caffe_env import PROTOTXT_DIR, caffe_pb2
 from digits_jobs import validate as v
 

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from thermalnet import spec
-from thermalnet import baselines as bl
+from thermalnet import baselines as bl, spec
 from tools import evaluate as ev
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

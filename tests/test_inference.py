@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from thermalnet import spec
-from thermalnet import decoders, layout
+from thermalnet import decoders, layout, spec
 from dataset_builder import imageio
 from thermalnet.caffe_env import PROTOTXT_DIR
 from tools import augment

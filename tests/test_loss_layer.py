@@ -12,8 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 
 SHAPE = (2, 5, 3, 4)        # N, Q, H, W: small enough for finite differences
 

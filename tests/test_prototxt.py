@@ -11,8 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 from thermalnet.caffe_env import PROTOTXT_DIR
 from thermalnet import nets
 

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_dataset
-from thermalnet import caffe_env, spec
-from thermalnet import layout
+from thermalnet import caffe_env, layout, spec
 from dataset_builder.lmdb_io import LmdbWriter, write_mean_binaryproto
 from thermalnet import nets
 

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from thermalnet import spec
-from thermalnet import decoders, layout, metrics
+from thermalnet import decoders, layout, metrics, spec
 
 
 def test_window_and_bins_round_trip():
@@ -104,9 +103,11 @@ def test_rms_is_eq_2():
 def test_dataset_readers_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset.json"):
         layout.read_dataset_info(str(tmp_path))
+    assert layout.read_dataset_info(str(tmp_path), missing_ok=True) == {}
     (tmp_path / layout.DATASET_INFO_FILE).write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        layout.read_dataset_info(str(tmp_path))
+    for missing_ok in (False, True):      # a dataset.json that exists is always checked
+        with pytest.raises(ValueError, match="not valid JSON"):
+            layout.read_dataset_info(str(tmp_path), missing_ok=missing_ok)
     (tmp_path / layout.DATASET_INFO_FILE).write_text(json.dumps({"num_bins": 32, "height": 120}))
     with pytest.raises(ValueError, match="missing 'width'"):
         layout.read_dataset_info(str(tmp_path))

@@ -1,4 +1,9 @@
-"""Build a folder beside its destination and swap it in only when complete.
+"""Atomic outputs, in one home: a file or a folder is written beside its destination and
+swapped in only when complete, so a reader never sees half of one.
+
+Files (atomic_file, write_bytes, write_text, write_json): a temporary file in the same
+folder, renamed over the destination (os.replace) when its writer finished; on any error
+it is deleted. Folders (atomic_output_dir):
 
 A dataset is built into `<out>.tmp-<pid>-XXXX`; when every file is written it is
 exchanged with `<out>` in one atomic rename (Linux renameat2 RENAME_EXCHANGE, else
@@ -13,6 +18,7 @@ import contextlib
 import ctypes
 import errno
 import glob
+import json
 import os
 import re
 import shutil
@@ -24,6 +30,48 @@ _RENAME_EXCHANGE = 2
 
 class OutputExists(RuntimeError):
     pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_file(path: str):
+    """Yield a temporary path beside `path` (same extension, for writers that choose the
+    format by it: savefig, caffemodel, PNG); it replaces `path` when the block ends
+    without error and is removed otherwise."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a file atomically."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, obj, indent: int = 1) -> None:
+    """Write JSON atomically (sorted keys are not forced: callers keep their order)."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -94,9 +142,7 @@ def atomic_output_dir(out: str, marker: str):
                                "refusing to replace it" % (out, marker))
     clean_stale(out)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-%d-" % os.getpid(), dir=parent)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)        # mkdtemp makes 0700; the result is an ordinary folder
+    os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700; the result is an ordinary folder
     try:
         yield tmp
         replace_dir(tmp, out)

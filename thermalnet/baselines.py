@@ -25,8 +25,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 
 BASELINES = ("mean_ir", "fitted_luminance", "constant", "luminance")
 BASELINE_LABELS = {
@@ -37,9 +36,6 @@ BASELINE_LABELS = {
     "quantised_gt": "Real IR quantised to Q bins (floor)",
 }
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)   # R, G, B (ITU-R BT.601)
-
-
-read_dataset_info = layout.read_dataset_info
 
 
 def read_manifest(dataset: str, split: Optional[str] = "test") -> List[Dict]:
@@ -86,7 +82,7 @@ def train_statistics(dataset: str, num_bins: Optional[int] = None) -> Dict:
     has them, repeat the same (Y, IR) pixel pairs and so leave the fit unchanged.
     """
     from dataset_builder.lmdb_io import lmdb_count, read_lmdb
-    num_bins = num_bins or int(read_dataset_info(dataset)["num_bins"])
+    num_bins = num_bins or int(layout.read_dataset_info(dataset)["num_bins"])
     centers = spec.bin_centers(num_bins)
     lab_path = os.path.join(dataset, layout.TRAIN_DB, layout.LABELS)
     feat_path = os.path.join(dataset, layout.TRAIN_DB, layout.FEATURES)
@@ -149,7 +145,7 @@ class Baselines:
     """Predictions of every baseline for one dataset (the training mean is computed once)."""
 
     def __init__(self, dataset: str):
-        info = read_dataset_info(dataset)
+        info = layout.read_dataset_info(dataset)
         self.num_bins = int(info["num_bins"])
         stats = train_statistics(dataset, self.num_bins)
         self.mean_image = stats["mean_image"]

@@ -180,14 +180,14 @@ def _fmt(v) -> str:
 
 
 def write_csv(rows: List[Dict], path: str) -> str:
-    """Rows -> CSV with CSV_FIELDS, written to a temp file then renamed."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_FIELDS)
-        for r in rows:
-            w.writerow([_fmt(r.get(k)) for k in CSV_FIELDS])
-    os.replace(tmp, path)
+    """Rows -> CSV with CSV_FIELDS, written atomically."""
+    from thermalnet.atomic import atomic_file
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_FIELDS)
+            for r in rows:
+                w.writerow([_fmt(r.get(k)) for k in CSV_FIELDS])
     return path
 
 

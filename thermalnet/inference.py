@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from thermalnet import decoders
+from thermalnet.atomic import atomic_file
 from thermalnet.caffe_env import use_device
 
 BACKENDS = ("pycaffe", "opencv", "onnxruntime")
@@ -307,7 +308,6 @@ def random_caffemodel(deploy_prototxt: str, out_path: str, seed: int = 0, logit_
             # ReLU, deconvolution and crop after it are positively homogeneous: logits scale exactly.
             for p in net.params[convs[-1]]:
                 p.data[...] *= logit_std / std
-    tmp = out_path + ".tmp"
-    net.save(tmp)
-    os.replace(tmp, out_path)
+    with atomic_file(out_path) as tmp:
+        net.save(tmp)
     return out_path

@@ -31,15 +31,21 @@ def lmdb_pairs(dataset_dir: str):
 
 
 
-def read_dataset_info(dataset_dir: str) -> dict:
-    """dataset.json of a dataset folder -> dict, with the keys every consumer relies on checked."""
+def read_dataset_info(dataset_dir: str, missing_ok: bool = False) -> dict:
+    """dataset.json of a dataset folder -> dict, with the keys every consumer relies on checked.
+
+    missing_ok: {} when the folder has no dataset.json (a hand-made LMDB folder that
+    tools.nets can still bind); a dataset.json that exists is always checked.
+    """
     path = os.path.join(dataset_dir, DATASET_INFO_FILE)
     if not os.path.isfile(path):
+        if missing_ok:
+            return {}
         raise FileNotFoundError("%s: missing, not a dataset folder built by dataset_builder" % path)
     try:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from None
     for key in ("num_bins", "height", "width"):
         if key not in info:

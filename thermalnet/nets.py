@@ -17,12 +17,11 @@ import collections
 import json
 import os
 import sys
-import tempfile
 from typing import Dict, Optional, Sequence, Tuple
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 from thermalnet import solver as digits_solver
+from thermalnet.atomic import write_text
 from thermalnet.caffe_env import PROTOTXT_DIR, caffe_pb2
 
 Network = collections.namedtuple("Network", "net deploy base loss")
@@ -73,26 +72,11 @@ def load_net(path: str):
     return net
 
 
-def _write_text(text: str, out_path: str) -> None:
-    """Write through a temporary file in the same folder, so readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(out_path), dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_net(net, out_path: str, header: str = "") -> None:
     from google.protobuf import text_format
 
     lines = "".join("# %s\n" % line for line in header.splitlines())
-    _write_text(lines + text_format.MessageToString(net), out_path)
+    write_text(out_path, lines + text_format.MessageToString(net))
 
 
 def num_classes(net_path: str) -> int:
@@ -105,17 +89,6 @@ def num_classes(net_path: str) -> int:
 
 def _stages(layer) -> set:
     return {s for rule in layer.include for s in rule.stage}
-
-
-def _dataset_info(dataset_dir: str) -> dict:
-    path = os.path.join(dataset_dir, layout.DATASET_INFO_FILE)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ValueError("%s: unreadable dataset description (%s)" % (path, exc)) from None
 
 
 def _set_input_shape(net, height: int, width: int, batch: Optional[int] = None, path: str = "") -> int:
@@ -147,7 +120,7 @@ def materialize(net_path: str, dataset_dir: str, out_path: str, batch_size: Opti
     if not os.path.isdir(ds):
         raise ValueError("%s: no dataset folder" % dataset_dir)
     net = load_net(net_path)
-    info = _dataset_info(ds)
+    info = layout.read_dataset_info(ds, missing_ok=True)
     q = None
     for layer in net.layer:
         if layer.name == SCORE_LAYER:
@@ -303,8 +276,8 @@ def write_solver(out_path: str, net_path: str, schedule: Dict[str, int], base_lr
         s.random_seed = int(random_seed)
     from google.protobuf import text_format
 
-    _write_text("# written by thermalnet/nets.py write_solver(); iterations: %s\n%s"
-                % (json.dumps(schedule, sort_keys=True), text_format.MessageToString(s)), out_path)
+    write_text(out_path, "# written by thermalnet/nets.py write_solver(); iterations: %s\n%s"
+               % (json.dumps(schedule, sort_keys=True), text_format.MessageToString(s)))
     return out_path
 
 

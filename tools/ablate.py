@@ -30,8 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from thermalnet import spec
-from thermalnet import decoders, layout
+from thermalnet import decoders, layout, spec
 
 DEFAULT_ITERATIONS = 3000
 DEFAULT_BATCH = 4
@@ -218,7 +217,7 @@ def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes:
     adir = os.path.join(out, "arms", arm["name"])
     os.makedirs(adir, exist_ok=True)
     ds = build_variant(pairs, arm["data"], os.path.join(out, "datasets"), progress)
-    info = json.load(open(os.path.join(ds, layout.DATASET_INFO_FILE)))
+    info = layout.read_dataset_info(ds)
     q = int(info["num_bins"])
     net = edit_net(net_path, os.path.join(adir, "net.prototxt"), q, arm["net"].get("deconv"), arm["net"].get("skip"))
     deploy = edit_net(deploy_path, os.path.join(adir, "deploy.prototxt"), q, arm["net"].get("deconv"),
@@ -239,7 +238,7 @@ def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes:
         s = train.train(ds, net, os.path.join(adir, "train"), epochs=epochs, batch_size=batch, base_lr=base_lr,
                         seed=spec.SEED, progress=progress, overwrite=True, max_minutes=minutes,
                         snapshot_epochs=max(epochs / 10.0, 1.0 / per_epoch), **kw)
-        from dataset_builder.imageio import write_text
+        from thermalnet.atomic import write_text
         write_text(os.path.join(adir, ARM_FILE), json.dumps(record, indent=1))
     result = {"arm": arm["name"], "why": arm["why"], "dataset": ds, "synthetic": bool(info.get("synthetic")),
               "num_bins": q, "height": info["height"], "width": info["width"], "iterations": s["iterations"],
@@ -366,8 +365,7 @@ def markdown(results: List[Dict], meta: Dict) -> str:
 
 def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Optional[str]:
     """One row per arm (its synthetic IR of the same test pairs), under the visible and real IR rows."""
-    from thermalnet import baselines as bl
-    from thermalnet import plots
+    from thermalnet import baselines as bl, plots
     from thermalnet.inference import Predictor
     ran = [r for r in results if not r.get("skip")]
     if not ran:
@@ -384,7 +382,7 @@ def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Opti
     axes[1][0].set_ylabel("real IR", fontsize=8)
     for i, r in enumerate(ran):
         snap = r["snapshots"].get("best") or r["snapshots"]["last"]
-        info = json.load(open(os.path.join(r["dataset"], layout.DATASET_INFO_FILE)))
+        info = layout.read_dataset_info(r["dataset"])
         pred = Predictor(r["deploy"], snap["model"], mean_file=os.path.join(r["dataset"], layout.TRAIN_DB,
                                                                              layout.MEAN_FILE))
         weights = layout.read_class_weights(r["dataset"], int(info["num_bins"])) if r["decoding"] == "mmse" else None
@@ -397,7 +395,7 @@ def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Opti
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    synthetic = bool(json.load(open(os.path.join(ds0, layout.DATASET_INFO_FILE))).get("synthetic"))
+    synthetic = bool(layout.read_dataset_info(ds0).get("synthetic"))
     fig.suptitle("Ablation arms on the same test pairs (%s)" % ("SYNTHETIC data" if synthetic else "real pairs"),
                  fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
@@ -409,7 +407,7 @@ def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] 
            imagenet: Optional[str] = None, title: str = "", progress: bool = True, command: str = "",
            evaluate_limit: Optional[int] = None) -> Dict:
     """Run every arm; write ablation.md/.csv/.json and grid.png into `out`; return the JSON's dict."""
-    from dataset_builder.imageio import write_text
+    from thermalnet.atomic import write_text
     from thermalnet import nets
     if not iterations and not minutes:
         raise ValueError("give a budget: iterations or minutes")
@@ -439,8 +437,7 @@ def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] 
     first = next((r for r in results if not r.get("skip")), None)
     n_test = 0
     if first is not None:
-        with open(os.path.join(first["dataset"], layout.DATASET_INFO_FILE)) as f:
-            n_test = int(json.load(f)["counts"]["test"])
+        n_test = int(layout.read_dataset_info(first["dataset"])["counts"]["test"])
     synthetic = bool(first and first["synthetic"])
     meta = {"title": title or os.path.basename(os.path.abspath(pairs)),
             "data": ("SYNTHETIC pairs from dataset_builder.synthetic (%s)" if synthetic else "real pairs (%s)")
@@ -454,7 +451,7 @@ def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] 
 
 def write_outputs(out: str, results: List[Dict], meta: Dict) -> Dict:
     """ablation.md, .csv, grid.png and ablation.json (with meta) from the arms' results."""
-    from dataset_builder.imageio import write_text
+    from thermalnet.atomic import write_text
     md = markdown(results, meta)
     rows = table_rows(results)
     fields: List[str] = []

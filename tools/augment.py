@@ -19,8 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from thermalnet import spec
-from thermalnet import decoders, layout
+from thermalnet import decoders, layout, spec
 from dataset_builder import imageio
 
 PALETTE = "inferno"

@@ -44,8 +44,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 from thermalnet.caffe_env import PROTOTXT_DIR, REPO_ROOT
 
 FB_RE = re.compile(r"Average Forward-Backward:\s*([0-9.eE+-]+)\s*ms")

@@ -29,8 +29,7 @@ import sys
 import time
 from typing import Dict, Optional
 
-from thermalnet import spec
-from thermalnet import decoders, layout
+from thermalnet import decoders, layout, spec
 
 DEMO_COUNT = spec.PAPER_TRAIN + spec.PAPER_TEST     # the paper's 1000 train / 100 test
 DEMO_MINUTES = None          # no wall-clock cap: the budget is DEMO_EPOCHS (machine-independent)

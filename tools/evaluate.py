@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import time
@@ -32,9 +31,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from thermalnet import spec
-from thermalnet import decoders, layout
-from thermalnet import baselines as bl, metrics
+from thermalnet import baselines as bl, decoders, layout, metrics, spec
+from thermalnet.atomic import atomic_file, write_json, write_text
 
 # Table 2 of Kniaz et al. 2017: (TN, TN + PP, TN + GS) average RMS.
 PAPER_TABLE2 = {
@@ -148,14 +146,13 @@ PER_IMAGE_FIELDS = ("id", "object_class") + METRIC_KEYS
 
 
 def _write_csv(path: str, fields: Sequence[str], rows: List[Dict]) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(fields)
-        for r in rows:
-            w.writerow(["" if r.get(k) is None else (("%.6f" % r[k]) if isinstance(r[k], float) else r[k])
-                        for k in fields])
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(fields)
+            for r in rows:
+                w.writerow(["" if r.get(k) is None else (("%.6f" % r[k]) if isinstance(r[k], float) else r[k])
+                            for k in fields])
     return path
 
 
@@ -248,7 +245,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     from thermalnet import plots, postprocess
     from thermalnet.inference import Predictor
 
-    info = bl.read_dataset_info(dataset)
+    info = layout.read_dataset_info(dataset)
     data = data_label(info)
     rows = bl.read_manifest(dataset, "test")
     if limit:
@@ -313,10 +310,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
           "Gaussian sigma %.1f.\n\n" % (data_statement(info), data, info["height"], info["width"], decoding,
                                         postprocess.GAUSSIAN_SIGMA)
           + table_markdown(table, pp_note, data) + fit_markdown(base.fit) + "\n")
-    tmp = os.path.join(out, "table2.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(md)
-    os.replace(tmp, os.path.join(out, "table2.md"))
+    write_text(os.path.join(out, "table2.md"), md)
     groups = [class_label(r["object_class"]) for r in table]
     series = {"TN": [r["tn"] for r in table], "TN + GS": [r["tn_gs"] for r in table]}
     if reconstructor is not None:
@@ -339,10 +333,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
         "table": table, "metrics": nested_metrics(table), "triptychs": fig_paths,
         "files": {"per_image": "per_image.csv", "table": "table2.csv", "markdown": "table2.md", "bars": "bars.png"},
     }
-    tmp = os.path.join(out, "eval.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, os.path.join(out, "eval.json"))
+    write_json(os.path.join(out, "eval.json"), summary)
     return summary
 
 

@@ -34,8 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import layout, spec
 
 PASS, FAIL, ASSUMED, NOT_RUN = "PASS", "FAIL", "ASSUMED", "NOT RUN"
 STATUSES = (PASS, FAIL, ASSUMED, NOT_RUN)
@@ -845,10 +844,8 @@ def main(argv=None) -> int:
         return 1
     print(markdown(rows))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, args.json)
+        from thermalnet.atomic import write_json
+        write_json(args.json, rows)
         print("wrote %s" % args.json)
     if args.strict and any(r["status"] == FAIL for r in rows):
         return 2

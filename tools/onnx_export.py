@@ -299,12 +299,8 @@ def export(deploy: str, caffemodel: str, out: str, verify_sizes: Optional[List[T
     if not diff < VERIFY_TOLERANCE:
         raise ExportError("%s: ONNX Runtime and pycaffe differ by %.2e (> %.0e); nothing written"
                           % (deploy, diff, VERIFY_TOLERANCE))
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(model.SerializeToString())
-    os.replace(tmp, out)
+    from thermalnet.atomic import write_bytes
+    write_bytes(out, model.SerializeToString())
     return diff
 
 

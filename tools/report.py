@@ -22,8 +22,9 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from thermalnet import baselines as bl, metrics
+from thermalnet import baselines as bl, layout, metrics
 from . import fidelity
+from thermalnet.atomic import write_text
 from thermalnet.caffe_log import read_csv
 from .evaluate import (METHODS, OVERALL, class_label, fit_markdown, metric_caption, metric_table_lines,
                             read_table_csv)
@@ -74,10 +75,7 @@ def gather(run: str, eval_dir: Optional[str] = None) -> Dict:
     table = read_table_csv(os.path.join(eval_dir, "table2.csv"))
     train_rows = read_csv(os.path.join(run, "train.csv")) if os.path.isfile(os.path.join(run, "train.csv")) else []
     val_rows = read_csv(os.path.join(run, "val.csv")) if os.path.isfile(os.path.join(run, "val.csv")) else []
-    dataset_info = {}
-    ds_json = os.path.join(summary.get("dataset", ""), "dataset.json")
-    if os.path.isfile(ds_json):
-        dataset_info = _load_json(ds_json)
+    dataset_info = layout.read_dataset_info(summary.get("dataset", ""), missing_ok=True)
     try:
         register, register_error = fidelity.check(run, eval_dir=eval_dir), None
     except (OSError, ValueError) as exc:
@@ -363,10 +361,7 @@ def write_report(run: str, eval_dir: Optional[str] = None, out_dir: Optional[str
     os.makedirs(out_dir, exist_ok=True)
     paths = {"md": os.path.join(out_dir, REPORT_MD), "html": os.path.join(out_dir, REPORT_HTML)}
     for key, text in (("md", render_markdown(g, out_dir)), ("html", render_html(g))):
-        tmp = paths[key] + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, paths[key])
+        write_text(paths[key], text)
     return dict(paths, verdict=verdict(g["table"]))
 
 

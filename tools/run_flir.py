@@ -22,8 +22,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from thermalnet import spec
-from thermalnet import decoders, layout
+from thermalnet import decoders, layout, spec
 
 DEFAULT_EPOCHS = 30.0
 DEFAULT_BATCH = 8
@@ -60,8 +59,7 @@ def run_flir(flir: Sequence[str], out: str, classes_csv: Optional[str] = None, d
             raise FileNotFoundError("%s: no such FLIR file or folder" % f)
     ds = build_flir_dataset(flir, dataset or os.path.join(out, "dataset"), classes_csv, paper_scale, rebuild,
                             progress)
-    from thermalnet.baselines import read_dataset_info
-    info = read_dataset_info(ds)
+    info = layout.read_dataset_info(ds)
     want = (spec.PAPER_HEIGHT, spec.PAPER_WIDTH) if paper_scale else (spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH)
     if (int(info["height"]), int(info["width"])) != want:
         raise ValueError("%s is %sx%s, this run wants %dx%d: pass --rebuild" % (ds, info["height"], info["width"],

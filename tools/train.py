@@ -42,10 +42,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import caffe_log, layout, spec
+from thermalnet.atomic import atomic_file, write_text
 from thermalnet.caffe_env import PROTOTXT_DIR, REPO_ROOT
-from thermalnet import caffe_log
 
 # This module's import name for the worker processes: tools.train from the repository, thermalnet.tools.train
 # when installed (under python -m, __name__ is "__main__" but __spec__ keeps the real name).
@@ -88,8 +87,7 @@ class ClassCountMismatch(ValueError):
 def check_class_count(net_path: str, dataset: str) -> int:
     """The score layer's (nets.SCORE_LAYER) num_output must equal the dataset's num_bins; returns it."""
     from thermalnet import nets
-    from thermalnet.baselines import read_dataset_info
-    info = read_dataset_info(dataset)
+    info = layout.read_dataset_info(dataset)
     q_net = int(nets.num_classes(net_path))
     q_ds = int(info["num_bins"])
     if q_net != q_ds:
@@ -107,13 +105,6 @@ def _solver_param(path: str):
     with open(path) as f:
         text_format.Merge(f.read(), sp)
     return sp
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def learning_rate(sp, it: int) -> float:
@@ -176,11 +167,10 @@ class BestSnapshot:
             return False
         if self.best is not None and val_loss >= self.best["val_loss"]:
             return False
-        tmp = self.model + ".tmp"
-        write(tmp)
-        os.replace(tmp, self.model)
+        with atomic_file(self.model) as tmp:
+            write(tmp)
         self.best = {"iteration": int(iteration), "val_loss": float(val_loss), "caffemodel": self.model}
-        _write_text(self.info, json.dumps(self.best, indent=1))
+        write_text(self.info, json.dumps(self.best, indent=1))
         return True
 
     def forget_after(self, iteration: int) -> None:
@@ -231,7 +221,7 @@ def record_evaluated(run_dir: str, picked: Dict) -> Dict:
     with open(path) as f:
         summary = json.load(f)
     summary["evaluated_snapshot"] = picked
-    _write_text(path, json.dumps(summary, indent=1))
+    write_text(path, json.dumps(summary, indent=1))
     return summary
 
 
@@ -375,7 +365,6 @@ def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int
     """Check inputs (LMDBs whole, class count, pretrained weights fit), then write
     train_val.prototxt + solver.prototxt into the run folder; return the plan."""
     from thermalnet import nets
-    from thermalnet.baselines import read_dataset_info
 
     counts = check_dataset_lmdbs(dataset)
     if not os.path.isfile(net):
@@ -384,7 +373,7 @@ def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int
         raise ValueError("--batch-size must be >= 1, got %d" % batch_size)
     if not epochs > 0:
         raise ValueError("--epochs must be > 0, got %g" % epochs)
-    info = read_dataset_info(dataset)
+    info = layout.read_dataset_info(dataset)
     check_mean_file(dataset, int(info["height"]), int(info["width"]))
     q = check_class_count(net, dataset)
     n_train, n_val = counts["train"], counts["val"]
@@ -451,7 +440,7 @@ def _pycaffe_solver_file(plan: Dict) -> str:
     sp.snapshot = 0
     sp.snapshot_after_train = False
     path = os.path.join(plan["out"], PYCAFFE_SOLVER_FILE)
-    _write_text(path, "# Written by tools.train: solver.prototxt with testing, display and snapshots\n"
+    write_text(path, "# Written by tools.train: solver.prototxt with testing, display and snapshots\n"
                       "# left to the pycaffe loop (which logs them in Caffe's format).\n"
                 + text_format.MessageToString(sp))
     return path
@@ -607,7 +596,7 @@ def _worker_main(job_path: str) -> None:
     if res["status"] != "done" and "iter" in _LOOP_STATE:
         res["result"] = {"iterations": _LOOP_STATE["iter"](), "start_iter": _LOOP_STATE.get("start", 0)}
     log.close()
-    _write_text(job["result"], json.dumps(res))
+    write_text(job["result"], json.dumps(res))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -621,7 +610,7 @@ def _train_pycaffe(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Opti
            "diverge_factor": watch.factor, "diverge_patience": watch.patience,
            "result": os.path.join(plan["out"], ".worker_result.json")}
     job_path = os.path.join(plan["out"], ".worker_job.json")
-    _write_text(job_path, json.dumps(job))
+    write_text(job_path, json.dumps(job))
     if os.path.exists(job["result"]):
         os.remove(job["result"])
     env = dict(os.environ)
@@ -652,7 +641,7 @@ def _caffe_tool_solver_file(plan: Dict) -> str:
         return plan["solver"]
     sp.snapshot = math.gcd(int(sp.test_interval), int(sp.snapshot or sp.test_interval))
     path = os.path.join(plan["out"], CAFFE_SOLVER_FILE)
-    _write_text(path, "# Written by tools.train: solver.prototxt with a snapshot at every validation, so the\n"
+    write_text(path, "# Written by tools.train: solver.prototxt with a snapshot at every validation, so the\n"
                       "# snapshot with the lowest validation loss can be kept (best.caffemodel); the extra\n"
                       "# snapshots are deleted once a newer one exists.\n" + text_format.MessageToString(sp))
     return path
@@ -736,8 +725,8 @@ def caffe_tool_reads_weights(tool: str) -> bool:
     if tool not in _READS_WEIGHTS:
         with tempfile.TemporaryDirectory(prefix="weights-probe-") as d:
             net, solver = os.path.join(d, "net.prototxt"), os.path.join(d, "solver.prototxt")
-            _write_text(net, _PROBE_NET)
-            _write_text(solver, 'net: "%s"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 0\ndisplay: 0\n'
+            write_text(net, _PROBE_NET)
+            write_text(solver, 'net: "%s"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 0\ndisplay: 0\n'
                                 'snapshot_after_train: false\nsolver_mode: CPU\n' % net)
             missing = os.path.join(d, "missing-probe.caffemodel")
             r = subprocess.run([tool, "train", "-solver", solver, "-weights", missing], capture_output=True,
@@ -767,9 +756,9 @@ def _initial_state(plan: Dict, solver_file: str, gpu: Optional[int], log: GlogWr
     sp = _solver_param(solver_file)
     sp.snapshot_prefix = os.path.join(plan["out"], "init")
     init_solver = os.path.join(plan["out"], "solver_init.prototxt")
-    _write_text(init_solver, text_format.MessageToString(sp))
+    write_text(init_solver, text_format.MessageToString(sp))
     job_path = os.path.join(plan["out"], ".init_job.json")
-    _write_text(job_path, json.dumps({"solver": init_solver, "weights": plan["weights"], "gpu": gpu}))
+    write_text(job_path, json.dumps({"solver": init_solver, "weights": plan["weights"], "gpu": gpu}))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     r = subprocess.run([sys.executable, "-c", "import sys; from %s import _init_worker; _init_worker(sys.argv[1])" % _MODULE,
@@ -879,8 +868,7 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
         raise ValueError("unknown backend %r (choose from %s)" % (backend, ", ".join(BACKENDS)))
     net = net or (PAPER_NET if paper_scale else DEFAULT_NET)
     if paper_scale:
-        from thermalnet.baselines import read_dataset_info
-        info = read_dataset_info(dataset)
+        info = layout.read_dataset_info(dataset)
         if (int(info["height"]), int(info["width"])) != (spec.PAPER_HEIGHT, spec.PAPER_WIDTH):
             raise ValueError("%s is %dx%d but --paper-scale trains at %dx%d: build the dataset at paper scale"
                              % (dataset, info["height"], info["width"], spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
@@ -936,7 +924,7 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
                                 plan["width"], plan["num_bins"], " (SYNTHETIC data)" if plan["synthetic"] else ""))
     except ValueError:
         pass   # a run stopped before its first logged iteration has no curve
-    _write_text(os.path.join(plan["out"], SUMMARY_FILE), json.dumps(summary, indent=1))
+    write_text(os.path.join(plan["out"], SUMMARY_FILE), json.dumps(summary, indent=1))
     if error:
         raise TrainingError(error)
     return summary
