@@ -208,4 +208,4 @@ def test_verdict_names_every_class_metric_and_baseline_tn_loses():
     assert all(x.startswith("microwave_oven SSIM: TN 0.79 vs ") for x in v["losses"])
     table[1]["tn_ssim"] = 0.81
     table[0]["mean_ir"] = 20.0            # a tie is not a win
-    assert report.verdict(table)["losses"] == ["human rms: TN 20 vs mean_ir 20"]
+    assert report.verdict(table)["losses"] == ["human RMS: TN 20 vs mean_ir 20"]

@@ -101,7 +101,7 @@ def _overall(table: List[Dict]) -> Dict:
     raise ValueError("table2.csv has no overall row")
 
 
-VERDICT_METRICS = (("rms", "", False), ("SSIM", "_ssim", True))   # (name, column suffix, higher is better)
+VERDICT_METRICS = (("RMS", "", False), ("SSIM", "_ssim", True))   # (name, column suffix, higher is better)
 
 
 def verdict(table: List[Dict]) -> Dict:
@@ -405,6 +405,10 @@ def readme_tables(run: str, eval_dir: Optional[str] = None) -> str:
         lines.append("| %s | %s |" % (metrics.METRIC_SHORT[m], " | ".join(
             _f(overall.get(metric_key(c, m)), metrics.DIGITS[m]) if overall.get(metric_key(c, m)) is not None
             else "not run" for c in cols)))
+    v = verdict(table)
+    lines += ["", "Per class (%s against each of %s): %s" % (
+        " and ".join(v["checked_metrics"]), ", ".join(bl.BASELINE_LABELS[b] for b in bl.BASELINES),
+        "TN is better in every class." if not v["losses"] else "TN is NOT better in: %s." % "; ".join(v["losses"]))]
     if ev.get("tn_pp") != "run":
         lines += ["", ev.get("tn_pp_note") or "TN + PP not run."]
     shown = run if not os.path.isabs(run) else os.path.basename(run)
