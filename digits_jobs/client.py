@@ -472,8 +472,17 @@ def _iter_of(name: str) -> int:
 # -- archives for upload -----------------------------------------------------------------
 def build_pretrained_archive(weights: str, net: str, name: str,
                              python_layer: str = jd.repo_path("prototxt/digits_python_layers.py"),
-                             labels: Optional[str] = None) -> bytes:
-    """tar.gz with info.json, original.prototxt (the all-in-one net), weights and the Python layer."""
+                             labels: Optional[str] = None, class_weights: Optional[str] = None,
+                             class_weights_server: Optional[str] = None) -> bytes:
+    """tar.gz with info.json, original.prototxt (the all-in-one net), weights, the Python layer
+    and, when the net's loss names a class-weights file, that file (class_weights.txt).
+
+    A loss layer's relative class_weights would be looked up in the DIGITS job folder,
+    which has none: the network in the archive names class_weights_server instead (the
+    dataset's copy as the server sees it), rewritten by validate.rewrite_class_weights as
+    the run flow does; `class_weights` (the same file here) goes into the archive with it.
+    """
+    from digits_jobs.validate import class_weights_files, rewrite_class_weights
     for p, what in ((weights, "weights"), (net, "network"), (python_layer, "Python-layer file")):
         if not os.path.isfile(p):
             raise FileNotFoundError("%s: no such %s" % (p, what))
@@ -485,8 +494,21 @@ def build_pretrained_archive(weights: str, net: str, name: str,
     def read(path):
         with open(path, "rb") as f:
             return f.read()
-    members = [("original.prototxt", read(net)), (os.path.basename(weights), read(weights)),
+    net_text = read(net).decode()
+    relative = {layer: p for layer, p in class_weights_files(net_text, where=net).items() if not os.path.isabs(p)}
+    if relative:
+        if not (class_weights and class_weights_server):
+            raise ValueError("%s: layer '%s' names %s, which a DIGITS job folder does not hold; give the dataset "
+                             "(--dataset-server, and --dataset where it is not on this machine at that path)"
+                             % (net, sorted(relative)[0], relative[sorted(relative)[0]]))
+        if not os.path.isfile(class_weights):
+            raise FileNotFoundError("%s: no such class weights file" % class_weights)
+        net_text = rewrite_class_weights(net_text, class_weights_server)
+    members = [("original.prototxt", net_text.encode()), (os.path.basename(weights), read(weights)),
                ("digits_python_layers.py", read(python_layer))]
+    if relative:
+        info[jd.ARCHIVE_CLASS_WEIGHTS_KEY] = layout.CLASS_WEIGHTS_FILE
+        members.append((layout.CLASS_WEIGHTS_FILE, read(class_weights)))
     if labels:
         info["labels file"] = "labels.txt"
         members.append(("labels.txt", read(labels)))
@@ -636,9 +658,19 @@ def evaluate_fetched(files: Dict[str, str], dataset_dir: str, out: str) -> Dict:
 
 
 def upload_flow(client: DigitsClient, weights: str, net: str, name: str, dataset_id: Optional[str] = None,
-                import_model: bool = False, max_wait: Optional[float] = None) -> Dict:
-    """Upload a kit-trained model as a DIGITS pretrained model; optionally make it inferable."""
-    archive = build_pretrained_archive(weights, net, name)
+                import_model: bool = False, max_wait: Optional[float] = None, dataset_server: Optional[str] = None,
+                dataset_local: Optional[str] = None) -> Dict:
+    """Upload a kit-trained model as a DIGITS pretrained model; optionally make it inferable.
+
+    dataset_server: the dataset folder as the DIGITS server sees it (as in run_flow); the
+    loss layer reads its class_weights.txt there. dataset_local: the same folder here
+    (default: dataset_server), whose class_weights.txt goes into the archive.
+    """
+    local = dataset_local or dataset_server
+    archive = build_pretrained_archive(
+        weights, net, name,
+        class_weights=os.path.join(local, layout.CLASS_WEIGHTS_FILE) if local else None,
+        class_weights_server=jd.dataset_layout(dataset_server)["class_weights"] if dataset_server else None)
     job = jd.load_job(jd.PRETRAINED_UPLOAD)
     info_name = job["info"]["name"].format(run=name)
     client.login()
@@ -757,6 +789,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--import", dest="import_model", action="store_true",
                    help="also create a 1-epoch, learning-rate-0 model job so DIGITS can run inference")
     u.add_argument("--dataset-id", help="dataset job for --import")
+    u.add_argument("--dataset-server",
+                   help="the dataset the model was trained on, as the DIGITS server sees it: the loss layer "
+                        "reads its %s there (a DIGITS job folder has none)" % layout.CLASS_WEIGHTS_FILE)
+    u.add_argument("--dataset", help="the same dataset folder here (default: --dataset-server); its %s goes "
+                                     "into the archive" % layout.CLASS_WEIGHTS_FILE)
 
     d = sub.add_parser("download", help="fetch a model job's files (snapshot, prototxt, log)")
     d.add_argument("--job-id", required=True)
@@ -814,7 +851,7 @@ def main(argv=None) -> int:
                 print("mean RMS over %d images: %.2f" % (len(res["images"]), res["mean_rms"]))
         elif args.cmd == "upload":
             res = upload_flow(client, args.weights, args.net, args.name, args.dataset_id, args.import_model,
-                              args.max_wait)
+                              args.max_wait, dataset_server=args.dataset_server, dataset_local=args.dataset)
             print("uploaded: %s" % json.dumps(res))
         elif args.cmd == "download":
             client.login()

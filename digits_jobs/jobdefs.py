@@ -148,3 +148,8 @@ DIGITS_FIELDS = {
 # info.json keys DIGITS' upload_archive reads (validate_archive_keys + the model/labels lookups).
 ARCHIVE_REQUIRED_KEYS = ("snapshot file", "framework", "name")
 ARCHIVE_MODEL_KEYS = ("model file", "network file")
+# The kit's own info.json key for the class-weights file in an uploaded archive. DIGITS'
+# CaffeUploadTask keeps only the snapshot, model, labels and Python-layer files, so the
+# loss layer reads the dataset's copy on the server (its absolute path is written into
+# the network); the copy in the archive keeps the model and its v(q) together.
+ARCHIVE_CLASS_WEIGHTS_KEY = "class weights file"

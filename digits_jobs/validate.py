@@ -50,7 +50,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from thermalnet import layout, spec
+from thermalnet import spec
+from thermalnet import layout
 from thermalnet import solver as digits_solver
 from thermalnet.solver import LR_POLICIES, SOLVER_TYPES
 from thermalnet.atomic import replace_dir
@@ -581,16 +582,8 @@ def _solver(settings: JobSettings, ds: DatasetFacts, train_batch: int, val_batch
     return s
 
 
-def rewrite_class_weights(net_text: str, class_weights_path: str) -> str:
-    """Point the loss layers' relative class_weights at an absolute path (the job folder has none).
-
-    DIGITS runs Caffe in the job folder, where a relative class_weights.txt does not
-    exist; the Python layer would then try $THERMALNET_DATASET. Writing the server's
-    absolute path into param_str removes that dependence.
-    """
-    from google.protobuf import text_format
-    net = parse_net(net_text)
-    changed = False
+def _class_weights_params(net):
+    """(layer, param_str JSON) of each Python layer whose param_str names a class_weights file."""
     for layer in net.layer:
         if layer.type != "Python" or not layer.python_param.param_str.strip():
             continue
@@ -598,7 +591,28 @@ def rewrite_class_weights(net_text: str, class_weights_path: str) -> str:
             params = json.loads(layer.python_param.param_str)
         except ValueError:
             continue
-        if isinstance(params, dict) and "class_weights" in params and not os.path.isabs(params["class_weights"]):
+        if isinstance(params, dict) and isinstance(params.get("class_weights"), str):
+            yield layer, params
+
+
+def class_weights_files(net_text: str, where: str = "network") -> Dict[str, str]:
+    """Layer name -> the class_weights path its param_str names (as written: relative or absolute)."""
+    return {layer.name: params["class_weights"] for layer, params in _class_weights_params(parse_net(net_text, where))}
+
+
+def rewrite_class_weights(net_text: str, class_weights_path: str) -> str:
+    """Point the loss layers' relative class_weights at an absolute path (the job folder has none).
+
+    DIGITS runs Caffe in the job folder, where a relative class_weights.txt does not
+    exist; the Python layer would then try $THERMALNET_DATASET. Writing the server's
+    absolute path into param_str removes that dependence. The one place the kit does
+    this for DIGITS: the run flow (custom network) and the upload flow (pretrained archive).
+    """
+    from google.protobuf import text_format
+    net = parse_net(net_text)
+    changed = False
+    for layer, params in _class_weights_params(net):
+        if not os.path.isabs(params["class_weights"]):
             params["class_weights"] = class_weights_path
             layer.python_param.param_str = json.dumps(params, sort_keys=True)
             changed = True

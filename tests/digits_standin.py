@@ -160,6 +160,14 @@ class StandinState:
                 f.write(text)
         job.max_iter = files.solver.max_iter
         self._log(job, "wrote %s; no training runs in the stand-in" % ", ".join(sorted(files.texts())))
+        # caffe train builds the net in the job folder first: a Python loss layer opens its
+        # class-weights file there (relative) or at its absolute path; the stand-in assumes no
+        # THERMALNET_DATASET on the server, so a file that is neither is the job's Error.
+        for layer, path in v.class_weights_files(files.texts()[v.TRAIN_VAL_FILE], where=job.name).items():
+            if not os.path.isfile(path if os.path.isabs(path) else os.path.join(job.dir, path)):
+                raise FileNotFoundError("layer '%s': class weights file %s is not %s" % (
+                    layer, path, "on the server" if os.path.isabs(path) else
+                    "in the job folder %s, where DIGITS runs Caffe" % job.dir))
         if job.weights_files:
             # DIGITS runs caffe train --weights=A,B; a file that does not fit aborts Caffe and
             # the job ends in Error. The stand-in checks the same by name and shape, without Caffe.

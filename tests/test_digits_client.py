@@ -19,6 +19,7 @@ import pytest
 from thermalnet import decoders, layout, metrics, spec
 from digits_jobs import client as C
 from digits_jobs import jobdefs as jd
+from digits_jobs import validate as v
 from tests.digits_standin import STANDIN_HEADER, StandinServer
 
 H, W = 48, 64
@@ -299,7 +300,8 @@ def test_pretrained_weights_that_do_not_fit(standin, dataset, squeezenet, tmp_pa
                                                            name="w"))
     c.wait("dataset", d["id"])
     job = jd.load_job(jd.MODEL_DEMO)
-    fields = dict(jd.form_fields(job), dataset=d["id"], custom_network=jd.model_network_text(job))
+    fields = dict(jd.form_fields(job), dataset=d["id"],
+                  custom_network=jd.model_network_text(job, jd.dataset_layout(dataset)["class_weights"]))
     m = c.create(jd.ROUTE_MODEL, dict(fields, **jd.pretrained_field(v10)))
     with pytest.raises(C.DigitsJobFailed) as ei:
         c.wait("model", m["id"])
@@ -389,14 +391,63 @@ def test_infer_needs_job_id(standin):
 def test_upload_and_import_keep_the_weights(standin, trained, dataset, caffe, tmp_path):
     c, s = trained
     res = C.upload_flow(c, s["files"]["caffemodel"], jd.repo_path("prototxt/thermalnet_v1_1.prototxt"), "t",
-                        dataset_id=s["dataset_job"], import_model=True)
+                        dataset_id=s["dataset_job"], import_model=True, dataset_server=dataset)
     assert ("POST", jd.ROUTE_UPLOAD_ARCHIVE) in routes(standin)
+    # The imported job's network names the dataset's class weights by their server path (as run does).
+    job_dir = standin.state.jobs[res["model_job"]].dir
+    with open(os.path.join(job_dir, v.TRAIN_VAL_FILE)) as f:
+        assert list(v.class_weights_files(f.read()).values()) == [os.path.join(dataset, layout.CLASS_WEIGHTS_FILE)]
     files = c.download_model(res["model_job"], str(tmp_path / "imported"))
     a = caffe.Net(s["files"]["deploy"], s["files"]["caffemodel"], caffe.TEST)
     b = caffe.Net(files["deploy"], files["caffemodel"], caffe.TEST)
     for name in a.params:
         for pa, pb in zip(a.params[name], b.params[name]):
             np.testing.assert_array_equal(pa.data, pb.data)
+
+
+def test_upload_carries_the_class_weights_and_the_raw_network_fails_the_import(standin, trained, dataset,
+                                                                              tmp_path, capsys):
+    """The archive holds the dataset's class_weights.txt and a network that names it where DIGITS
+    can read it; the raw network (relative class_weights.txt) makes the import job fail, because
+    DIGITS runs Caffe in a job folder that has no such file."""
+    c, s = trained
+    net = jd.repo_path("prototxt/thermalnet_v1_1.prototxt")
+    blob = C.build_pretrained_archive(s["files"]["caffemodel"], net, "cw", class_weights=os.path.join(
+        dataset, layout.CLASS_WEIGHTS_FILE), class_weights_server="/srv/data/tiny/" + layout.CLASS_WEIGHTS_FILE)
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
+        info = json.load(tf.extractfile("info.json"))
+        packed = tf.extractfile(info[jd.ARCHIVE_CLASS_WEIGHTS_KEY]).read()
+        original = tf.extractfile("original.prototxt").read().decode()
+    with open(os.path.join(dataset, layout.CLASS_WEIGHTS_FILE), "rb") as f:
+        assert packed == f.read()
+    assert set(v.class_weights_files(original).values()) == {"/srv/data/tiny/" + layout.CLASS_WEIGHTS_FILE}
+    # Without the dataset the upload refuses, naming the network and the file, before sending anything.
+    sent = len(standin.state.log)
+    with pytest.raises(ValueError, match=r"thermalnet_v1_1.prototxt: layer 'loss' names class_weights.txt"):
+        C.upload_flow(c, s["files"]["caffemodel"], net, "cw")
+    assert len(standin.state.log) == sent
+    assert C.main(["--url", standin.url, "--poll", "0", "upload", "--weights", s["files"]["caffemodel"]]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "class_weights.txt" in err[0] and "--dataset-server" in err[0], err
+    # The raw network, uploaded as the kit used to: the import job ends in Error naming the file.
+    info = {k: (val.format(run="raw", weights="snap.caffemodel") if isinstance(val, str) else val)
+            for k, val in jd.load_job(jd.PRETRAINED_UPLOAD)["info"].items()}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for arcname, path in (("original.prototxt", net), ("snap.caffemodel", s["files"]["caffemodel"]),
+                              (v.PYTHON_LAYER_FILE, jd.repo_path("prototxt/digits_python_layers.py"))):
+            tf.add(path, arcname=arcname)
+        data = json.dumps(info).encode()
+        ti = tarfile.TarInfo("info.json")
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    c.upload_archive(buf.getvalue())
+    job = jd.load_job(jd.PRETRAINED_UPLOAD)
+    fields = dict(jd.form_fields(job, run="raw"), dataset=s["dataset_job"], pretrained_networks=c.find_pretrained(
+        info["name"]))
+    m = c.create(job["import_route"], fields)
+    with pytest.raises(C.DigitsJobFailed, match=r"layer 'loss': class weights file class_weights.txt is not in the job"):
+        c.wait("model", m["id"])
 
 
 def _targz(name: str, data: bytes) -> bytes:

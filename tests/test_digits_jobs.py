@@ -121,12 +121,18 @@ def test_archive_round_trip(tmp_path):
     from digits_jobs.client import build_pretrained_archive
     w = tmp_path / "snap_iter_5.caffemodel"
     w.write_bytes(b"\x00weights")
-    blob = build_pretrained_archive(str(w), jd.repo_path("prototxt/thermalnet_v1_1.prototxt"), "r1")
+    cw = tmp_path / layout.CLASS_WEIGHTS_FILE
+    cw.write_text("1\n" * spec.NUM_BINS)
+    blob = build_pretrained_archive(str(w), jd.repo_path("prototxt/thermalnet_v1_1.prototxt"), "r1",
+                                    class_weights=str(cw), class_weights_server="/data/p/" + layout.CLASS_WEIGHTS_FILE)
     with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
         names = tf.getnames()
         info = json.load(tf.extractfile("info.json"))
         assert tf.extractfile("snap_iter_5.caffemodel").read() == b"\x00weights"
-    assert set(names) == {"info.json", "original.prototxt", "snap_iter_5.caffemodel", v.PYTHON_LAYER_FILE}
+        assert tf.extractfile(layout.CLASS_WEIGHTS_FILE).read() == cw.read_bytes()
+    assert set(names) == {"info.json", "original.prototxt", "snap_iter_5.caffemodel", v.PYTHON_LAYER_FILE,
+                          layout.CLASS_WEIGHTS_FILE}
+    assert info[jd.ARCHIVE_CLASS_WEIGHTS_KEY] == layout.CLASS_WEIGHTS_FILE
     assert info["snapshot file"] == "snap_iter_5.caffemodel" and info["model file"] == "original.prototxt"
     assert info["name"] == "thermalnet-kit-r1" and info["framework"] == "caffe"
 
