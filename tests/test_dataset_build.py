@@ -462,9 +462,7 @@ def test_thermalnet_val_stage_reads_the_dataset(caffe, syn_ds, tmp_path):
     nets = pytest.importorskip("thermalnet.nets")
     ds, _ = syn_ds
     path = nets.materialize(nets.network("v1_1").net, ds, str(tmp_path / "net.prototxt"), val_batch_size=2)
-    with open(path, "a") as f:          # pycaffe here takes no stages: put the val stage in the file
-        f.write('\nstate { phase: TEST stage: "val" }\n')
-    net = caffe.Net(path, caffe.TEST)
+    net = caffe.Net(path, caffe.TEST, stages=["val"])
     out = net.forward()
     labels = _lmdb(ds, layout.VAL_DB, layout.LABELS)[:2]
     feats = _lmdb(ds, layout.VAL_DB, layout.FEATURES)[:2].astype(np.float32)
