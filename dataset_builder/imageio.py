@@ -67,6 +67,23 @@ def read_rgb(path: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def read_gray8(path: str) -> np.ndarray:
+    """An 8-bit grey PNG the kit wrote (test/ir brightness, label bins) -> HxW uint8, as stored.
+
+    Unlike read_ir, no units and no refusal of a constant image: these files are the
+    kit's own ground truth and outputs, read back exactly. A 3-channel file gives its
+    first channel; a 16-bit one is refused (its values are not 0..255 brightness).
+    """
+    img = _open_pil(path)
+    if img.mode in ("RGB", "RGBA"):
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)[:, :, 0]
+    elif img.mode in ("L", "P", "LA"):
+        arr = np.asarray(img.convert("L") if img.mode != "L" else img, dtype=np.uint8)
+    else:
+        raise ImageReadError(path, "not an 8-bit grey image (mode %s)" % img.mode)
+    return np.ascontiguousarray(arr)
+
+
 @dataclass
 class IrImage:
     """IR values and their units (see IR_UNITS)."""

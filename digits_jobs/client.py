@@ -531,8 +531,8 @@ def export_image_folders(dataset_dir: str, out_dir: str, progress: bool = True) 
     label PNGs hold the bin indices 0..Q-1 (mode L), so DIGITS' raw label LMDB
     equals the kit's byte for byte.
     """
-    from PIL import Image
     from tqdm import tqdm
+    from dataset_builder.imageio import write_png
     from dataset_builder.lmdb_io import lmdb_count, read_lmdb
 
     counts = {}
@@ -557,9 +557,8 @@ def export_image_folders(dataset_dir: str, out_dir: str, progress: bool = True) 
                 if x.shape[0] != 3 or y.shape[0] != 1 or x.shape[1:] != y.shape[1:]:
                     raise ValueError("%s key %s: feature %s / label %s, want 3xHxW and 1xHxW"
                                      % (feats, kf, x.shape, y.shape))
-                Image.fromarray(np.ascontiguousarray(x[::-1].transpose(1, 2, 0))).save(
-                    os.path.join(fdir, kf + ".png"))          # BGR Datum -> RGB PNG
-                Image.fromarray(np.ascontiguousarray(y[0])).save(os.path.join(ldir, kf + ".png"))
+                write_png(os.path.join(fdir, kf + ".png"), np.ascontiguousarray(x[::-1].transpose(1, 2, 0)))  # BGR -> RGB
+                write_png(os.path.join(ldir, kf + ".png"), np.ascontiguousarray(y[0]))
                 bar.update(1)
             bar.close()
             counts[split] = n
@@ -708,8 +707,8 @@ def infer_flow(client: DigitsClient, job_id: str, images: Sequence[str], out: st
                epoch: Optional[float] = None, decoding: str = decoders.FALLBACK_DECODING,
                ir_dir: Optional[str] = None, class_weights: Optional[np.ndarray] = None) -> Dict:
     """infer_one per image; brightness PNGs into out/, RMS (eq. 2) against ir_dir/<id>.png if given."""
-    from PIL import Image
     from tqdm import tqdm
+    from dataset_builder.imageio import read_gray8, write_png
     client.login()
     os.makedirs(out, exist_ok=True)
     rows = []
@@ -720,12 +719,11 @@ def infer_flow(client: DigitsClient, job_id: str, images: Sequence[str], out: st
         b = decode_outputs(outputs, decoding, class_weights)
         stem = os.path.splitext(os.path.basename(img))[0]
         png = os.path.join(out, stem + ".png")
-        Image.fromarray(np.clip(np.rint(b), 0, 255).astype(np.uint8)).save(png + ".tmp.png")
-        os.replace(png + ".tmp.png", png)
+        write_png(png, np.clip(np.rint(b), 0, 255).astype(np.uint8))
         row = {"image": img, "synthetic_ir": png}
         gt = os.path.join(ir_dir, stem + ".png") if ir_dir else None
         if gt and os.path.isfile(gt):
-            row["rms"] = metrics.rms(np.asarray(Image.open(gt), dtype=np.float64), b)
+            row["rms"] = metrics.rms(read_gray8(gt).astype(np.float64), b)
         rows.append(row)
     res = {"job_id": job_id, "decoding": decoding, "images": rows}
     rms = [r["rms"] for r in rows if "rms" in r]

@@ -50,27 +50,15 @@ def read_manifest(dataset: str, split: Optional[str] = "test") -> List[Dict]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
-def _read_png(path: str, what: str) -> np.ndarray:
-    from PIL import Image
-    if not os.path.isfile(path):
-        raise FileNotFoundError("%s: missing %s" % (path, what))
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im)
-    except Exception as exc:  # PIL raises many types on corrupt files
-        raise ValueError("%s: unreadable %s (%s)" % (path, what, exc)) from exc
-
-
 def load_test_pair(dataset: str, image_id: str):
-    """(visible RGB HxWx3 uint8, IR brightness HxW float64) of one test image."""
-    vis = _read_png(os.path.join(dataset, layout.TEST_DIR, "visible", image_id + ".png"), "visible test image")
-    ir = _read_png(os.path.join(dataset, layout.TEST_DIR, "ir", image_id + ".png"), "IR test image")
-    if vis.ndim == 2:
-        vis = np.repeat(vis[:, :, None], 3, axis=2)
-    vis = vis[:, :, :3]
-    if ir.ndim == 3:
-        ir = ir[:, :, 0]
-    return vis.astype(np.uint8), ir.astype(np.float64)
+    """(visible RGB HxWx3 uint8, IR brightness HxW float64) of one test image.
+
+    Read by dataset_builder.imageio (a bad file is a one-line ImageReadError naming it).
+    """
+    from dataset_builder.imageio import read_gray8, read_rgb
+    vis = read_rgb(os.path.join(dataset, layout.TEST_DIR, "visible", image_id + ".png"))
+    ir = read_gray8(os.path.join(dataset, layout.TEST_DIR, "ir", image_id + ".png"))
+    return vis, ir.astype(np.float64)
 
 
 def train_statistics(dataset: str, num_bins: Optional[int] = None) -> Dict:
