@@ -18,11 +18,8 @@ from dataset_builder import pairs as P
 from thermalnet import layout
 from dataset_builder import synthetic
 from dataset_builder.cli import main as cli_main
-from dataset_builder.lmdb_io import read_lmdb, read_mean_binaryproto
-
-
-def _lmdb(ds, db, which):
-    return np.stack([a for _, a in read_lmdb(os.path.join(ds, db, which))])
+from dataset_builder.lmdb_io import read_mean_binaryproto
+from tests.test_dataset_build import _lmdb
 
 
 @pytest.fixture(scope="module")
