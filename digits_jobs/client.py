@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from thermalnet import decoders, layout, metrics
+from thermalnet import cli, decoders, layout, metrics
 from thermalnet.atomic import replace_dir
 from digits_jobs import jobdefs as jd
 
@@ -805,60 +805,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit 0 done, 1 a failure (one line `error: ...`, thermalnet.cli), 2 argparse usage errors."""
     args = build_parser().parse_args(argv)
+    return cli.run(lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> None:
     if args.cmd == "export-folders":
-        try:
-            c = export_image_folders(args.dataset, args.out)
-        except (OSError, ValueError) as exc:
-            print("export-folders: %s" % exc, file=sys.stderr)
-            return 1
+        c = export_image_folders(args.dataset, args.out)
         print("wrote %s: train %d, val %d image pairs" % (args.out, c["train"], c["val"]))
-        return 0
-    try:
-        client = DigitsClient(args.url, args.username, args.timeout, args.retries, args.backoff,
-                              dry_run=args.dry_run, poll=args.poll)
-        if args.cmd == "run":
-            over = {"train_epochs": str(args.epochs)} if args.epochs else None
-            s = run_flow(client, args.dataset_server, args.job, args.dataset_job, args.dataset, args.dataset_id,
-                         args.out, args.epoch, not args.no_eval, args.max_wait, folders_server=args.folders_server,
-                         overrides=over, weights=args.weights)
-            print("done: dataset %s, model %s%s" % (s["dataset_job"], s.get("model_job"),
-                                                    "" if args.dry_run else ", files in %s" % args.out))
-        elif args.cmd == "infer":
-            images = list(args.images)
-            ir_dir = None
-            if args.dataset:
-                ir_dir = os.path.join(args.dataset, layout.TEST_DIR, "ir")
-                if not images:
-                    vis = os.path.join(args.dataset, layout.TEST_DIR, "visible")
-                    if not os.path.isdir(vis):
-                        raise FileNotFoundError("%s: no test images" % vis)
-                    images = sorted(os.path.join(vis, f) for f in os.listdir(vis) if f.endswith(".png"))
-            if args.limit:
-                images = images[:args.limit]
+        return
+    client = DigitsClient(args.url, args.username, args.timeout, args.retries, args.backoff,
+                          dry_run=args.dry_run, poll=args.poll)
+    if args.cmd == "run":
+        over = {"train_epochs": str(args.epochs)} if args.epochs else None
+        s = run_flow(client, args.dataset_server, args.job, args.dataset_job, args.dataset, args.dataset_id,
+                     args.out, args.epoch, not args.no_eval, args.max_wait, folders_server=args.folders_server,
+                     overrides=over, weights=args.weights)
+        print("done: dataset %s, model %s%s" % (s["dataset_job"], s.get("model_job"),
+                                                "" if args.dry_run else ", files in %s" % args.out))
+    elif args.cmd == "infer":
+        images = list(args.images)
+        ir_dir = None
+        if args.dataset:
+            ir_dir = os.path.join(args.dataset, layout.TEST_DIR, "ir")
             if not images:
-                raise ValueError("no images: give --images or --dataset")
-            decoding = args.decoding or decoders.default_decoding(bool(args.dataset))
-            weights = None
-            if decoding == "mmse":
-                if not args.dataset:
-                    raise ValueError("--decoding mmse needs --dataset (its %s)" % layout.CLASS_WEIGHTS_FILE)
-                weights = layout.read_class_weights(args.dataset, int(layout.read_dataset_info(args.dataset)["num_bins"]))
-            res = infer_flow(client, args.job_id, images, args.out, args.epoch, decoding, ir_dir, weights)
-            if "mean_rms" in res:
-                print("mean RMS over %d images: %.2f" % (len(res["images"]), res["mean_rms"]))
-        elif args.cmd == "upload":
-            res = upload_flow(client, args.weights, args.net, args.name, args.dataset_id, args.import_model,
-                              args.max_wait, dataset_server=args.dataset_server, dataset_local=args.dataset)
-            print("uploaded: %s" % json.dumps(res))
-        elif args.cmd == "download":
-            client.login()
-            files = client.download_model(args.job_id, args.out, args.epoch)
-            print("fetched: %s" % ", ".join(sorted(os.path.basename(v) for k, v in files.items() if k != "dir")))
-    except (DigitsError, OSError, ValueError) as exc:
-        print("digits client: %s" % exc, file=sys.stderr)
-        return 1
-    return 0
+                vis = os.path.join(args.dataset, layout.TEST_DIR, "visible")
+                if not os.path.isdir(vis):
+                    raise FileNotFoundError("%s: no test images" % vis)
+                images = sorted(os.path.join(vis, f) for f in os.listdir(vis) if f.endswith(".png"))
+        if args.limit:
+            images = images[:args.limit]
+        if not images:
+            raise ValueError("no images: give --images or --dataset")
+        decoding = args.decoding or decoders.default_decoding(bool(args.dataset))
+        weights = None
+        if decoding == "mmse":
+            if not args.dataset:
+                raise ValueError("--decoding mmse needs --dataset (its %s)" % layout.CLASS_WEIGHTS_FILE)
+            weights = layout.read_class_weights(args.dataset, int(layout.read_dataset_info(args.dataset)["num_bins"]))
+        res = infer_flow(client, args.job_id, images, args.out, args.epoch, decoding, ir_dir, weights)
+        if "mean_rms" in res:
+            print("mean RMS over %d images: %.2f" % (len(res["images"]), res["mean_rms"]))
+    elif args.cmd == "upload":
+        res = upload_flow(client, args.weights, args.net, args.name, args.dataset_id, args.import_model,
+                          args.max_wait, dataset_server=args.dataset_server, dataset_local=args.dataset)
+        print("uploaded: %s" % json.dumps(res))
+    elif args.cmd == "download":
+        client.login()
+        files = client.download_model(args.job_id, args.out, args.epoch)
+        print("fetched: %s" % ", ".join(sorted(os.path.basename(v) for k, v in files.items() if k != "dir")))
 
 
 if __name__ == "__main__":

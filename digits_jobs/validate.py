@@ -50,8 +50,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from thermalnet import spec
-from thermalnet import layout
+from thermalnet import cli, layout, spec
 from thermalnet import solver as digits_solver
 from thermalnet.solver import LR_POLICIES, SOLVER_TYPES
 from thermalnet.atomic import replace_dir
@@ -752,30 +751,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_job(path: Optional[str], epochs: Optional[int], batch: Optional[int]) -> JobSettings:
+    """The form fields of a model job JSON (+ overrides); a bad file is one error naming it."""
     form: Dict = {}
     if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError("%s: no such job file" % path)
         with open(path) as f:
             try:
-                form = dict(json.load(f).get("form", {}))
+                job = json.load(f)
             except ValueError as exc:
-                raise ValueError("%s: not JSON (%s)" % (path, exc))
+                raise ValueError("%s: not JSON (%s)" % (path, exc)) from None
+        if not isinstance(job, dict) or not isinstance(job.get("form", {}), dict):
+            raise ValueError("%s: not a model job (a JSON object with a \"form\" object)" % path)
+        form = dict(job.get("form", {}))
     if epochs is not None:
         form["train_epochs"] = epochs
     if batch is not None:
         form["batch_size"] = batch
-    return JobSettings.from_form(form)
+    try:
+        return JobSettings.from_form(form)
+    except DigitsRuleError as exc:
+        raise DigitsRuleError("%s: %s" % (path, exc) if path else str(exc)) from None
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit 0 every network passes, 1 one is REJECTED (a line each, naming the file and the
+    layer) or the job file is bad (one line `error: ...`), 2 argparse usage errors."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.out and len(args.nets) > 1:
-        print("validate: --out takes one network", file=sys.stderr)
-        return 2
-    try:
-        settings = settings_from_job(args.job, args.epochs, args.batch_size)
-    except (OSError, ValueError) as exc:
-        print("validate: %s" % exc, file=sys.stderr)
-        return 2
+        parser.error("--out takes one network")
+    return cli.run(lambda: _validate_all(args))
+
+
+def _validate_all(args: argparse.Namespace) -> int:
+    settings = settings_from_job(args.job, args.epochs, args.batch_size)
     status = 0
     for net in args.nets:
         try:

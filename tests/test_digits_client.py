@@ -313,7 +313,7 @@ def test_pretrained_weights_that_do_not_fit(standin, dataset, squeezenet, tmp_pa
     r = C.main(["--url", standin.url, "--poll", "0", "run", "--dataset-server", dataset, "--dataset", dataset,
                 "--dataset-id", d["id"], "--no-eval", "--weights", v10])
     err = capsys.readouterr().err.strip().splitlines()
-    assert r == 1 and len(err) == 1 and err[0].startswith("digits client: %s: layer 'conv1'" % v10), err
+    assert r == 1 and len(err) == 1 and err[0].startswith("error: %s: layer 'conv1'" % v10), err
 
 
 # -- inference, upload ------------------------------------------------------------------------------
@@ -520,3 +520,22 @@ def test_cli_help_mentions_subcommands(capsys):
     out = capsys.readouterr().out
     for sub in ("run", "infer", "upload", "download", "export-folders", "--dry-run"):
         assert sub in out
+
+
+def test_cli_exit_codes(dataset, tmp_path, capsys):
+    """0 done, 1 a failure as ONE line `error: <file>: ...` (no traceback), 2 only argparse's usage errors."""
+    assert C.main(["export-folders", "--dataset", dataset, "--out", str(tmp_path / "f")]) == 0
+    capsys.readouterr()
+    missing = str(tmp_path / "absent")
+    assert C.main(["export-folders", "--dataset", missing, "--out", str(tmp_path / "g")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: %s" % missing) and not os.path.exists(tmp_path / "g"), err
+    # a server that refuses the connection: one line naming the URL, after the retries
+    assert C.main(["--url", "http://127.0.0.1:9", "--retries", "0", "download", "--job-id", "x",
+                   "--out", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "127.0.0.1:9" in err[0], err
+    with pytest.raises(SystemExit) as ei:
+        C.main(["download"])                                    # --job-id missing: argparse's usage error
+    assert ei.value.code == 2
+

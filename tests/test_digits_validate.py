@@ -250,6 +250,23 @@ def test_cli_rejects_with_exit_1(tmp_path, capsys):
     assert out.startswith("REJECTED %s" % bad) and "'loss'" in out
 
 
+def test_cli_exit_codes_and_one_line_errors(tmp_path, capsys):
+    """A bad job file is exit 1 with one line naming it (it was 2); 2 is left to argparse."""
+    for name, text, want in (("absent.json", None, "no such job file"), ("bad.json", "{", "not JSON"),
+                             ("list.json", "[1]", "not a model job"),
+                             ("field.json", '{"form": {"solver_type": "Adam"}}', "solver_type 'Adam'")):
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        assert v.main([GOOD, "--no-caffe", "--job", str(path)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: %s: " % path) and want in err[0], err
+    with pytest.raises(SystemExit) as ei:
+        v.main([GOOD, GOOD, "--out", str(tmp_path / "o")])     # --out with two networks: a usage error
+    assert ei.value.code == 2 and not os.path.exists(tmp_path / "o")
+    assert "--out takes one network" in capsys.readouterr().err
+
+
 def test_caffe_itself_would_fail_without_the_digits_rules(tiny_dataset, tmp_path):
     # Why the deploy check matters: Caffe aborts on a deploy net whose loss needs the label.
     # (glog FATAL aborts the process, hence a child interpreter.)
