@@ -752,18 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_job(path: Optional[str], epochs: Optional[int], batch: Optional[int]) -> JobSettings:
     """The form fields of a model job JSON (+ overrides); a bad file is one error naming it."""
-    form: Dict = {}
-    if path:
-        if not os.path.isfile(path):
-            raise FileNotFoundError("%s: no such job file" % path)
-        with open(path) as f:
-            try:
-                job = json.load(f)
-            except ValueError as exc:
-                raise ValueError("%s: not JSON (%s)" % (path, exc)) from None
-        if not isinstance(job, dict) or not isinstance(job.get("form", {}), dict):
-            raise ValueError("%s: not a model job (a JSON object with a \"form\" object)" % path)
-        form = dict(job.get("form", {}))
+    from digits_jobs.jobdefs import load_job
+    form: Dict = dict(load_job(path)["form"]) if path else {}
     if epochs is not None:
         form["train_epochs"] = epochs
     if batch is not None:

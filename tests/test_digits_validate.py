@@ -252,8 +252,8 @@ def test_cli_rejects_with_exit_1(tmp_path, capsys):
 
 def test_cli_exit_codes_and_one_line_errors(tmp_path, capsys):
     """A bad job file is exit 1 with one line naming it (it was 2); 2 is left to argparse."""
-    for name, text, want in (("absent.json", None, "no such job file"), ("bad.json", "{", "not JSON"),
-                             ("list.json", "[1]", "not a model job"),
+    for name, text, want in (("absent.json", None, "no such job definition"), ("bad.json", "{", "not JSON"),
+                             ("list.json", "[1]", "a job definition is a JSON object"),
                              ("field.json", '{"form": {"solver_type": "Adam"}}', "solver_type 'Adam'")):
         path = tmp_path / name
         if text is not None:
