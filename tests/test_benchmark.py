@@ -7,6 +7,7 @@ real Caffe. The rest checks how results become targets, the report and the JSON.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -74,7 +75,16 @@ def _results(opencv_diff=3e-6, ort_gflops=150.0):
                                  "layers_ms": {"loss": 8.0, "conv1": 10.0}},
                          "pycaffe_img_per_s": 21.0, "step_speedup_loop": 2.1, "step_speedup_caffe_time": 300 / 180.0,
                          "loop_vs_caffe_time": 21.0 / 22.2},
-            "dataset": {"img_per_s": 100.0}}
+            "dataset": _dataset_results()}
+
+
+def _dataset_results():
+    return {"note": "SYNTHETIC", "cpus": 2, "height": 120, "width": 160, "lmdb_pairs": 1000,
+            "lmdb_write_pairs_per_s": 2000.0,
+            "decode_ms": {"PNG": {"images": 40, "height": 480, "width": 640, "pil": 9.0, "read_rgb": 7.0,
+                                  "speedup": 9 / 7.0}},
+            "inputs": {"PNG pairs": {"pairs": 1100, "kept": 1100, "seconds": 11.0, "pairs_per_s": 100.0},
+                       "FLIR files": {"pairs": 60, "kept": 60, "seconds": 3.0, "pairs_per_s": 20.0}}}
 
 
 def test_targets_pick_the_best_exact_backend_and_judge_each_ratio():
@@ -85,7 +95,9 @@ def test_targets_pick_the_best_exact_backend_and_judge_each_ratio():
     assert got["pycaffe training loop / caffe time (img/s)"][1] is False          # 0.946
     # opencv_own_softmax is a reference row, never "the best back-end".
     assert got["best back-end (onnxruntime) share of sgemm, 240x320"] == (0.75, True)
-    assert got["dataset build rate / training consumption"] == (100.0 / 21.0, False)
+    # one ratio per kind of input, each against the pycaffe loop's img/s
+    assert got["dataset build rate (PNG pairs) / training consumption"] == (100.0 / 21.0, False)
+    assert got["dataset build rate (FLIR files) / training consumption"] == (20.0 / 21.0, False)
     assert got["ONNX export: max |ONNX Runtime - pycaffe|"][1] is True
     # A back-end whose output differs from pycaffe cannot be the best one.
     bad = benchmark.targets(_results(opencv_diff=1e-3, ort_gflops=50.0))
@@ -106,3 +118,57 @@ def test_report_estimate_and_json(tmp_path):
     benchmark.write_json(res, str(path))
     assert json.loads(path.read_text())["machine"]["cpu_model"] == "Test CPU"
     assert not (tmp_path / "sub" / "bench.json.tmp").exists()
+
+
+def test_report_of_the_dataset_part_alone():
+    """`python -m dataset_builder bench` = --only dataset: no inference, no training, no ratio."""
+    res = {"quick": True, "date": "2026-12-01T00:00:00+00:00", "note": "SYNTHETIC",
+           "machine": {"cpu_model": "Test CPU", "cpus": 2, "numpy": "x", "opencv": "4", "opencv_threads": 2,
+                       "onnxruntime": "1", "commit": "abc"},
+           "load_average_before": [0.1, 0, 0], "load_average_after": [0.2, 0, 0], "dataset": _dataset_results()}
+    res["targets"] = benchmark.targets(res)
+    assert res["targets"] == []
+    text = benchmark.format_report(res)
+    assert "inference: not run" in text and "training: not run" in text
+    assert "build from PNG pairs:" in text and "100.0 pairs/s" in text and "1.29x" in text
+
+
+def test_dataset_builder_bench_is_the_benchmarks_dataset_part(monkeypatch):
+    from dataset_builder import cli
+    seen = []
+    monkeypatch.setattr(benchmark, "main", lambda argv=None: seen.append(argv) or 0)
+    import thermalnet.tools.benchmark as installed
+    monkeypatch.setattr(installed, "main", lambda argv=None: seen.append(argv) or 0)
+    assert cli.main(["bench"]) == 0
+    assert seen == [["--only", "dataset"]]
+
+
+def test_jpeg_pairs_copy_the_pairs_with_jpeg_visible_images(tmp_path):
+    from dataset_builder.imageio import read_rgb, write_npy, write_png
+    rng = np.random.RandomState(1)
+    src = tmp_path / "pairs"
+    for i in range(3):
+        write_png(str(src / "visible" / ("p%d.png" % i)), rng.randint(0, 256, (48, 64, 3)).astype(np.uint8))
+        write_npy(str(src / "ir" / ("p%d.npy" % i)), rng.rand(12, 16).astype(np.float32))
+    (src / "README.txt").write_text("SYNTHETIC\n")
+    dst = benchmark.jpeg_pairs(str(src), str(tmp_path / "jpeg"), 2)
+    vis = sorted(os.listdir(os.path.join(dst, "visible")))
+    assert vis == ["p0.jpg", "p1.jpg"] and sorted(os.listdir(os.path.join(dst, "ir"))) == ["p0.npy", "p1.npy"]
+    assert read_rgb(os.path.join(dst, "visible", "p0.jpg")).shape == (48, 64, 3)
+    assert os.path.realpath(os.path.join(dst, "ir", "p0.npy")) == os.path.realpath(str(src / "ir" / "p0.npy"))
+    assert (tmp_path / "jpeg" / "README.txt").read_text() == "SYNTHETIC\n"
+
+
+@pytest.mark.slow
+def test_dataset_part_quick_measures_every_input(tmp_path):
+    """The dataset part on the demo's cached 60 SYNTHETIC pairs (made if missing), their JPEG
+    copies and the FLIR samples when present: every input kept, every rate measured."""
+    res = benchmark.bench_dataset(quick=True, workdir=str(tmp_path), log=lambda m: None)
+    assert set(res["decode_ms"]) == {"PNG", "JPEG"}
+    assert all(d["pil"] > 0 and d["read_rgb"] > 0 for d in res["decode_ms"].values())
+    expected = {"PNG pairs", "JPEG pairs"} | ({"FLIR files"} if "flir_skipped" not in res else set())
+    assert set(res["inputs"]) == expected
+    for v in res["inputs"].values():
+        assert v["kept"] == v["pairs"] and v["pairs_per_s"] > 0
+    assert res["synthetic_pairs_per_s"] > 0 and res["lmdb_write_pairs_per_s"] > 0
+    assert "SYNTHETIC generation" in "\n".join(benchmark.format_dataset(res))

@@ -17,7 +17,12 @@ about accuracy. Measured in one process, one after the other:
      tools/caffe/patches/0002 and 0003, as the pycaffe solver loop (what tools.train
      runs) and as `caffe time` forward-backward, with the per-layer breakdown of both;
   4. the pycaffe training loop against `caffe time` of the same net and batch;
-  5. the dataset builder's rate (dataset_builder.bench) against training consumption.
+  5. the dataset builder: read_rgb (OpenCV) against PIL per 640x480 image, PNG and JPEG;
+     SYNTHETIC generation;
+     the build rate (pairs/s, pool start included) from the demo's cached SYNTHETIC pairs
+     as PNG (what the generator writes), the same pairs with JPEG visible images (camera
+     pairs), and FLIR radiometric JPEGs (the kit's samples copied); LMDB writing alone;
+     each build rate against training consumption (the pycaffe loop's img/s).
 
 Timings are wall-clock on a possibly shared machine: each pair is measured alternately,
 several rounds, and the best round of each is compared; the load average before and
@@ -26,26 +31,29 @@ after is saved with the numbers. About 3 minutes on 2 cores (--quick: under a mi
 Targets (printed as met / NOT met; a report, not a test): training step >= 2x the old
 one; training loop >= 0.95 of `caffe time`; best inference back-end >= 50% of sgemm
 GFLOP/s at each size with max |diff| < 1e-4; ONNX export within 1e-4 of pycaffe;
-dataset building >= 5x training consumption.
+dataset building >= 5x training consumption (for each kind of input).
+
+`python -m dataset_builder bench` runs part 5 alone (--only dataset).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
-from thermalnet import layout, spec
-from thermalnet.caffe_env import PROTOTXT_DIR, REPO_ROOT
+from thermalnet import nets, spec
+from thermalnet.atomic import write_json as _write_json
+from thermalnet.caffe_env import REPO_ROOT
 
 FB_RE = re.compile(r"Average Forward-Backward:\s*([0-9.eE+-]+)\s*ms")
 LAYER_RE = re.compile(r"\]\s+(\S+)\s+(forward|backward):\s*([0-9.eE+-]+)\s*ms")
@@ -54,20 +62,20 @@ INFER_SIZES = ((spec.PAPER_HEIGHT, spec.PAPER_WIDTH), (480, 640))
 TYPICAL_SIZE = (480, 640)           # a visible photo: the size augmentation mostly sees
 AUGMENT_COUNT = 10000
 OLD_LOSS_MODULE = "tools.bench_old_loss"
-LOSS_MODULE = "digits_python_layers"
+LOSS_MODULE = nets.LOSS_MODULE
 DECONV_ENV = "CAFFE_DECONV_DIRECT"  # 0: Caffe's generic grouped deconvolution (patch 0002)
 BRANCH_FREE_ENV = "CAFFE_BRANCH_FREE"  # 0: Caffe's original branchy ReLU and max pooling (patch 0003)
 OLD_CAFFE_ENV = {DECONV_ENV: "0", BRANCH_FREE_ENV: "0"}
 NEW_CAFFE_ENV = {DECONV_ENV: "1", BRANCH_FREE_ENV: "1"}
 BACKENDS = ("pycaffe", "opencv", "onnxruntime")
-
-
-def deploy_path(base: str) -> str:
-    return os.path.join(PROTOTXT_DIR, "thermalnet_%s_deploy.prototxt" % base)
-
-
-def train_path(base: str) -> str:
-    return os.path.join(PROTOTXT_DIR, "thermalnet_%s.prototxt" % base)
+PARTS = ("inference", "training", "dataset")
+DECODE_IMAGES = 40                  # images timed per reader (read_rgb vs PIL)
+JPEG_QUALITY = 95                   # the visible images of the JPEG pairs (a camera's setting)
+JPEG_PAIRS = 300                    # JPEG pairs built (re-encoding all 1100 would double the part's time)
+FLIR_WITH_PHOTO = ("flir_one_mug.jpg", "flir_ax8.jpg", "flir_b60_aqua_tower.jpg")
+FLIR_COPIES = 20
+LMDB_PAIRS = 1000
+GENERATE_PAIRS = 40                 # SYNTHETIC pairs rendered for the generator's rate
 
 
 # -- FLOPs --------------------------------------------------------------------------
@@ -127,7 +135,7 @@ def bench_inference(base: str, sizes, n_images: int, batch: int, repeats: int, w
     """Every back-end on one deploy net with random weights, at each size; ONNX export checked."""
     from . import onnx_export
     from thermalnet.inference import Predictor, random_caffemodel
-    deploy = deploy_path(base)
+    deploy = nets.network(base).deploy
     if not os.path.isfile(deploy):
         return {"skipped": "%s missing" % os.path.basename(deploy)}
     weights = random_caffemodel(deploy, os.path.join(workdir, "random_%s.caffemodel" % base), seed=spec.SEED)
@@ -203,11 +211,7 @@ def _copy_net_with_module(src: str, dst: str, module: str) -> None:
 def bench_training(base: str, height: int, width: int, iterations: int, batch: int, workdir: str,
                    rounds: int = 3) -> dict:
     """Old vs new training step (pycaffe loop and `caffe time`) on SYNTHETIC data, and loop / caffe time."""
-    try:
-        from thermalnet import nets
-    except ImportError as exc:
-        return {"skipped": "thermalnet.nets not importable (%s)" % exc}
-    net_src = train_path(base)
+    net_src = nets.network(base).net
     if not os.path.isfile(net_src):
         return {"skipped": "%s missing" % os.path.basename(net_src)}
     from thermalnet.caffe_env import caffe_tool, import_caffe, python_layer_env
@@ -216,10 +220,14 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
     res = {"net": os.path.basename(net_src), "data": "SYNTHETIC random", "height": height, "width": width,
            "batch": batch, "iterations": iterations, "rounds": rounds,
            "caffe_patches": caffe_lib_patches(caffe)}
-    # Two copies of the data: rc3's DataReader deadlocks two nets on one LMDB + layer name.
+    # Two copies of the demo's small cached SYNTHETIC dataset: rc3's DataReader deadlocks two
+    # nets on one LMDB + layer name.
+    from . import demo
+    cached = demo.synthetic_dataset(demo.QUICK_COUNT, height=height, width=width, progress=False)
     setups = {}
     for which in ("old", "new"):
-        ds = synthetic_dataset(os.path.join(workdir, "ds_" + which), n_train=16, n_val=4, height=height, width=width)
+        ds = os.path.join(workdir, "ds_" + which)
+        shutil.copytree(cached, ds)
         net_path = os.path.join(workdir, "train_%s_%s.prototxt" % (base, which))
         nets.materialize(net_src, ds, net_path, batch_size=batch)
         if which == "old":
@@ -312,51 +320,116 @@ def _solver_text(net_path: str) -> str:
             'solver_mode: CPU\nrandom_seed: %d\n' % (net_path, spec.SEED))
 
 
-def synthetic_dataset(root: str, n_train: int, n_val: int, height: int, width: int) -> str:
-    """A SYNTHETIC random dataset in the kit's layout: just enough for a Data layer and the loss."""
-    from dataset_builder.lmdb_io import LmdbWriter, write_mean_binaryproto
+def find_flir_samples() -> Optional[str]:
+    """The FLIR sample folder: $THERMALNET_FLIR_SAMPLES, else ../shared/samples/flir beside the repo."""
+    for cand in (os.environ.get("THERMALNET_FLIR_SAMPLES"),
+                 os.path.join(os.path.dirname(REPO_ROOT), "shared", "samples", "flir")):
+        if cand and all(os.path.isfile(os.path.join(cand, f)) for f in FLIR_WITH_PHOTO):
+            return cand
+    return None
+
+
+def _per_image_ms(readers: Dict[str, object], files: List[str], rounds: int = 3) -> Dict[str, float]:
+    """ms per image of each reader: rounds alternate between the readers, the best round counts."""
+    best = {name: float("inf") for name in readers}
+    for _ in range(rounds):
+        for name, read in readers.items():
+            t0 = time.perf_counter()
+            for f in files:
+                read(f)
+            best[name] = min(best[name], (time.perf_counter() - t0) / len(files))
+    return {name: 1000.0 * b for name, b in best.items()}
+
+
+def jpeg_pairs(src: str, dst: str, count: int) -> str:
+    """The first `count` pairs of a visible/ + ir/ folder with the visible images re-encoded
+    as JPEG (JPEG_QUALITY); the IR files linked, README.txt (SYNTHETIC) and classes.csv copied."""
+    import cv2
+    from dataset_builder.imageio import read_rgb
+    names = sorted(os.listdir(os.path.join(src, "visible")))[:count]
+    os.makedirs(os.path.join(dst, "visible"))
+    os.makedirs(os.path.join(dst, "ir"))
+    irs = {os.path.splitext(f)[0]: f for f in os.listdir(os.path.join(src, "ir"))}
+    for name in names:
+        stem = os.path.splitext(name)[0]
+        bgr = cv2.cvtColor(read_rgb(os.path.join(src, "visible", name)), cv2.COLOR_RGB2BGR)
+        cv2.imwrite(os.path.join(dst, "visible", stem + ".jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        os.symlink(os.path.abspath(os.path.join(src, "ir", irs[stem])), os.path.join(dst, "ir", irs[stem]))
+    for extra in ("README.txt", "classes.csv"):
+        if os.path.isfile(os.path.join(src, extra)):
+            shutil.copyfile(os.path.join(src, extra), os.path.join(dst, extra))
+    return dst
+
+
+def _build_rate(out: str, count: int, **inputs) -> dict:
+    """One build of `count` inputs (pool start and LMDB writing included): pairs/s."""
+    from dataset_builder.build import BuildConfig, build
+    t0 = time.perf_counter()
+    info = build(out, cfg=BuildConfig(progress=False), log=lambda m: None, **inputs)
+    dt = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return {"pairs": count, "kept": info["counts"]["train"] + info["counts"]["test"], "seconds": dt,
+            "pairs_per_s": count / dt}
+
+
+def _lmdb_rate(work: str, n: int) -> float:
+    from dataset_builder.lmdb_io import LmdbWriter
     rng = np.random.RandomState(spec.SEED)
-    labels_all = []
-    for split, n in ((layout.TRAIN_DB, n_train), (layout.VAL_DB, n_val)):
-        x = rng.randint(0, 256, size=(n, 3, height, width)).astype(np.uint8)
-        y = rng.randint(0, spec.NUM_BINS, size=(n, 1, height, width)).astype(np.uint8)
-        with LmdbWriter(os.path.join(root, split, layout.FEATURES)) as fw, \
-                LmdbWriter(os.path.join(root, split, layout.LABELS)) as lw:
-            for i in range(n):
-                fw.put(x[i])
-                lw.put(y[i])
-        if split == layout.TRAIN_DB:
-            write_mean_binaryproto(x.mean(axis=0), os.path.join(root, split, layout.MEAN_FILE))
-            labels_all = y
-    prior = spec.class_prior(labels_all)
-    np.savetxt(os.path.join(root, layout.CLASS_PRIOR_FILE), prior, fmt="%.8f")
-    np.savetxt(os.path.join(root, layout.CLASS_WEIGHTS_FILE), spec.rebalance_weights(prior), fmt="%.8f")
-    with open(os.path.join(root, layout.DATASET_INFO_FILE), "w") as f:
-        json.dump({"synthetic": True, "note": "SYNTHETIC random benchmark data", "num_bins": spec.NUM_BINS,
-                   "height": height, "width": width, "window_mode": "fixed", "window": [15.0, 45.0],
-                   "lambda": spec.REBALANCE_LAMBDA, "counts": {"train": n_train, "test": n_val, "skipped": 0},
-                   "object_classes": list(spec.OBJECT_CLASSES)}, f, indent=1)
-    return root
+    x = rng.randint(0, 256, (16, 3, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH)).astype(np.uint8)
+    y = rng.randint(0, spec.NUM_BINS, (16, 1, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH)).astype(np.uint8)
+    t0 = time.perf_counter()
+    with LmdbWriter(os.path.join(work, "f")) as fw, LmdbWriter(os.path.join(work, "l")) as lw:
+        for i in range(n):
+            fw.put(x[i % 16])
+            lw.put(y[i % 16])
+    return n / (time.perf_counter() - t0)
 
 
-def bench_dataset(quick: bool) -> dict:
-    """The dataset builder's own benchmark, if it provides one."""
-    try:
-        from dataset_builder import bench
-    except ImportError:
-        return {"skipped": "dataset_builder.bench not present"}
-    try:
-        out = bench.run(quick=quick)
-    except TypeError:
-        out = bench.run()
-    if isinstance(out, (int, float)):
-        return {"img_per_s": float(out)}
-    rate = next((out[k] for k in ("img_per_s", "images_per_s", "rate") if k in out), None)
-    res = dict(out)
-    if rate is None:
-        res["skipped"] = "dataset_builder.bench.run() returned no img_per_s"
+def bench_dataset(quick: bool, workdir: str, log=print) -> dict:
+    """Dataset building from the kit's three kinds of input; the image reader now and before
+    (PIL); LMDB writing alone. The pairs are the demo's cached SYNTHETIC ones
+    (tools.demo.synthetic_dataset: the paper's 1100, --quick the demo's 60), made once."""
+    from dataset_builder.imageio import pil_rgb, read_rgb
+    from . import demo
+    count = demo.QUICK_COUNT if quick else demo.DEMO_COUNT
+    ds = demo.synthetic_dataset(count, progress=False, mirror=False if quick else demo.DEMO_MIRROR)
+    pairs = os.path.join(os.path.dirname(ds), "pairs")     # demo.synthetic_dataset keeps them beside
+    res = {"note": "SYNTHETIC pairs (the demo's), the same with JPEG visible images, copies of the FLIR "
+                   "sample files; wall-clock on a possibly shared machine", "cpus": os.cpu_count(),
+           "height": spec.DEFAULT_HEIGHT, "width": spec.DEFAULT_WIDTH, "inputs": {}, "decode_ms": {}}
+    jpeg = jpeg_pairs(pairs, os.path.join(workdir, "jpeg_pairs"), min(count, JPEG_PAIRS))
+    for kind, folder in (("PNG", pairs), ("JPEG", jpeg)):
+        names = sorted(os.listdir(os.path.join(folder, "visible")))[:8 if quick else DECODE_IMAGES]
+        files = [os.path.join(folder, "visible", f) for f in names]
+        shape = read_rgb(files[0]).shape
+        ms = _per_image_ms({"pil": pil_rgb, "read_rgb": read_rgb}, files)
+        res["decode_ms"][kind] = {"images": len(files), "height": shape[0], "width": shape[1], "pil": ms["pil"],
+                                  "read_rgb": ms["read_rgb"], "speedup": ms["pil"] / ms["read_rgb"]}
+    from dataset_builder.synthetic import generate
+    n_gen = 8 if quick else GENERATE_PAIRS
+    t0 = time.perf_counter()
+    generate(os.path.join(workdir, "generated"), count=n_gen, seed=spec.SEED, progress=False)
+    res["synthetic_pairs"], res["synthetic_pairs_per_s"] = n_gen, n_gen / (time.perf_counter() - t0)
+    log("[bench] building from %d SYNTHETIC PNG pairs ..." % count)
+    res["inputs"]["PNG pairs"] = _build_rate(os.path.join(workdir, "ds_png"), count, pair_roots=[pairs])
+    n_jpeg = len(os.listdir(os.path.join(jpeg, "visible")))
+    log("[bench] building from %d JPEG pairs ..." % n_jpeg)
+    res["inputs"]["JPEG pairs"] = _build_rate(os.path.join(workdir, "ds_jpeg"), n_jpeg, pair_roots=[jpeg])
+    samples = find_flir_samples()
+    if samples is None:
+        res["flir_skipped"] = "FLIR samples not found (set THERMALNET_FLIR_SAMPLES)"
     else:
-        res["img_per_s"] = float(rate)
+        src = os.path.join(workdir, "flir")
+        os.makedirs(src)
+        copies = 4 if quick else FLIR_COPIES
+        for k in range(copies):
+            for name in FLIR_WITH_PHOTO:
+                shutil.copyfile(os.path.join(samples, name), os.path.join(src, "%03d_%s" % (k, name)))
+        n_flir = copies * len(FLIR_WITH_PHOTO)
+        log("[bench] building from %d FLIR files ..." % n_flir)
+        res["inputs"]["FLIR files"] = _build_rate(os.path.join(workdir, "ds_flir"), n_flir, flir_inputs=[src])
+    res["lmdb_pairs"] = 200 if quick else LMDB_PAIRS
+    res["lmdb_write_pairs_per_s"] = _lmdb_rate(os.path.join(workdir, "lmdb"), res["lmdb_pairs"])
     return res
 
 
@@ -387,9 +460,10 @@ def targets(results: dict) -> list:
     if "onnx_max_abs_diff" in inf:
         d = inf["onnx_max_abs_diff"]
         out.append(("ONNX export: max |ONNX Runtime - pycaffe|", d, "< 1e-4", d < 1e-4))
-    if "img_per_s" in ds and "pycaffe_img_per_s" in tr:
-        r = ds["img_per_s"] / tr["pycaffe_img_per_s"]
-        out.append(("dataset build rate / training consumption", r, ">= 5x", r >= 5.0))
+    for kind, v in ds.get("inputs", {}).items():
+        if "pycaffe_img_per_s" in tr:
+            r = v["pairs_per_s"] / tr["pycaffe_img_per_s"]
+            out.append(("dataset build rate (%s) / training consumption" % kind, r, ">= 5x", r >= 5.0))
     return out
 
 
@@ -432,27 +506,30 @@ def _cpu_model() -> str:
 
 
 def run(quick: bool = False, infer_base: str = spec.PAPER_BASE, train_base: str = spec.DEFAULT_BASE,
-        log=print) -> dict:
-    """All measurements in one process; returns the results dict (what --json writes)."""
+        log=print, parts=PARTS) -> dict:
+    """The measurements of `parts` (PARTS) in one process; returns the results dict (what --json writes)."""
     results = {"quick": quick, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": machine_info(), "load_average_before": list(os.getloadavg()),
                "note": "RANDOM weights and SYNTHETIC data: speed only, no accuracy"}
     with tempfile.TemporaryDirectory(prefix="thermalnet-bench-") as work:
-        log("[bench] numpy sgemm ...")
-        results["sgemm_gflops"] = sgemm_gflops(512 if quick else 1024, 0.5 if quick else 1.5)
-        log("[bench] inference %s at %s ..." % (infer_base, ", ".join("%dx%d" % s for s in INFER_SIZES)))
-        results["inference"] = bench_inference(infer_base, INFER_SIZES[:1] if quick else INFER_SIZES,
-                                               n_images=2 if quick else 8, batch=1 if quick else 4,
-                                               repeats=1 if quick else 3, workdir=work)
-        # sgemm again right after, best of both: its peak is the fair reference
-        results["sgemm_gflops"] = max(results["sgemm_gflops"], sgemm_gflops(512 if quick else 1024, 0.5))
-        log("[bench] training step old vs new, %s at %dx%d ..." % (train_base, spec.DEFAULT_HEIGHT,
-                                                                     spec.DEFAULT_WIDTH))
-        results["training"] = bench_training(train_base, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH,
-                                             iterations=2 if quick else 8, batch=4, workdir=work,
-                                             rounds=1 if quick else 3)
-        log("[bench] dataset build rate ...")
-        results["dataset"] = bench_dataset(quick)
+        if "inference" in parts:
+            log("[bench] numpy sgemm ...")
+            results["sgemm_gflops"] = sgemm_gflops(512 if quick else 1024, 0.5 if quick else 1.5)
+            log("[bench] inference %s at %s ..." % (infer_base, ", ".join("%dx%d" % s for s in INFER_SIZES)))
+            results["inference"] = bench_inference(infer_base, INFER_SIZES[:1] if quick else INFER_SIZES,
+                                                   n_images=2 if quick else 8, batch=1 if quick else 4,
+                                                   repeats=1 if quick else 3, workdir=work)
+            # sgemm again right after, best of both: its peak is the fair reference
+            results["sgemm_gflops"] = max(results["sgemm_gflops"], sgemm_gflops(512 if quick else 1024, 0.5))
+        if "training" in parts:
+            log("[bench] training step old vs new, %s at %dx%d ..." % (train_base, spec.DEFAULT_HEIGHT,
+                                                                         spec.DEFAULT_WIDTH))
+            results["training"] = bench_training(train_base, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH,
+                                                 iterations=2 if quick else 8, batch=4, workdir=work,
+                                                 rounds=1 if quick else 3)
+        if "dataset" in parts:
+            log("[bench] dataset building ...")
+            results["dataset"] = bench_dataset(quick, work, log=log)
     results["load_average_after"] = list(os.getloadavg())
     results["augment_estimate"] = augment_estimate(results)
     results["targets"] = [{"name": n, "measured": v, "target": t, "met": bool(m)} for n, v, t, m in targets(results)]
@@ -467,8 +544,10 @@ def format_report(results: dict) -> str:
                 m.get("onnxruntime"), m.get("commit")),
              "  load average before / after: %s / %s (other work on the machine slows every number)"
              % ("%.1f" % results["load_average_before"][0], "%.1f" % results["load_average_after"][0]),
-             "  numpy sgemm: %.1f GFLOP/s" % results["sgemm_gflops"]]
-    inf = results["inference"]
+             ]
+    inf = results.get("inference", {"skipped": "not asked for"})
+    if "sgemm_gflops" in results:
+        lines.append("  numpy sgemm: %.1f GFLOP/s" % results["sgemm_gflops"])
     if "skipped" in inf:
         lines.append("  inference: not run (%s)" % inf["skipped"])
     else:
@@ -485,7 +564,7 @@ def format_report(results: dict) -> str:
     if est:
         lines.append("    %d images at %dx%d with %s: %.1f minutes (inference only)"
                      % (est["images"], est["height"], est["width"], est["backend"], est["seconds"] / 60))
-    tr = results["training"]
+    tr = results.get("training", {"skipped": "not asked for"})
     if "skipped" in tr:
         lines.append("  training: not run (%s)" % tr["skipped"])
     else:
@@ -510,9 +589,7 @@ def format_report(results: dict) -> str:
             old_l, new_l = tr["old"]["layers_ms"], tr["new"]["layers_ms"]
             for name in sorted(new_l, key=lambda n: -max(new_l[n], old_l.get(n, 0)))[:10]:
                 lines.append("      %-28s %7.1f -> %7.1f" % (name, old_l.get(name, float("nan")), new_l[name]))
-    ds = results["dataset"]
-    lines.append("  dataset build: %s" % ("not run (%s)" % ds["skipped"] if "skipped" in ds
-                                          else "%.2f img/s" % ds["img_per_s"]))
+    lines += format_dataset(results.get("dataset", {"skipped": "not asked for"}))
     lines.append("Targets:")
     for t in results["targets"]:
         lines.append("  %-55s %10.4g  (target %s)  %s" % (t["name"], t["measured"], t["target"],
@@ -522,26 +599,48 @@ def format_report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def format_dataset(ds: dict) -> List[str]:
+    """The dataset part of the report."""
+    if "skipped" in ds:
+        return ["  dataset building: not run (%s)" % ds["skipped"]]
+    lines = ["  dataset building at %dx%d (%s CPUs; %s):" % (ds["height"], ds["width"], ds["cpus"], ds["note"])]
+    for kind, d in ds["decode_ms"].items():
+        lines.append("    read %-4s %dx%d: PIL %.2f ms, read_rgb %.2f ms per image = %.2fx"
+                     % (kind, d["width"], d["height"], d["pil"], d["read_rgb"], d["speedup"]))
+    for kind, v in ds["inputs"].items():
+        lines.append("    build from %-10s %7.1f pairs/s (%d inputs, %d kept, %.1f s with the pool's start)"
+                     % (kind + ":", v["pairs_per_s"], v["pairs"], v["kept"], v["seconds"]))
+    if "flir_skipped" in ds:
+        lines.append("    FLIR: %s" % ds["flir_skipped"])
+    if "synthetic_pairs_per_s" in ds:
+        lines.append("    SYNTHETIC generation: %.1f pairs/s (%d pairs, all cores)"
+                     % (ds["synthetic_pairs_per_s"], ds["synthetic_pairs"]))
+    lines.append("    LMDB writing alone: %.1f pairs/s (%d pairs, one process)"
+                 % (ds["lmdb_write_pairs_per_s"], ds["lmdb_pairs"]))
+    return lines
+
+
 def write_json(results: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
+    _write_json(path, results)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer images and iterations, 240x320 only")
-    p.add_argument("--json", default=DEFAULT_JSON, help="where to save the results (default: %(default)s)")
+    p.add_argument("--json", help="where to save the results (default: %s; with --only: bench-PART.json "
+                                   "beside it)" % DEFAULT_JSON)
     p.add_argument("--infer-base", default=spec.PAPER_BASE, help="deploy net for the inference comparison")
     p.add_argument("--train-base", default=spec.DEFAULT_BASE, help="train net for the training comparison")
+    p.add_argument("--only", choices=PARTS, action="append",
+                   help="measure only this part (repeatable; the dataset ratios need training too)")
     args = p.parse_args(argv)
     results = run(quick=args.quick, infer_base=args.infer_base, train_base=args.train_base,
-                  log=lambda m: print(m, file=sys.stderr))
+                  log=lambda m: print(m, file=sys.stderr), parts=tuple(args.only or PARTS))
     print(format_report(results))
-    write_json(results, args.json)
-    print("saved %s" % args.json)
+    path = args.json or (DEFAULT_JSON if not args.only else
+                         DEFAULT_JSON.replace(".json", "-%s.json" % "-".join(sorted(set(args.only)))))
+    write_json(results, path)
+    print("saved %s" % path)
     return 0
 
 
