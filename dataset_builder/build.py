@@ -278,6 +278,15 @@ def _log(msg: str) -> None:
         print(msg, file=sys.stderr)
 
 
+def _first_skip(skipped: Sequence[Tuple[str, str]], what: str, limit: int = 20) -> str:
+    """One line for a build that failed on skipped inputs: the first `limit` named, then what failed."""
+    if not skipped:
+        return what
+    named = "; ".join("%s: %s" % s for s in skipped[:limit])
+    more = "; and %d more" % (len(skipped) - limit) if len(skipped) > limit else ""
+    return "%s%s (%s)" % (named, more, what)
+
+
 def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] = (),
           cfg: Optional[BuildConfig] = None, classes: Optional[Dict[str, str]] = None,
           log: Callable[[str], None] = _log) -> Dict:
@@ -292,7 +301,7 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
     for path, reason in skipped:
         log("skip: %s: %s" % (path, reason))
     if not items:
-        raise BuildError("no candidate pairs in the inputs")
+        raise BuildError(_first_skip(skipped, "no candidate pairs in the inputs"))
     wcfg = {"height": cfg.height, "width": cfg.width, "fit": cfg.fit, "refine_px": cfg.refine_px,
             "ir_range": cfg.ir_range}
     n, h, w = len(items), cfg.height, cfg.width
@@ -339,10 +348,10 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
                 log("skip: %s: %s" % skipped[-1])
                 del loaded[iid]
         if cfg.strict and skipped:
-            raise BuildError("%d input(s) rejected under --strict (listed above); nothing was written"
-                             % len(skipped))
+            raise BuildError(_first_skip(skipped, "%d input(s) rejected under --strict; nothing was written"
+                                         % len(skipped)))
         if not loaded:
-            raise BuildError("no usable pairs: all %d inputs were skipped" % n)
+            raise BuildError(_first_skip(skipped, "no usable pairs: all %d inputs were skipped" % n))
         ir_units = next(iter(units)) if len(units) == 1 else units.most_common(1)[0][0]
 
         # kept items in input order

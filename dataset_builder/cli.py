@@ -7,7 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
-from thermalnet import spec
+from thermalnet import cli, spec
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -46,14 +46,14 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                         "together); keep DIGITS' own mirror off: it flips features and labels independently")
     p.add_argument("--strict", action="store_true", help="any bad input: exit 1 and write nothing")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_quiet(p)
 
 
 def _config(a):
     from .build import BuildConfig
 
     if a.paper_scale and a.size:
-        raise SystemExit("give --size or --paper-scale, not both")
+        raise ValueError("give --size or --paper-scale, not both")
     h, w = a.size or ((spec.PAPER_HEIGHT, spec.PAPER_WIDTH) if a.paper_scale else
                       (spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH))
     return BuildConfig(height=h, width=w, window_mode=a.window_mode, window=tuple(a.window) if a.window else None,
@@ -63,7 +63,7 @@ def _config(a):
                        rebalance_lambda=a.rebalance_lambda, mirror=a.mirror)
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dataset_builder",
                                 description="Aligned visible/thermal pairs -> DIGITS-compatible LMDB datasets "
                                             "for Thermalnet (real FLIR radiometric JPEGs, folders of pairs, or "
@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
                    help="pairs (default %d = the paper's 1000/100)" % (spec.PAPER_TRAIN + spec.PAPER_TEST))
     s.add_argument("--seed", type=int, default=spec.SEED)
     s.add_argument("--workers", type=int, default=None)
-    s.add_argument("--quiet", action="store_true")
+    cli.add_quiet(s)
 
     b = sub.add_parser("build", help="build a dataset folder (LMDBs, manifest, weights, test files)")
     b.add_argument("--out", required=True, help="dataset folder (built beside it, then swapped in)")
@@ -103,51 +103,53 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    a = parser().parse_args(argv)
-    from thermalnet.atomic import OutputExists
-    from .build import BuildError, build, format_summary
-    from .imageio import ImageReadError
+    p = build_parser()
+    a = p.parse_args(argv)
+    if a.cmd == "build" and not a.flir and not a.pairs:
+        p.error("build needs --flir and/or --pairs")
+    if a.cmd in ("build", "demo") and a.paper_scale and a.size:
+        p.error("give --size or --paper-scale, not both")
+    out = a.out if a.cmd in ("synthetic", "build", "demo") else None
+    return cli.run(lambda: _main(a), outputs=[out] if out else ())
 
-    try:
-        if a.cmd == "synthetic":
-            from .synthetic import format_summary as syn_summary, generate
 
-            s = generate(a.out, a.count, a.seed, workers=a.workers, progress=not a.quiet)
-            print(syn_summary(s))
-            print("wrote %s" % a.out)
-        elif a.cmd == "build":
-            if not a.flir and not a.pairs:
-                raise SystemExit("build needs --flir and/or --pairs (see --help)")
-            classes = None
-            if a.classes:
-                from .pairs import read_classes
-                classes = read_classes(a.classes)
-            info = build(a.out, a.flir, a.pairs, _config(a), classes)
-            print(format_summary(info, a.out))
-        elif a.cmd == "demo":
-            from .synthetic import format_summary as syn_summary, generate
+def _main(a) -> Optional[int]:
+    from .build import build, format_summary
 
-            pairs_dir = os.path.join(a.out, "pairs")
-            s = generate(pairs_dir, a.count, a.seed, workers=a.workers, progress=not a.quiet)
-            print(syn_summary(s))
-            info = build(os.path.join(a.out, "dataset"), (), [pairs_dir], _config(a))
-            print(format_summary(info, os.path.join(a.out, "dataset")))
-        elif a.cmd == "overlay":
-            from .overlay import write_overlay
+    # Skipped inputs are reported once the build succeeds; a build that fails names the first in its one line.
+    log = cli.DeferredLog()
+    if a.cmd == "synthetic":
+        from .synthetic import format_summary as syn_summary, generate
 
-            scores = write_overlay(a.flir_file, a.out, a.refine_alignment)
-            print(json.dumps(scores))
-            print("wrote %s" % a.out)
-        elif a.cmd == "bench":     # the kit's one benchmark, its dataset part
-            try:
-                from thermalnet.tools import benchmark
-            except ImportError:        # a checkout that is not installed
-                from tools import benchmark
-            return benchmark.main(["--only", "dataset"])
-    except (BuildError, ImageReadError, OutputExists, FileNotFoundError, ValueError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: the previous output (if any) is untouched", file=sys.stderr)
-        return 130
-    return 0
+        s = generate(a.out, a.count, a.seed, workers=a.workers, progress=not a.quiet)
+        print(syn_summary(s))
+        print("wrote %s" % a.out)
+    elif a.cmd == "build":
+        classes = None
+        if a.classes:
+            from .pairs import read_classes
+            classes = read_classes(a.classes)
+        info = build(a.out, a.flir, a.pairs, _config(a), classes, log=log)
+        log.flush()
+        print(format_summary(info, a.out))
+    elif a.cmd == "demo":
+        from .synthetic import format_summary as syn_summary, generate
+
+        pairs_dir = os.path.join(a.out, "pairs")
+        s = generate(pairs_dir, a.count, a.seed, workers=a.workers, progress=not a.quiet)
+        print(syn_summary(s))
+        info = build(os.path.join(a.out, "dataset"), (), [pairs_dir], _config(a), log=log)
+        log.flush()
+        print(format_summary(info, os.path.join(a.out, "dataset")))
+    elif a.cmd == "overlay":
+        from .overlay import write_overlay
+
+        scores = write_overlay(a.flir_file, a.out, a.refine_alignment)
+        print(json.dumps(scores))
+        print("wrote %s" % a.out)
+    elif a.cmd == "bench":     # the kit's one benchmark, its dataset part
+        try:
+            from thermalnet.tools import benchmark
+        except ImportError:        # a checkout that is not installed
+            from tools import benchmark
+        return benchmark.main(["--only", "dataset"])

@@ -88,21 +88,59 @@ def read_lmdb(path: str) -> Iterator[Tuple[str, np.ndarray]]:
     """Yield (key, CxHxW array) in key order."""
     if not os.path.isdir(path):
         raise FileNotFoundError("%s: no LMDB folder" % path)
-    env = lmdb.open(path, readonly=True, lock=False)
+    try:
+        env = lmdb.open(path, readonly=True, lock=False)
+    except lmdb.Error as exc:
+        raise ValueError("%s: corrupt or unreadable LMDB (%s); rebuild the dataset"
+                         % (path, str(exc).splitlines()[0])) from None
     datum = caffe_pb2().Datum()
     try:
         with env.begin() as txn:
             for key, value in txn.cursor():
                 datum.ParseFromString(value)
                 yield key.decode("ascii"), datum_to_array(datum)
+    except lmdb.Error as exc:
+        raise ValueError("%s: corrupt LMDB (%s); rebuild the dataset" % (path, str(exc).splitlines()[0])) from None
     finally:
         env.close()
 
 
 def lmdb_count(path: str) -> int:
-    env = lmdb.open(path, readonly=True, lock=False)
+    """Entries of an LMDB folder, checked whole first (check_lmdb): a bad one is a one-line ValueError."""
+    return check_lmdb(path)
+
+
+def check_lmdb(path: str) -> int:
+    """Entries of one LMDB folder, after checking it is whole; a bad one is a one-line ValueError.
+
+    Caffe's Data layer aborts (or reads past the end of a truncated file) on a damaged
+    LMDB, and the lmdb module raises a traceback-worthy InvalidError: check here first.
+    """
+    data = os.path.join(path, "data.mdb")
+    if not os.path.isfile(data):
+        raise ValueError("%s: not an LMDB folder (no data.mdb); rebuild the dataset" % path)
     try:
-        return env.stat()["entries"]
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, max_readers=4)
+    except lmdb.Error as exc:
+        raise ValueError("%s: corrupt or unreadable LMDB (%s); rebuild the dataset"
+                         % (path, str(exc).splitlines()[0])) from None
+    try:
+        stat, info = env.stat(), env.info()
+        need = (int(info["last_pgno"]) + 1) * int(stat["psize"])
+        size = os.path.getsize(data)
+        if size < need:
+            raise ValueError("%s: truncated LMDB (data.mdb has %d bytes, its index needs %d); rebuild the dataset"
+                             % (path, size, need))
+        n = 0
+        with env.begin() as txn:
+            for _ in txn.cursor().iternext(keys=True, values=False):
+                n += 1
+        if n != int(stat["entries"]):
+            raise ValueError("%s: corrupt LMDB (%d entries listed, %d readable); rebuild the dataset"
+                             % (path, stat["entries"], n))
+        return n
+    except lmdb.Error as exc:
+        raise ValueError("%s: corrupt LMDB (%s); rebuild the dataset" % (path, str(exc).splitlines()[0])) from None
     finally:
         env.close()
 

@@ -62,16 +62,22 @@ def find_pair_dirs(root: str) -> List[Tuple[str, str]]:
 def read_classes(path: str) -> Dict[str, str]:
     """classes.csv: stem,object_class per line (a header line is allowed)."""
     out = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.reader(f):
-            if not row or row[0].startswith("#"):
-                continue
-            if len(row) < 2:
-                raise ValueError("%s: line %r needs 'stem,object_class'" % (path, ",".join(row)))
-            stem, cls = row[0].strip(), row[1].strip()
-            if stem.lower() in ("stem", "id", "file") and cls.lower() in ("object_class", "class"):
-                continue
-            out[stem] = cls or UNKNOWN_CLASS
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as exc:
+        raise ValueError("%s: not a UTF-8 text CSV (%s)" % (path, exc.reason)) from None
+    except csv.Error as exc:
+        raise ValueError("%s: not a readable CSV (%s)" % (path, exc)) from None
+    for row in rows:
+        if not row or row[0].startswith("#"):
+            continue
+        if len(row) < 2:
+            raise ValueError("%s: line %r needs 'stem,object_class'" % (path, ",".join(row)))
+        stem, cls = row[0].strip(), row[1].strip()
+        if stem.lower() in ("stem", "id", "file") and cls.lower() in ("object_class", "class"):
+            continue
+        out[stem] = cls or UNKNOWN_CLASS
     return out
 
 

@@ -85,6 +85,7 @@ def test_weights_and_snapshot_pass_through_demo_and_run_flir(monkeypatch, tmp_pa
     monkeypatch.setattr(run_flir, "build_flir_dataset", lambda *a, **kw: "DS")
     monkeypatch.setattr("thermalnet.layout.read_dataset_info", lambda ds, missing_ok=False: {"height": 120, "width": 160})
     monkeypatch.setattr(demo, "synthetic_dataset", lambda *a, **kw: "DS")
+    monkeypatch.setattr("thermalnet.nets.check_weights", lambda *a, **kw: None)   # checked first; no file here
     flir = tmp_path / "flir"
     flir.mkdir()
     assert run_flir.main(["--flir", str(flir), "--out", str(tmp_path / "f"), "--weights", "sq.caffemodel",

@@ -147,7 +147,8 @@ def test_register_is_one_complete_table():
 def test_cli(small_ds, tmp_path):
     out = subprocess.run([sys.executable, "-m", "tools.fidelity", small_ds, "--strict", "--json",
                           str(tmp_path / "f.json")], cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 2, out.stderr                # the 4/2 split FAILs
+    assert out.returncode == 1, out.stderr                # the 4/2 split FAILs: one error line
+    assert len(out.stderr.strip().splitlines()) == 1 and "FAIL" in out.stderr and small_ds in out.stderr
     assert "| claim | 1000 training pairs, 100 test pairs |" in out.stdout and "**FAIL**" in out.stdout
     assert os.path.isfile(tmp_path / "f.json")
     bad = subprocess.run([sys.executable, "-m", "tools.fidelity", str(tmp_path)], cwd=REPO, capture_output=True,

@@ -149,21 +149,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m thermalnet.caffe_env",
                                 description="Say which Caffe the kit uses and whether a GPU is usable by it "
                                             "(a child process probes the device: Caffe aborts on a bad one).")
-    p.add_argument("--gpu", type=int, help="GPU id to probe (set_device + one ReLU on the device)")
+    from thermalnet import cli
+    cli.add_gpu(p, help="GPU id to probe (set_device + one ReLU on the device)")
     args = p.parse_args(argv)
-    try:
+
+    def body():
         caffe = import_caffe()
-    except CaffeNotFound as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    print("caffe: %s" % os.path.dirname(os.path.realpath(caffe.__file__)))
-    if args.gpu is not None:
-        problem = gpu_problem(args.gpu)
-        if problem:
-            print("error: GPU %d is not usable: %s" % (args.gpu, problem), file=sys.stderr)
-            return 1
-        print("GPU %d: usable" % args.gpu)
-    return 0
+        print("caffe: %s" % os.path.dirname(os.path.realpath(caffe.__file__)))
+        if args.gpu is not None:
+            problem = gpu_problem(args.gpu)
+            if problem:
+                raise RuntimeError("GPU %d is not usable: %s" % (args.gpu, problem))
+            print("GPU %d: usable" % args.gpu)
+    from thermalnet import cli
+    return cli.run(body)
 
 
 if __name__ == "__main__":

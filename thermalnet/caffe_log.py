@@ -26,6 +26,8 @@ import re
 import sys
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from thermalnet import cli
+
 # glog up to 0.5 writes MMDD, 0.6 and later YYYYMMDD (Debian 12's libgoogle-glog).
 GLOG_RE = re.compile(r"^([IWEF])(\d{4})?(\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d{6})\s+(\d+) ([^\]]*)\] ?(.*)$")
 TRAIN_LOSS_RE = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
@@ -196,12 +198,18 @@ def read_csv(path: str) -> List[Dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError("%s: no such loss CSV" % path)
     rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append({"iteration": int(r["iteration"]),
-                         "seconds": to_float(r["seconds"]) if r["seconds"] else None,
-                         "loss": to_float(r["loss"]) if r["loss"] else None,
-                         "lr": to_float(r["lr"]) if r["lr"] else None})
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                rows.append({"iteration": int(r["iteration"]),
+                             "seconds": to_float(r["seconds"]) if r["seconds"] else None,
+                             "loss": to_float(r["loss"]) if r["loss"] else None,
+                             "lr": to_float(r["lr"]) if r["lr"] else None})
+    except UnicodeDecodeError as exc:
+        raise ValueError("%s: not a loss CSV (not UTF-8 text: %s)" % (path, exc.reason)) from None
+    except (KeyError, TypeError, ValueError, csv.Error) as exc:
+        raise ValueError("%s: not a loss CSV with columns iteration,seconds,loss,lr (%s: %s)"
+                         % (path, type(exc).__name__, exc)) from None
     return rows
 
 
@@ -210,12 +218,12 @@ def log_to_csv(log_path: str, out_dir: Optional[str] = None) -> Tuple[str, str]:
     if not os.path.isfile(log_path):
         raise FileNotFoundError("%s: no such log file" % log_path)
     out_dir = out_dir or os.path.dirname(os.path.abspath(log_path))
-    os.makedirs(out_dir, exist_ok=True)
     with open(log_path, errors="replace") as f:
         train, val = parse_log(f)
     if not train and not val:
         raise ValueError("%s: no 'Iteration N, loss = X' or 'Test net output' lines: not a Caffe training log"
                          % log_path)
+    os.makedirs(out_dir, exist_ok=True)
     return (write_csv(train, os.path.join(out_dir, "train.csv")),
             write_csv(val, os.path.join(out_dir, "val.csv")))
 
@@ -228,13 +236,10 @@ def main(argv=None) -> int:
     p.add_argument("log", help="the log file (e.g. runs/NAME/train.log or a DIGITS caffe_output.log)")
     p.add_argument("--out", help="output folder (default: the log's folder)")
     args = p.parse_args(argv)
-    try:
-        train_csv, val_csv = log_to_csv(args.log, args.out)
-    except (OSError, ValueError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    print("wrote %s and %s" % (train_csv, val_csv))
-    return 0
+
+    def body():
+        print("wrote %s and %s" % log_to_csv(args.log, args.out))
+    return cli.run(body, outputs=[args.out])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ several launchers share are declared here so that their names, types and help ag
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from typing import Callable, Optional, Sequence, Tuple, Type
 
@@ -58,16 +60,53 @@ def report(exc: BaseException, stream=None) -> int:
     return EXIT_FAILURE
 
 
-def run(body: Callable[[], Optional[int]]) -> int:
-    """Run a command body; its int (or 0 for None), 1 with one line on a domain error, 130 on Ctrl-C."""
+def _holds_no_file(path: str) -> bool:
+    return all(not files for _, _, files in os.walk(path))
+
+
+def run(body: Callable[[], Optional[int]], outputs: Sequence[str] = ()) -> int:
+    """Run a command body; its int (or 0 for None), 1 with one line on a domain error, 130 on Ctrl-C.
+
+    outputs: paths the command may create. One that did not exist before and holds no file
+    after a failure (an empty folder made on the way) is removed: a failed command leaves
+    nothing behind. Files a failed run did write (a training log) are kept for diagnosis.
+    """
+    fresh = [p for p in outputs if p and not os.path.exists(p)]
+
+    def clean():
+        for p in fresh:
+            if os.path.isdir(p) and _holds_no_file(p):
+                shutil.rmtree(p, ignore_errors=True)
+
     try:
         rc = body()
     except KeyboardInterrupt:
+        clean()
         print("interrupted: the previous output (if any) is untouched", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except domain_errors() as exc:
+        clean()
         return report(exc)
     return EXIT_OK if rc is None else int(rc)
+
+
+class DeferredLog:
+    """Warnings held back until the command is known to succeed (then printed, one a line).
+
+    A command that skips a bad input and goes on warns about it; one that then fails for
+    want of any good input says so in its one error line, naming the first skipped file.
+    """
+
+    def __init__(self):
+        self.lines = []
+
+    def __call__(self, msg: str) -> None:
+        self.lines.append(msg)
+
+    def flush(self, stream=None) -> None:
+        for line in self.lines:
+            print(line, file=stream or sys.stderr)
+        self.lines = []
 
 
 # -- options several launchers declare ---------------------------------------------------

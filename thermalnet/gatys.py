@@ -101,6 +101,8 @@ class StyleReconstructor:
         if not os.path.isfile(prototxt):
             raise FileNotFoundError("%s: no such VGG-16 prototxt" % prototxt)
         from thermalnet.caffe_env import use_device
+        from thermalnet.inference import check_model
+        check_model(prototxt, vgg_weights)      # a foreign or damaged file: one line, not Caffe's abort
         caffe = use_device(gpu)
         self.net = caffe.Net(prototxt, vgg_weights, caffe.TEST)
         self.content_layer = content_layer
@@ -261,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m thermalnet.gatys",
                                 description="TN+PP: Gatys style reconstruction of a Thermalnet output, "
                                             "with a real IR image as the style source (VGG-16 in pycaffe).")
-    p.add_argument("--vgg-weights", help="VGG_ILSVRC_16_layers.caffemodel (supplied by you)")
+    p.add_argument("--vgg-weights", metavar="VGG.caffemodel", help="VGG_ILSVRC_16_layers.caffemodel (supplied by you)")
     p.add_argument("--content", required=True, help="Thermalnet output, 8-bit grey PNG")
     p.add_argument("--style", required=True, help="real IR image, 8-bit grey PNG (style source)")
     p.add_argument("--out", required=True, help="output 8-bit grey PNG")
@@ -271,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=INITS, default="noise", help="paper: white noise")
     p.add_argument("--content-weight", type=float, default=CONTENT_WEIGHT)
     p.add_argument("--style-weight", type=float, default=STYLE_WEIGHT)
-    p.add_argument("--gpu", type=int)
+    from thermalnet import cli
+    cli.add_gpu(p)
     return p
 
 
@@ -285,24 +288,23 @@ def _read_grey(path: str) -> np.ndarray:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from thermalnet import cli
+    return cli.run(lambda: _main(args))
+
+
+def _main(args) -> None:
     reason = unavailable_reason(args.vgg_weights)
     if reason:
-        print(reason, file=sys.stderr)
-        return 3
-    try:
-        content, style = _read_grey(args.content), _read_grey(args.style)
-        rec = StyleReconstructor(args.vgg_weights, content_weight=args.content_weight,
-                                 style_weight=args.style_weight, gpu=args.gpu)
-        out, history = rec.run(content, style, iterations=args.iterations, lr=args.lr, init=args.init,
-                               optimizer=args.optimizer, progress=True)
-        from dataset_builder import imageio
-        imageio.write_png(args.out, np.clip(np.rint(out), 0, 255).astype(np.uint8))
-    except (OSError, ValueError, RuntimeError) as exc:
-        print("gatys: error: %s" % exc, file=sys.stderr)
-        return 2
+        raise FileNotFoundError(reason)     # no or unusable VGG-16 weights: an input error like any other
+    content, style = _read_grey(args.content), _read_grey(args.style)
+    rec = StyleReconstructor(args.vgg_weights, content_weight=args.content_weight,
+                             style_weight=args.style_weight, gpu=args.gpu)
+    out, history = rec.run(content, style, iterations=args.iterations, lr=args.lr, init=args.init,
+                           optimizer=args.optimizer, progress=True)
+    from dataset_builder import imageio
+    imageio.write_png(args.out, np.clip(np.rint(out), 0, 255).astype(np.uint8))
     print("gatys: %s written; loss %.4g -> %.4g over %d iterations" % (args.out, history[0], history[-1],
                                                                         len(history)))
-    return 0
 
 
 if __name__ == "__main__":

@@ -39,6 +39,38 @@ def _require_file(path: str, what: str) -> str:
     return path
 
 
+def check_model(deploy: str, caffemodel: str) -> None:
+    """The deploy must parse and the caffemodel must hold every weight layer of it, at its shapes.
+
+    Checked before Caffe sees them: Caffe aborts the whole process on a prototxt that does
+    not parse or a blob of another shape, and silently keeps random fillers for the layers a
+    file lacks (an empty file "loads" and predicts noise). Errors are one line naming the file.
+    """
+    from thermalnet import nets
+    nets.load_net(deploy)
+    fit = nets.check_weights(caffemodel, deploy)
+    missing = fit["from_fillers"]
+    if missing:
+        raise nets.WeightsError("%s: holds no weights for layer%s %s of %s; not a trained model of this network"
+                                % (caffemodel, "s" if len(missing) > 1 else "", ", ".join(missing[:4])
+                                   + (", ..." if len(missing) > 4 else ""), deploy))
+
+
+def check_bins(deploy: str, num_bins: int, dataset: str) -> None:
+    """A dataset's Q must be the deploy net's: another Q decodes to wrong temperatures, or fails
+    later with a message that names neither file. A net without the kit's score layer is let
+    through (its output shape is checked at the first forward)."""
+    from thermalnet import nets
+    try:
+        q = nets.num_classes(deploy)
+    except ValueError:
+        nets.load_net(deploy)                 # a prototxt that does not parse is still an error
+        return
+    if q != int(num_bins):
+        raise ValueError("%s: dataset has %d thermal bins but %s scores %d; use the dataset the model was "
+                         "trained on" % (dataset, int(num_bins), deploy, q))
+
+
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Accept HxWx3 RGB, HxWx4 RGBA (alpha dropped) or HxW grey; return HxWx3 uint8."""
     img = np.asarray(image)
@@ -225,6 +257,8 @@ class Predictor:
         self.backend_name = backend
         self.batch_size = int(batch_size)
         self.means = _MeanCache(load_mean(mean_file))
+        if not onnx_model:
+            check_model(self.deploy, self.weights)
         impl = {"pycaffe": _PycaffeBackend, "opencv": _OpenCVBackend, "onnxruntime": _OnnxRuntimeBackend}[backend]
         self.backend = impl(None if onnx_model else self.deploy, self.weights, gpu) if impl is _OnnxRuntimeBackend \
             else impl(self.deploy, self.weights, gpu)

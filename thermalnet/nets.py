@@ -448,30 +448,27 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not (args.counts or args.materialize or args.check_weights):
         parser.error("nothing to do: give --counts, --materialize or --check-weights")
-    try:
-        if args.counts:
-            print_counts(args.net or sorted(NETWORKS))
-        if args.materialize:
-            names = args.net or [DEFAULT_NETWORK]
-            if len(names) != 1:
-                parser.error("--materialize takes one --net")
-            out = materialize(network(names[0]).net, args.materialize[0], args.materialize[1],
-                              args.batch_size, args.val_batch_size)
-            print(out)
-        if args.check_weights:
-            names = args.net or [DEFAULT_NETWORK]
-            if len(names) != 1:
-                parser.error("--check-weights takes one --net")
-            fit = check_weights(args.check_weights, network(names[0]).net)
-            for f in fit["files"]:
-                print("%s: %d layers copied by name%s" % (f["file"], len(f["copied"]), "; not in the network: "
-                                                          + ", ".join(f["ignored"]) if f["ignored"] else ""))
-            print("%s: from the weights %d layers; from fillers: %s"
-                  % (names[0], len(fit["from_weights"]), ", ".join(fit["from_fillers"]) or "none"))
-    except ValueError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    return 0
+    names = args.net or [DEFAULT_NETWORK]
+    if (args.materialize or args.check_weights) and len(names) != 1:
+        parser.error("--materialize and --check-weights take one --net")
+    from thermalnet import cli
+    return cli.run(lambda: _main(args))
+
+
+def _main(args) -> None:
+    names = args.net or [DEFAULT_NETWORK]
+    if args.counts:
+        print_counts(args.net or sorted(NETWORKS))
+    if args.materialize:
+        print(materialize(network(names[0]).net, args.materialize[0], args.materialize[1],
+                          args.batch_size, args.val_batch_size))
+    if args.check_weights:
+        fit = check_weights(args.check_weights, network(names[0]).net)
+        for f in fit["files"]:
+            print("%s: %d layers copied by name%s" % (f["file"], len(f["copied"]), "; not in the network: "
+                                                      + ", ".join(f["ignored"]) if f["ignored"] else ""))
+        print("%s: from the weights %d layers; from fillers: %s"
+              % (names[0], len(fit["from_weights"]), ", ".join(fit["from_fillers"]) or "none"))
 
 
 if __name__ == "__main__":

@@ -115,19 +115,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="PNG path (default RUN/loss.png)")
     p.add_argument("--iters-per-epoch", type=float, help="adds an epoch axis")
     args = p.parse_args(argv)
-    run = args.run
-    try:
+
+    def body():
+        run = args.run
         if os.path.isfile(run):
             from thermalnet.caffe_log import log_to_csv
             log_to_csv(run)
             run = os.path.dirname(os.path.abspath(run))
         out = plot_loss_csv(os.path.join(run, "train.csv"), os.path.join(run, "val.csv"),
                             args.out or os.path.join(run, "loss.png"), args.iters_per_epoch)
-    except (OSError, ValueError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    print("wrote %s" % out)
-    return 0
+        print("wrote %s" % out)
+    from thermalnet import cli
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from thermalnet import decoders, layout, spec
+from thermalnet import cli, decoders, layout, spec
 
 DEFAULT_ITERATIONS = 3000
 DEFAULT_BATCH = 4
@@ -81,7 +81,9 @@ def build_variant(pairs: str, data: Dict, root: str, progress: bool = True) -> s
     h, w = settings["size"]
     cfg = BuildConfig(height=h, width=w, num_bins=settings["num_bins"], seed=settings["seed"],
                       rebalance_lambda=settings["rebalance_lambda"], mirror=settings["mirror"], progress=progress)
-    build(out, (), [pairs], cfg)
+    log = cli.DeferredLog()            # skipped pairs: printed on success, the first named in a failure
+    build(out, (), [pairs], cfg, log=log)
+    log.flush()
     return out
 
 
@@ -474,9 +476,12 @@ def rerender(out: str) -> Dict:
     path = os.path.join(out, "ablation.json")
     if not os.path.isfile(path):
         raise ValueError("%s: no ablation.json to render" % out)
-    with open(path) as f:
-        doc = json.load(f)
-    if "meta" not in doc:
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except ValueError as exc:
+        raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from None
+    if not isinstance(doc, dict) or "meta" not in doc:
         raise ValueError("%s: the ablation did not finish (no meta); rerun it: finished arms are reused" % path)
     return write_outputs(out, doc["results"], doc["meta"])
 
@@ -503,36 +508,36 @@ def build_parser() -> argparse.ArgumentParser:
                    % DEFAULT_BASE_LR)
     p.add_argument("--imagenet", help="ImageNet SqueezeNet v1.1 caffemodel for the imagenet arm")
     p.add_argument("--limit", type=int, help="evaluate only the first N test pairs (quick checks)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_quiet(p)
     return p
 
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    return cli.run(lambda: _main(a, argv), outputs=[a.out])
+
+
+def _main(a, argv) -> None:
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
     pairs = a.pairs
-    try:
-        if a.report_only:
-            print(rerender(a.out)["markdown"])
-            return 0
-        if a.synthetic:
-            from dataset_builder.synthetic import generate
-            pairs = os.path.join(a.out, "pairs-synthetic-%d" % a.synthetic)
-            if not os.path.isdir(pairs):
-                generate(pairs, a.synthetic, spec.SEED, progress=not a.quiet)
+    if a.report_only:
+        print(rerender(a.out)["markdown"])
+        return
+    if a.imagenet:
+        # Checked before any dataset is built or arm trained (Caffe would abort on a foreign file).
+        from thermalnet import nets
+        nets.check_weights(a.imagenet, nets.network(spec.DEFAULT_BASE).net)
+    if a.synthetic:
+        from dataset_builder.synthetic import generate
+        pairs = os.path.join(a.out, "pairs-synthetic-%d" % a.synthetic)
         if not os.path.isdir(pairs):
-            raise ValueError("%s: no such pairs folder" % pairs)
-        iterations = None if a.minutes else (a.iterations or DEFAULT_ITERATIONS)
-        ablate(pairs, a.out, arms, iterations, a.minutes, a.batch_size, a.base_lr, a.imagenet,
-               progress=not a.quiet, command="python -m tools.ablate " + " ".join(argv or sys.argv[1:]),
-               evaluate_limit=a.limit)
-    except (ValueError, FileNotFoundError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+            generate(pairs, a.synthetic, spec.SEED, progress=not a.quiet)
+    if not os.path.isdir(pairs):
+        raise ValueError("%s: no such pairs folder" % pairs)
+    iterations = None if a.minutes else (a.iterations or DEFAULT_ITERATIONS)
+    ablate(pairs, a.out, arms, iterations, a.minutes, a.batch_size, a.base_lr, a.imagenet,
+           progress=not a.quiet, command="python -m tools.ablate " + " ".join(argv or sys.argv[1:]),
+           evaluate_limit=a.limit)
 
 
 if __name__ == "__main__":

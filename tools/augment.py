@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from thermalnet import decoders, layout, spec
+from thermalnet import cli, decoders, layout, spec
 from dataset_builder import imageio
 
 PALETTE = "inferno"
@@ -235,11 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="training dataset folder: default mean, and the degC window for --celsius")
     p.add_argument("--input", required=True, help="folder of images (searched recursively) or a text file list")
     p.add_argument("--out", required=True, help="output folder (input sub-folders are mirrored)")
-    p.add_argument("--backend", choices=("pycaffe", "opencv", "onnxruntime"), default="pycaffe",
-                   help="pycaffe (reference), opencv (cv2.dnn) or onnxruntime; make bench prints their speeds")
-    p.add_argument("--decoding", choices=decoders.DECODINGS,
-                   help="mmse (default with --dataset: eq. 1's class weights divided out, the minimum-RMS "
-                        "estimate), expectation (default without), argmax, annealed")
+    cli.add_backend(p, ("pycaffe", "opencv", "onnxruntime"),
+                    help="pycaffe (reference), opencv (cv2.dnn) or onnxruntime; make bench prints their speeds")
+    cli.add_decoding(p, None,
+                     help="mmse (default with --dataset: eq. 1's class weights divided out, the minimum-RMS "
+                          "estimate), expectation (default without), argmax, annealed")
     p.add_argument("--temperature", type=float, default=decoders.ANNEAL_T, help="annealed-mean temperature")
     p.add_argument("--celsius", action="store_true", help="also write degC arrays (.npy float32)")
     p.add_argument("--window", nargs=2, type=float, metavar=("TMIN", "TMAX"),
@@ -247,47 +247,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--palette", action="store_true", help="also write a false-colour %s image (*%s.png)"
                    % (PALETTE, PALETTE_SUFFIX))
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="resize every input to HxW first")
-    p.add_argument("--batch-size", type=int, default=8)
+    cli.add_batch_size(p, 8)
     p.add_argument("--shard", help="i/N: process the i-th (0-based) of N shards (default: Slurm array vars)")
-    p.add_argument("--gpu", type=int, help="GPU id (GPU builds only)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_gpu(p)
+    cli.add_quiet(p)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        shard = parse_shard(args.shard) if args.shard else (shard_from_env() or (0, 1))
-        mean = args.mean or (os.path.join(args.dataset, layout.TRAIN_DB, layout.MEAN_FILE) if args.dataset else None)
-        window = None
-        if args.celsius:
-            if args.window:
-                window = tuple(args.window)
-            elif args.dataset:
-                window = window_from_dataset(args.dataset)
-            else:
-                raise ValueError("--celsius needs --window TMIN TMAX or --dataset DS")
-            if not window[1] > window[0]:
-                raise ValueError("--window needs TMAX > TMIN, got %g %g" % window)
-        decoding = args.decoding or decoders.default_decoding(bool(args.dataset))
-        weights = None
+    return cli.run(lambda: _main(args), outputs=[args.out])
+
+
+def _main(args) -> int:
+    shard = parse_shard(args.shard) if args.shard else (shard_from_env() or (0, 1))
+    mean = args.mean or (os.path.join(args.dataset, layout.TRAIN_DB, layout.MEAN_FILE) if args.dataset else None)
+    window = None
+    if args.celsius:
+        if args.window:
+            window = tuple(args.window)
+        elif args.dataset:
+            window = window_from_dataset(args.dataset)
+        else:
+            raise ValueError("--celsius needs --window TMIN TMAX or --dataset DS")
+        if not window[1] > window[0]:
+            raise ValueError("--window needs TMAX > TMIN, got %g %g" % window)
+    decoding = args.decoding or decoders.default_decoding(bool(args.dataset))
+    weights = None
+    if args.dataset:
+        q = int(layout.read_dataset_info(args.dataset)["num_bins"])
+        if args.deploy:
+            from thermalnet.inference import check_bins
+            check_bins(args.deploy, q, args.dataset)
         if decoding == "mmse":
-            if not args.dataset:
-                raise ValueError("--decoding mmse needs --dataset DS (its class_weights.txt)")
-            weights = layout.read_class_weights(args.dataset, int(layout.read_dataset_info(args.dataset)["num_bins"]))
-        inputs = list_inputs(args.input)
-        if not inputs:
-            raise ValueError("%s: no images found" % args.input)
-        from thermalnet.inference import Predictor
-        predictor = Predictor(args.deploy, args.model, mean_file=mean, backend=args.backend,
-                              batch_size=args.batch_size, gpu=args.gpu)
-        summary = run_augment(predictor, inputs, args.out, shard=shard, decoding=decoding, class_weights=weights,
-                              temperature=args.temperature, window=window, palette=args.palette,
-                              size=tuple(args.size) if args.size else None, progress=not args.quiet)
-    except (OSError, ValueError, RuntimeError) as exc:
-        print("augment: error: %s" % exc, file=sys.stderr)
-        return 2
-    return 0 if summary["written"] or not summary["inputs_shard"] else 1
+            weights = layout.read_class_weights(args.dataset, q)
+    elif decoding == "mmse":
+        raise ValueError("--decoding mmse needs --dataset DS (its class_weights.txt)")
+    inputs = list_inputs(args.input)
+    if not inputs:
+        raise ValueError("%s: no images found" % args.input)
+    from thermalnet.inference import Predictor
+    predictor = Predictor(args.deploy, args.model, mean_file=mean, backend=args.backend,
+                          batch_size=args.batch_size, gpu=args.gpu)
+    log = cli.DeferredLog()
+    summary = run_augment(predictor, inputs, args.out, shard=shard, decoding=decoding, class_weights=weights,
+                          temperature=args.temperature, window=window, palette=args.palette,
+                          size=tuple(args.size) if args.size else None, progress=not args.quiet, log=log)
+    if summary["inputs_shard"] and not summary["written"]:
+        first = next((line[len("skipped "):] for line in log.lines if line.startswith("skipped ")), args.input)
+        raise ValueError("%s (all %d images of shard %s unreadable; nothing written)"
+                         % (first, summary["inputs_shard"], summary["shard"]))
+    log.flush()
+    return 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Dict, Optional
 
-from thermalnet import decoders, layout, spec
+from thermalnet import cli, decoders, layout, nets, spec
 
 DEMO_COUNT = spec.PAPER_TRAIN + spec.PAPER_TEST     # the paper's 1000 train / 100 test
 DEMO_MINUTES = None          # no wall-clock cap: the budget is DEMO_EPOCHS (machine-independent)
@@ -152,12 +152,9 @@ def demo(out: str = os.path.join("runs", "demo"), quick: bool = False, minutes: 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """--weights and --snapshot, shared by tools.demo and tools.run_flir."""
     from .train import SNAPSHOT_CHOICES
-    p.add_argument("--weights", default=DEMO_WEIGHTS, metavar="A.caffemodel[,B.caffemodel]",
-                   help="fine-tune from these caffemodels (tools.train --weights), e.g. ImageNet "
-                        "squeezenet_v1.1.caffemodel (default: %s)" % (DEMO_WEIGHTS or "none, fillers"))
-    p.add_argument("--snapshot", default=DEMO_SNAPSHOT, choices=SNAPSHOT_CHOICES,
-                   help="model to evaluate: best = lowest validation loss, last = final snapshot "
-                        "(default %s)" % DEMO_SNAPSHOT)
+    cli.add_weights(p, DEMO_WEIGHTS, help="fine-tune from these caffemodels (tools.train --weights), e.g. ImageNet "
+                                          "squeezenet_v1.1.caffemodel (default: %s)" % (DEMO_WEIGHTS or "none, fillers"))
+    cli.add_snapshot(p, SNAPSHOT_CHOICES, DEMO_SNAPSHOT)
 
 
 def main(argv=None) -> int:
@@ -178,20 +175,23 @@ def main(argv=None) -> int:
                         "visible and IR together; --quick never mirrors)")
     p.add_argument("--batch-size", type=int, help="default %d (--quick %d)" % (DEMO_BATCH, QUICK_BATCH))
     p.add_argument("--base-lr", type=float, default=DEMO_BASE_LR, help="Adam learning rate (default %g)" % DEMO_BASE_LR)
-    p.add_argument("--decoding", default=DEMO_DECODING, choices=decoders.DECODINGS,
-                   help="probabilities -> brightness (default %s, see tools.evaluate)" % DEMO_DECODING)
-    p.add_argument("--vgg-weights", help="VGG-16 caffemodel for TN + PP (otherwise 'not run')")
+    cli.add_decoding(p, DEMO_DECODING, help="probabilities -> brightness (default %s, see tools.evaluate)"
+                     % DEMO_DECODING)
+    cli.add_vgg_weights(p)
     p.add_argument("--data-root", default=DATA_ROOT, help="dataset cache folder (default %s)" % DATA_ROOT)
     p.add_argument("--seed", type=int, default=spec.SEED)
     add_model_options(p)
+    cli.add_quiet(p)
     a = p.parse_args(argv)
-    from .train import TrainingError
-    try:
-        r = demo(a.out, a.quick, a.minutes, a.count, a.epochs, a.batch_size, a.base_lr, a.decoding, a.vgg_weights,
-                 a.data_root, a.seed, weights=a.weights, snapshot=a.snapshot, mirror=a.mirror)
-    except (TrainingError, OSError, ValueError, RuntimeError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
+    return cli.run(lambda: _main(a), outputs=[a.out])
+
+
+def _main(a) -> None:
+    from .train import DEFAULT_NET
+    if nets.split_weights(a.weights):
+        nets.check_weights(a.weights, DEFAULT_NET)     # before the SYNTHETIC dataset is generated
+    r = demo(a.out, a.quick, a.minutes, a.count, a.epochs, a.batch_size, a.base_lr, a.decoding, a.vgg_weights,
+             a.data_root, a.seed, progress=not a.quiet, weights=a.weights, snapshot=a.snapshot, mirror=a.mirror)
     v = r["verdict"]
     print("[demo] done in %.1f min (training %.1f min). TN overall RMS %.2f vs best baseline %.2f (%s): %s"
           % (r["wall_seconds"] / 60, r["train_seconds"] / 60, v["tn"], v["best_baseline_rms"], v["best_baseline"],
@@ -201,7 +201,6 @@ def main(argv=None) -> int:
     elif "losses" in v:
         print("[demo] TN beats every baseline in every class on %s" % " and ".join(v["checked_metrics"]))
     print("[demo] report: %s (and %s)" % (r["md"], r["html"]))
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from thermalnet import baselines as bl, decoders, layout, metrics, spec
+from thermalnet import baselines as bl, cli, decoders, layout, metrics, spec
 from thermalnet.atomic import atomic_file, write_json, write_text
 
 # Table 2 of Kniaz et al. 2017: (TN, TN + PP, TN + GS) average RMS.
@@ -253,11 +253,15 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     if not rows:
         raise ValueError("%s: the manifest lists no test images" % os.path.join(dataset, layout.MANIFEST_FILE))
     mean_file = os.path.join(dataset, layout.TRAIN_DB, layout.MEAN_FILE)
-    os.makedirs(out, exist_ok=True)
     t0 = time.time()
+    if not (backend == "onnxruntime" and model.lower().endswith(".onnx")):
+        from thermalnet.inference import check_bins
+        check_bins(deploy, int(info["num_bins"]), dataset)
+    # Every input is read before the output folder is made: a bad one leaves nothing behind.
     predictor = Predictor(deploy, model, mean_file=mean_file, backend=backend, batch_size=batch_size, gpu=gpu)
     base = baselines if baselines is not None else bl.Baselines(dataset)
     weights = layout.read_class_weights(dataset, int(info["num_bins"])) if decoding == "mmse" else None
+    os.makedirs(out, exist_ok=True)
 
     from thermalnet import gatys
     pp_reason = gatys.unavailable_reason(vgg_weights)
@@ -350,33 +354,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deploy", required=True, help="deploy prototxt (e.g. prototxt/thermalnet_v1_1_deploy.prototxt)")
     p.add_argument("--model", required=True, help="trained .caffemodel")
     p.add_argument("--out", required=True, help="output folder (e.g. runs/NAME/eval)")
-    p.add_argument("--backend", default="pycaffe", choices=BACKENDS, help="inference back-end (default pycaffe)")
-    p.add_argument("--vgg-weights", help="VGG_ILSVRC_16_layers.caffemodel for TN + PP (without it: 'not run')")
+    cli.add_backend(p, BACKENDS, help="inference back-end (default pycaffe)")
+    cli.add_vgg_weights(p)
     p.add_argument("--gatys-iterations", type=int, help="TN + PP optimisation steps per image")
-    p.add_argument("--decoding", default=decoders.DEFAULT_DECODING, choices=DECODINGS,
+    cli.add_decoding(p, decoders.DEFAULT_DECODING,
                    help="probabilities -> brightness: mmse (default; mean of the softmax with the class "
                         "rebalancing of eq. 1 divided out), expectation, argmax, annealed (decoders.decode)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--gpu", type=int, help="GPU id (a GPU build of Caffe); default CPU")
+    cli.add_batch_size(p, 8)
+    cli.add_gpu(p)
     p.add_argument("--figures-per-class", type=int, default=2, help="triptych figures per object class")
     p.add_argument("--limit", type=int, help="score only the first N test images")
+    cli.add_quiet(p)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         s = evaluate(args.dataset, args.deploy, args.model, args.out, backend=args.backend,
                      vgg_weights=args.vgg_weights, decoding=args.decoding, batch_size=args.batch_size, gpu=args.gpu,
                      figures_per_class=args.figures_per_class, gatys_iterations=args.gatys_iterations,
-                     limit=args.limit)
-    except (OSError, ValueError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    with open(os.path.join(args.out, "table2.md")) as f:
-        print(f.read())
-    print("wrote %s (%d test images)" % (args.out, s["n_test"]))
-    return 0
+                     limit=args.limit, progress=not args.quiet)
+        with open(os.path.join(args.out, "table2.md")) as f:
+            print(f.read())
+        print("wrote %s (%d test images)" % (args.out, s["n_test"]))
+    return cli.run(body, outputs=[args.out])
 
 
 if __name__ == "__main__":

@@ -831,25 +831,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deploy", help="deploy prototxt (default: the evaluated one, or the network's)")
     p.add_argument("--eval", help="evaluation folder (default RUN/eval)")
     p.add_argument("--json", help="also write the register as JSON here")
-    p.add_argument("--strict", action="store_true", help="exit 2 when a check FAILs")
+    p.add_argument("--strict", action="store_true", help="exit 1 (one error line) when a check FAILs")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        rows = check(args.path, net=args.net, deploy=args.deploy, eval_dir=args.eval)
-    except (OSError, ValueError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
+    from thermalnet import cli
+    return cli.run(lambda: _main(args))
+
+
+def _main(args) -> None:
+    rows = check(args.path, net=args.net, deploy=args.deploy, eval_dir=args.eval)
     print(markdown(rows))
     if args.json:
         from thermalnet.atomic import write_json
         write_json(args.json, rows)
         print("wrote %s" % args.json)
-    if args.strict and any(r["status"] == FAIL for r in rows):
-        return 2
-    return 0
+    failed = [r for r in rows if r["status"] == FAIL]
+    if args.strict and failed:
+        raise ValueError("%s: %d check%s FAIL (%s); see the register above"
+                         % (args.path, len(failed), "s" if len(failed) > 1 else "",
+                            ", ".join(r.get("key") or r.get("statement", "?") for r in failed[:3])
+                            + (", ..." if len(failed) > 3 else "")))
 
 
 if __name__ == "__main__":

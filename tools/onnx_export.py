@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from thermalnet import cli
+
 OPSET = 13                      # ReduceSum with axes as an input, ReduceMax with the attribute
 VERIFY_TOLERANCE = 1e-4
 SUPPORTED = ("Input", "Convolution", "ReLU", "Pooling", "Concat", "Dropout", "Deconvolution", "Crop",
@@ -289,6 +291,8 @@ def export(deploy: str, caffemodel: str, out: str, verify_sizes: Optional[List[T
     for path, what in ((deploy, "deploy prototxt"), (caffemodel, "caffemodel")):
         if not os.path.isfile(path):
             raise ExportError("%s: no such %s" % (path, what))
+    from thermalnet.inference import check_model
+    check_model(deploy, caffemodel)           # a bad file is a one-line error, not Caffe's abort
     model = build_model(deploy, caffemodel)
     if verify_sizes is None:
         h, w = deploy_size(deploy)
@@ -314,12 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         export(args.deploy, args.model, args.out)
-    except (ExportError, OSError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    return 0
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -426,16 +426,19 @@ def main(argv=None) -> int:
     p.add_argument("--readme", action="store_true", help="print the README's results tables for this run instead "
                                                         "(every figure read from the run's files)")
     args = p.parse_args(argv)
-    try:
-        if args.readme:
-            print(readme_tables(args.run, args.eval), end="")
-            return 0
-        r = write_report(args.run, args.eval, args.out)
-    except (OSError, ValueError, KeyError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    print("wrote %s and %s" % (r["md"], r["html"]))
-    return 0
+
+    def body():
+        try:
+            if args.readme:
+                print(readme_tables(args.run, args.eval), end="")
+                return
+            r = write_report(args.run, args.eval, args.out)
+        except KeyError as exc:
+            raise ValueError("%s: a run file lacks the entry %s (run tools.train / tools.evaluate again)"
+                             % (args.run, exc)) from None
+        print("wrote %s and %s" % (r["md"], r["html"]))
+    from thermalnet import cli
+    return cli.run(body, outputs=[args.out])
 
 
 if __name__ == "__main__":

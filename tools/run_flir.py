@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from thermalnet import decoders, layout, spec
+from thermalnet import cli, decoders, layout, spec
 
 DEFAULT_EPOCHS = 30.0
 DEFAULT_BATCH = 8
@@ -43,7 +43,10 @@ def build_flir_dataset(flir: Sequence[str], dataset: str, classes_csv: Optional[
         classes = read_classes(classes_csv)
     h, w = (spec.PAPER_HEIGHT, spec.PAPER_WIDTH) if paper_scale else (spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH)
     print("[run_flir] building %s from %s at %dx%d" % (dataset, ", ".join(flir), h, w), flush=True)
-    build(dataset, list(flir), (), BuildConfig(height=h, width=w, progress=progress), classes)
+    from thermalnet.cli import DeferredLog
+    log = DeferredLog()                # skipped files: printed on success, the first named in a failure
+    build(dataset, list(flir), (), BuildConfig(height=h, width=w, progress=progress), classes, log=log)
+    log.flush()
     return dataset
 
 
@@ -57,6 +60,10 @@ def run_flir(flir: Sequence[str], out: str, classes_csv: Optional[str] = None, d
     for f in flir:
         if not os.path.exists(f):
             raise FileNotFoundError("%s: no such FLIR file or folder" % f)
+    from thermalnet import nets
+    if nets.split_weights(weights):
+        # Before the dataset is built: a foreign caffemodel is a one-line error, not an hour later.
+        nets.check_weights(weights, train.PAPER_NET if paper_scale else train.DEFAULT_NET)
     ds = build_flir_dataset(flir, dataset or os.path.join(out, "dataset"), classes_csv, paper_scale, rebuild,
                             progress)
     info = layout.read_dataset_info(ds)
@@ -84,29 +91,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--rebuild", action="store_true", help="rebuild the dataset even if it exists")
     p.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS, help="default %g" % DEFAULT_EPOCHS)
     p.add_argument("--minutes", type=float, help="training time budget (default: none, run all epochs)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="default %d" % DEFAULT_BATCH)
+    cli.add_batch_size(p, DEFAULT_BATCH)
     p.add_argument("--base-lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--paper-scale", action="store_true", help="SqueezeNet v1.0 Thermalnet at %dx%d"
                    % (spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
-    p.add_argument("--decoding", default=decoders.DEFAULT_DECODING, choices=decoders.DECODINGS,
-                   help="probabilities -> brightness (default mmse, see tools.evaluate)")
-    p.add_argument("--vgg-weights", help="VGG-16 caffemodel for TN + PP")
-    p.add_argument("--backend", default="pycaffe", choices=("pycaffe", "caffe"))
-    p.add_argument("--gpu", type=int, help="GPU id (a GPU build of Caffe)")
+    cli.add_decoding(p, help="probabilities -> brightness (default %s, see tools.evaluate)" % decoders.DEFAULT_DECODING)
+    cli.add_vgg_weights(p)
+    cli.add_backend(p, ("pycaffe", "caffe"), help="training back-end: pycaffe loop (default) or `caffe train`")
+    cli.add_gpu(p)
     from .demo import add_model_options
     add_model_options(p)
+    cli.add_quiet(p)
     a = p.parse_args(argv)
-    from dataset_builder.build import BuildError
-    from .train import TrainingError
-    try:
+
+    def body():
         r = run_flir(a.flir, a.out, a.classes, a.dataset, a.epochs, a.batch_size, a.base_lr, a.minutes,
-                     a.paper_scale, a.decoding, a.vgg_weights, a.backend, a.gpu, a.rebuild,
+                     a.paper_scale, a.decoding, a.vgg_weights, a.backend, a.gpu, a.rebuild, progress=not a.quiet,
                      weights=a.weights, snapshot=a.snapshot)
-    except (BuildError, TrainingError, OSError, ValueError, RuntimeError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    print("[run_flir] report: %s (and %s)" % (r["md"], r["html"]))
-    return 0
+        print("[run_flir] report: %s (and %s)" % (r["md"], r["html"]))
+    return cli.run(body, outputs=[a.out])
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from thermalnet import caffe_log, layout, spec
+from dataset_builder.lmdb_io import check_lmdb  # noqa: F401 -- one home; tools.train.check_lmdb as before
+from thermalnet import caffe_log, cli, layout, nets, spec
 from thermalnet.atomic import atomic_file, write_text
 from thermalnet.caffe_env import PROTOTXT_DIR, REPO_ROOT
 
@@ -226,42 +227,6 @@ def record_evaluated(run_dir: str, picked: Dict) -> Dict:
 
 
 # -- the dataset's LMDBs ------------------------------------------------------------------
-def check_lmdb(path: str) -> int:
-    """Entries of one LMDB folder, after checking it is whole; a bad one is a one-line ValueError.
-
-    Caffe's Data layer aborts (or reads past the end of a truncated file) on a damaged
-    LMDB, and the lmdb module raises a traceback-worthy InvalidError: check here first.
-    """
-    import lmdb
-    data = os.path.join(path, "data.mdb")
-    if not os.path.isfile(data):
-        raise ValueError("%s: not an LMDB folder (no data.mdb); rebuild the dataset" % path)
-    try:
-        env = lmdb.open(path, readonly=True, lock=False, readahead=False, max_readers=4)
-    except lmdb.Error as exc:
-        raise ValueError("%s: corrupt or unreadable LMDB (%s); rebuild the dataset"
-                         % (path, str(exc).splitlines()[0])) from None
-    try:
-        stat, info = env.stat(), env.info()
-        need = (int(info["last_pgno"]) + 1) * int(stat["psize"])
-        size = os.path.getsize(data)
-        if size < need:
-            raise ValueError("%s: truncated LMDB (data.mdb has %d bytes, its index needs %d); rebuild the dataset"
-                             % (path, size, need))
-        n = 0
-        with env.begin() as txn:
-            for _ in txn.cursor().iternext(keys=True, values=False):
-                n += 1
-        if n != int(stat["entries"]):
-            raise ValueError("%s: corrupt LMDB (%d entries listed, %d readable); rebuild the dataset"
-                             % (path, stat["entries"], n))
-        return n
-    except lmdb.Error as exc:
-        raise ValueError("%s: corrupt LMDB (%s); rebuild the dataset" % (path, str(exc).splitlines()[0])) from None
-    finally:
-        env.close()
-
-
 def check_dataset_lmdbs(dataset: str) -> Dict[str, int]:
     """{"train": n, "val": n} after checking all four LMDBs; features and labels must pair up."""
     counts = {}
@@ -943,10 +908,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, required=True, help="passes over the training split")
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--base-lr", type=float, help="override the template's base_lr")
-    p.add_argument("--gpu", type=int, help="GPU id (needs a GPU build of Caffe); default CPU")
+    cli.add_gpu(p)
     p.add_argument("--resume", help="continue from runs/NAME/snap_iter_N.solverstate (log appended)")
-    p.add_argument("--backend", default="pycaffe", choices=sorted(BACKENDS),
-                   help="pycaffe loop (default) or the `caffe train` tool as a child process")
+    cli.add_backend(p, sorted(BACKENDS),
+                    help="pycaffe loop (default) or the `caffe train` tool as a child process")
     p.add_argument("--paper-scale", action="store_true",
                    help="SqueezeNet v1.0 net at %dx%d (the dataset must be built at that size)"
                         % (spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
@@ -955,22 +920,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=spec.SEED, help="solver random_seed (weight init)")
     p.add_argument("--overwrite", action="store_true", help="start over in a run folder that has a train.log")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget: stop (snapshot + validation) once past it")
-    p.add_argument("--weights", metavar="A.caffemodel[,B.caffemodel]",
-                   help="fine-tune: copy these caffemodels into the net by layer name, in order (Caffe's -weights), "
-                        "e.g. the ImageNet squeezenet_v1.1.caffemodel; layers not in them keep their fillers")
+    cli.add_weights(p)
+    cli.add_quiet(p)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        s = train(args.dataset, args.net, args.out, args.epochs, args.batch_size, base_lr=args.base_lr,
-                  solver_template=args.solver_template, gpu=args.gpu, resume=args.resume, backend=args.backend,
-                  paper_scale=args.paper_scale, snapshot_epochs=args.snapshot_epochs, display=args.display,
-                  seed=args.seed, overwrite=args.overwrite, max_minutes=args.max_minutes, weights=args.weights)
-    except (TrainingError, OSError, ValueError, RuntimeError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
+    return cli.run(lambda: _main(args), outputs=[args.out])
+
+
+def _main(args) -> None:
+    s = train(args.dataset, args.net, args.out, args.epochs, args.batch_size, base_lr=args.base_lr,
+              solver_template=args.solver_template, gpu=args.gpu, resume=args.resume, backend=args.backend,
+              paper_scale=args.paper_scale, snapshot_epochs=args.snapshot_epochs, display=args.display,
+              seed=args.seed, overwrite=args.overwrite, max_minutes=args.max_minutes, weights=args.weights,
+              progress=not args.quiet)
     print("trained %d iterations (%.1f epochs) in %.0f s, %.1f img/s; final model %s; log %s"
           % (s["iterations"], s["iterations"] / float(s["iters_per_epoch"]), s["wall_seconds"],
              s.get("images_per_second") or 0, s["final_caffemodel"], os.path.join(s["out"], LOG_FILE)))
@@ -981,7 +946,6 @@ def main(argv=None) -> int:
         print("fine-tuned from %s (%d layers from the weights, %s from fillers)"
               % (", ".join(s["weights"]), len(s["weights_layers"]["from_weights"]),
                  ", ".join(s["weights_layers"]["from_fillers"]) or "none"))
-    return 0
 
 
 if __name__ == "__main__":
