@@ -35,7 +35,8 @@ MANIFEST_COLUMNS = ("id", "source", "object_class", "split", "t_min", "t_max", "
 SKIPPED_FILE = "skipped.csv"
 ALIGNMENT_FILE = flir.ALIGNMENT_FILE         # FLIR inputs only; its columns: flir.ALIGNMENT_COLUMNS
 ALIGNMENT_COLUMNS = flir.ALIGNMENT_COLUMNS
-_CHUNK = 8
+_CHUNK = 8          # items per pool task, at least ...
+_MAX_CHUNK = 32     # ... and at most: one exiftool start (~0.1 s) serves up to 32 FLIR files
 _MAX_WINDOW_SAMPLES = 20_000_000
 
 
@@ -210,6 +211,12 @@ def _load_item(it: Item, cfg: Dict, tags: Optional[Dict]):
     return vis, ir_n, units, meta
 
 
+def _chunk_size(n: int, workers: int) -> int:
+    """Items per pool task: about 8 tasks per worker, _CHUNK..._MAX_CHUNK items each (the
+    results come back in input order whatever the size: the dataset does not depend on it)."""
+    return int(min(_MAX_CHUNK, max(_CHUNK, n // (8 * workers))))
+
+
 def _load_chunk(args):
     """Pool task: decode a few items (one exiftool call for all FLIR files among them)."""
     chunk, cfg = args
@@ -312,8 +319,9 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
         vis_mm = np.lib.format.open_memmap(os.path.join(stage, "vis.npy"), "w+", np.uint8, (n, h, w, 3))
         ir_mm = np.lib.format.open_memmap(os.path.join(stage, "ir.npy"), "w+", np.float32, (n, h, w))
         loaded = {}   # id -> (slot, units, meta)
-        chunks = [(items[i:i + _CHUNK], wcfg) for i in range(0, n, _CHUNK)]
         workers = max(1, cfg.workers or os.cpu_count() or 1)
+        size = _chunk_size(n, workers)
+        chunks = [(items[i:i + size], wcfg) for i in range(0, n, size)]
         bar = tqdm(total=n, desc="decode", unit="pair", disable=not cfg.progress)
 
         def take(results):
