@@ -57,6 +57,20 @@ def network(name: str) -> Network:
         raise ValueError("unknown network %r (known: %s)" % (name, ", ".join(sorted(NETWORKS)))) from None
 
 
+def deploy_for(net_path: str, required: bool = True) -> Optional[str]:
+    """The stand-alone deploy prototxt that goes with an all-in-one network: a kit network's
+    own pair, else NAME_deploy.prototxt beside it (None, or FileNotFoundError if required)."""
+    for n in NETWORKS.values():
+        if os.path.abspath(n.net) == os.path.abspath(net_path):
+            return n.deploy
+    guess = net_path.replace(".prototxt", "_deploy.prototxt")
+    if os.path.isfile(guess):
+        return guess
+    if required:
+        raise FileNotFoundError("%s: no matching deploy prototxt (give --deploy)" % net_path)
+    return None
+
+
 def load_net(path: str):
     """Parse a prototxt into a NetParameter; a bad file is a one-line error naming it."""
     from google.protobuf import text_format

@@ -214,7 +214,6 @@ def _finished_run(adir: str, record: Dict) -> Optional[Dict]:
 def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes: Optional[float], batch: int,
             base_lr: float, net_path: str, deploy_path: str, progress: bool = True, evaluate_limit=None) -> Dict:
     """Build (cached) -> edit net -> train for the budget -> evaluate best and last snapshots."""
-    from thermalnet import nets
     from . import evaluate, train
     adir = os.path.join(out, "arms", arm["name"])
     os.makedirs(adir, exist_ok=True)

@@ -81,18 +81,6 @@ def synthetic_dataset(count: int = DEMO_COUNT, seed: int = spec.SEED, height: in
     return ds
 
 
-def deploy_for(net: str) -> str:
-    """The stand-alone deploy prototxt that goes with an all-in-one network."""
-    from thermalnet import nets
-    for n in nets.NETWORKS.values():
-        if os.path.abspath(n.net) == os.path.abspath(net):
-            return n.deploy
-    guess = net.replace(".prototxt", "_deploy.prototxt")
-    if os.path.isfile(guess):
-        return guess
-    raise FileNotFoundError("%s: no matching deploy prototxt (give --deploy)" % net)
-
-
 def run_pipeline(dataset: str, out: str, net: Optional[str] = None, deploy: Optional[str] = None,
                  epochs: float = DEMO_EPOCHS, batch_size: int = DEMO_BATCH, base_lr: float = DEMO_BASE_LR,
                  max_minutes: Optional[float] = DEMO_MINUTES, decoding: str = DEMO_DECODING,
@@ -106,7 +94,7 @@ def run_pipeline(dataset: str, out: str, net: Optional[str] = None, deploy: Opti
     """
     from . import evaluate, report, train
     net = net or train.DEFAULT_NET
-    deploy = deploy or deploy_for(net)
+    deploy = deploy or nets.deploy_for(net)
     t0 = time.time()
     print("[pipeline] training %s on %s -> %s" % (os.path.basename(net), dataset, out), flush=True)
     s = train.train(dataset, net, out, epochs=epochs, batch_size=batch_size, base_lr=base_lr, gpu=gpu,

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from thermalnet import layout, spec
+from thermalnet import layout, nets, spec
 
 PASS, FAIL, ASSUMED, NOT_RUN = "PASS", "FAIL", "ASSUMED", "NOT RUN"
 STATUSES = (PASS, FAIL, ASSUMED, NOT_RUN)
@@ -121,7 +121,6 @@ class Context:
 
     def __init__(self, path: str, net: Optional[str] = None, deploy: Optional[str] = None,
                  eval_dir: Optional[str] = None, caffe_check: bool = True):
-        from thermalnet import nets
         path = os.path.abspath(path)
         self.path = path
         self.summary: Dict = {}
@@ -153,7 +152,7 @@ class Context:
             net = nets.network(nets.DEFAULT_NETWORK).net
         self.net_path = net
         self.net = nets.load_net(net)
-        self.deploy_path = deploy or self.eval.get("deploy") or _deploy_for(self.summary.get("net") or net)
+        self.deploy_path = deploy or self.eval.get("deploy") or nets.deploy_for(self.summary.get("net") or net, required=False)
         self.solver_path = None
         if self.summary:
             here = os.path.join(self.run, os.path.basename(self.summary.get("solver") or "solver.prototxt"))
@@ -178,7 +177,6 @@ class Context:
         if self._shapes is None:
             files = {"net (deploy stage)": (self.net, self.net_path)}
             if self.deploy_path and os.path.isfile(self.deploy_path):
-                from thermalnet import nets
                 files["deploy"] = (nets.load_net(self.deploy_path), self.deploy_path)
             self._shapes = caffe_shapes(files, self.height, self.width) if self.caffe_check else \
                 {"error": "Caffe check switched off"}
@@ -191,15 +189,6 @@ def _load_json(path: str) -> Dict:
             return json.load(f)
     except ValueError as exc:
         raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from None
-
-
-def _deploy_for(net_path: str) -> Optional[str]:
-    from thermalnet import nets
-    for n in nets.NETWORKS.values():
-        if os.path.abspath(n.net) == os.path.abspath(net_path):
-            return n.deploy
-    guess = net_path.replace(".prototxt", "_deploy.prototxt")
-    return guess if os.path.isfile(guess) else None
 
 
 def _rule_matches(rule, phase: str, stages: Sequence[str]) -> bool:
@@ -288,7 +277,6 @@ def caffe_shapes(files: Dict[str, Tuple], height: int, width: int, timeout: floa
     Runs in a child process: a network Caffe rejects ends in a glog abort, which must not
     take the report down with it. Returns {"error": message} when Caffe cannot build one.
     """
-    from thermalnet import nets
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
         paths = {}
@@ -422,7 +410,6 @@ def _squeezenet_base(layers) -> Optional[str]:
 
 
 def check_body_params(ctx):
-    from thermalnet import nets
     sh = ctx.caffe_shapes()
     if "error" in sh:
         return NOT_RUN, sh["error"]
@@ -457,7 +444,6 @@ def check_no_global_pool(ctx):
 
 
 def check_two_deconv(ctx):
-    from thermalnet import nets
     counts = {"train net": deconvolutions(ctx.layers("train"))}
     if ctx.deploy_path and os.path.isfile(ctx.deploy_path):
         counts["deploy"] = deconvolutions(stage_layers(nets.load_net(ctx.deploy_path), "TEST", "deploy"))

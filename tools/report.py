@@ -236,7 +236,7 @@ def _rel(path: str, start: str) -> str:
 
 
 def render_markdown(g: Dict, out_dir: str) -> str:
-    s, ev, table = g["summary"], g["eval"], g["table"]
+    ev, table = g["eval"], g["table"]
     v = verdict(table)
     lines = ["# Thermalnet reproduction: run report", "", _data_statement(g), ""]
     lines += ["## Result", "",
