@@ -108,6 +108,8 @@ def corpus(tmp_path_factory, caffe):
 
     c["empty_model"] = str(root / "empty.caffemodel")
     open(c["empty_model"], "wb").close()
+    c["empty_state"] = str(root / "empty.solverstate")
+    open(c["empty_state"], "wb").close()
     c["broken_prototxt"] = str(root / "broken_net.prototxt")
     with open(c["broken_prototxt"], "w") as f:
         f.write('name: "thermalnet"\nlayer {\n  name: "data"\n  type: "Input"\n  top: data\n')
@@ -151,6 +153,12 @@ def corpus(tmp_path_factory, caffe):
 
 # -- cases: (command, argv with {placeholders}, the bad file named in the error, the output) ----
 OUT = "{out}"
+
+
+def _ev(dataset="{dataset}", model="{model}", deploy=DEPLOY):
+    return ["--dataset", dataset, "--deploy", deploy, "--model", model, "--out", OUT, "--quiet"]
+
+
 CASES = {
     # tools.train: the dataset's LMDBs, mean and description; --net; --weights
     "train-corrupt_lmdb": ("tools.train", ["--dataset", "{corrupt_lmdb}", "--out", OUT, "--epochs", "1",
@@ -172,23 +180,20 @@ CASES = {
     "train-wrong_shape_weights": ("tools.train", ["--dataset", "{dataset}", "--weights", "{wrong_shape_model}",
                                                   "--out", OUT, "--epochs", "1", "--batch-size", "2"],
                                   "{wrong_shape_model}"),
+    "train-empty_solverstate": ("tools.train", ["--dataset", "{dataset}", "--resume", "{empty_state}", "--out", OUT,
+                                                "--epochs", "1", "--batch-size", "2"], "{empty_state}"),
+    "train-broken_solver_template": ("tools.train", ["--dataset", "{dataset}", "--solver-template",
+                                                     "{broken_prototxt}", "--out", OUT, "--epochs", "1",
+                                                     "--batch-size", "2"], "{broken_prototxt}"),
     # tools.evaluate: dataset (description, LMDBs for the baselines, mean, test images), deploy, model
-    "evaluate-empty_model": ("tools.evaluate", ["--dataset", "{dataset}", "--deploy", DEPLOY, "--model",
-                                                "{empty_model}", "--out", OUT, "--quiet"], "{empty_model}"),
-    "evaluate-wrong_shape_model": ("tools.evaluate", ["--dataset", "{dataset}", "--deploy", DEPLOY, "--model",
-                                                      "{wrong_shape_model}", "--out", OUT, "--quiet"], "{wrong_shape_model}"),
-    "evaluate-broken_deploy": ("tools.evaluate", ["--dataset", "{dataset}", "--deploy", "{broken_prototxt}",
-                                                  "--model", "{model}", "--out", OUT, "--quiet"], "{broken_prototxt}"),
-    "evaluate-non_json_info": ("tools.evaluate", ["--dataset", "{non_json_info}", "--deploy", DEPLOY, "--model",
-                                                  "{model}", "--out", OUT, "--quiet"], "{non_json_info}/dataset.json"),
-    "evaluate-other_q": ("tools.evaluate", ["--dataset", "{other_q}", "--deploy", DEPLOY, "--model", "{model}",
-                                            "--out", OUT, "--quiet"], "{other_q}"),
-    "evaluate-garbage_mean": ("tools.evaluate", ["--dataset", "{garbage_mean}", "--deploy", DEPLOY, "--model",
-                                                 "{model}", "--out", OUT, "--quiet"], "{garbage_mean}/train_db/mean.binaryproto"),
-    "evaluate-corrupt_lmdb": ("tools.evaluate", ["--dataset", "{corrupt_lmdb}", "--deploy", DEPLOY, "--model",
-                                                 "{model}", "--out", OUT, "--quiet"], "{corrupt_lmdb}/train_db/features"),
-    "evaluate-corrupt_test_png": ("tools.evaluate", ["--dataset", "{corrupt_test_png_dataset}", "--deploy", DEPLOY,
-                                                     "--model", "{model}", "--out", OUT, "--quiet"], "{corrupt_test_png}"),
+    "evaluate-empty_model": ("tools.evaluate", _ev(model="{empty_model}"), "{empty_model}"),
+    "evaluate-wrong_shape_model": ("tools.evaluate", _ev(model="{wrong_shape_model}"), "{wrong_shape_model}"),
+    "evaluate-broken_deploy": ("tools.evaluate", _ev(deploy="{broken_prototxt}"), "{broken_prototxt}"),
+    "evaluate-non_json_info": ("tools.evaluate", _ev("{non_json_info}"), "{non_json_info}/dataset.json"),
+    "evaluate-other_q": ("tools.evaluate", _ev("{other_q}"), "{other_q}"),
+    "evaluate-garbage_mean": ("tools.evaluate", _ev("{garbage_mean}"), "{garbage_mean}/train_db/mean.binaryproto"),
+    "evaluate-corrupt_lmdb": ("tools.evaluate", _ev("{corrupt_lmdb}"), "{corrupt_lmdb}/train_db/features"),
+    "evaluate-corrupt_test_png": ("tools.evaluate", _ev("{corrupt_test_png_dataset}"), "{corrupt_test_png}"),
     # tools.augment: model, deploy, mean, dataset, input images
     "augment-empty_model": ("tools.augment", ["--model", "{empty_model}", "--deploy", DEPLOY, "--dataset",
                                               "{dataset}", "--input", "{dataset}/test/visible", "--out", OUT,
@@ -221,7 +226,8 @@ CASES = {
                                                         "--out", "{out}.onnx"], "{broken_prototxt}"),
     # tools.run_flir: FLIR files, an existing dataset, weights
     "run_flir-plain_jpeg": ("tools.run_flir", ["--flir", "{plain_jpeg}", "--out", OUT, "--quiet"], "{plain_jpeg}"),
-    "run_flir-corrupt_jpeg": ("tools.run_flir", ["--flir", "{corrupt_jpeg}", "--out", OUT, "--quiet"], "{corrupt_jpeg}"),
+    "run_flir-corrupt_jpeg": ("tools.run_flir", ["--flir", "{corrupt_jpeg}", "--out", OUT, "--quiet"],
+                              "{corrupt_jpeg}"),
     "run_flir-non_json_info": ("tools.run_flir", ["--flir", "{plain_jpeg}", "--dataset", "{non_json_info}",
                                                   "--out", OUT, "--quiet"], "{non_json_info}/dataset.json"),
     "run_flir-empty_weights": ("tools.run_flir", ["--flir", "{plain_jpeg}", "--weights", "{empty_model}",
@@ -241,6 +247,8 @@ CASES = {
                            "{run_bad_summary}/train_summary.json"),
     "fidelity-non_json_info": ("tools.fidelity", ["{non_json_info}", "--json", "{out}.json"],
                                "{non_json_info}/dataset.json"),
+    "fidelity-broken_deploy": ("tools.fidelity", ["{dataset}", "--deploy", "{broken_prototxt}", "--json",
+                                                  "{out}.json"], "{broken_prototxt}"),
     "fidelity-broken_net": ("tools.fidelity", ["{dataset}", "--net", "{broken_prototxt}", "--json", "{out}.json"],
                             "{broken_prototxt}"),
     # tools.demo: weights are checked before the SYNTHETIC dataset is generated

@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m thermalnet.gatys",
                                 description="TN+PP: Gatys style reconstruction of a Thermalnet output, "
                                             "with a real IR image as the style source (VGG-16 in pycaffe).")
-    p.add_argument("--vgg-weights", metavar="VGG.caffemodel", help="VGG_ILSVRC_16_layers.caffemodel (supplied by you)")
+    p.add_argument("--vgg-weights", metavar="VGG.caffemodel",
+                   help="VGG_ILSVRC_16_layers.caffemodel (supplied by you)")
     p.add_argument("--content", required=True, help="Thermalnet output, 8-bit grey PNG")
     p.add_argument("--style", required=True, help="real IR image, 8-bit grey PNG (style source)")
     p.add_argument("--out", required=True, help="output 8-bit grey PNG")

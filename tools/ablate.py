@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--iterations", type=int, help="training iterations per arm (default %d)"
                         % DEFAULT_ITERATIONS)
     budget.add_argument("--minutes", type=float, help="wall-clock minutes per arm instead of iterations")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="default %d" % DEFAULT_BATCH)
+    cli.add_batch_size(p, DEFAULT_BATCH)
     p.add_argument("--base-lr", type=float, default=DEFAULT_BASE_LR, help="Adam learning rate (default %g)"
                    % DEFAULT_BASE_LR)
     p.add_argument("--imagenet", help="ImageNet SqueezeNet v1.1 caffemodel for the imagenet arm")

@@ -140,8 +140,9 @@ def demo(out: str = os.path.join("runs", "demo"), quick: bool = False, minutes: 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """--weights and --snapshot, shared by tools.demo and tools.run_flir."""
     from .train import SNAPSHOT_CHOICES
-    cli.add_weights(p, DEMO_WEIGHTS, help="fine-tune from these caffemodels (tools.train --weights), e.g. ImageNet "
-                                          "squeezenet_v1.1.caffemodel (default: %s)" % (DEMO_WEIGHTS or "none, fillers"))
+    cli.add_weights(p, DEMO_WEIGHTS, help="fine-tune from these caffemodels (tools.train --weights), e.g. "
+                                          "ImageNet squeezenet_v1.1.caffemodel (default: %s)"
+                                          % (DEMO_WEIGHTS or "none, fillers"))
     cli.add_snapshot(p, SNAPSHOT_CHOICES, DEMO_SNAPSHOT)
 
 
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-mirror", dest="mirror", action="store_false", default=None,
                    help="train on the pairs as generated (default: every training pair also flipped, "
                         "visible and IR together; --quick never mirrors)")
-    p.add_argument("--batch-size", type=int, help="default %d (--quick %d)" % (DEMO_BATCH, QUICK_BATCH))
+    cli.add_batch_size(p, help="default %d (--quick %d)" % (DEMO_BATCH, QUICK_BATCH))
     p.add_argument("--base-lr", type=float, default=DEMO_BASE_LR, help="Adam learning rate (default %g)" % DEMO_BASE_LR)
     cli.add_decoding(p, DEMO_DECODING, help="probabilities -> brightness (default %s, see tools.evaluate)"
                      % DEMO_DECODING)

@@ -828,6 +828,10 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> None:
+    from thermalnet import nets as _nets
+    for given in (args.net, args.deploy):
+        if given:
+            _nets.load_net(given)     # a file the user names must parse: one error line, not a register of FAILs
     rows = check(args.path, net=args.net, deploy=args.deploy, eval_dir=args.eval)
     print(markdown(rows))
     if args.json:

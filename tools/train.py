@@ -267,6 +267,31 @@ def check_mean_file(dataset: str, height: int, width: int) -> str:
     return path
 
 
+def check_solverstate(path: str, net: str) -> None:
+    """A .solverstate must parse, hold one or two history blobs per weight blob of the net at
+    their shapes (SGD one, Adam two), and name a learned_net that fits the net: Caffe's
+    Solver::Restore aborts the whole process otherwise. A bad one is a one-line ValueError."""
+    from google.protobuf.message import DecodeError
+    from thermalnet import nets as _nets
+    from thermalnet.caffe_env import caffe_pb2
+    state = caffe_pb2().SolverState()
+    try:
+        with open(path, "rb") as f:
+            state.ParseFromString(f.read())
+    except OSError as exc:
+        raise ValueError("%s: cannot read the solver state (%s)" % (path, exc.strerror or exc)) from None
+    except (DecodeError, ValueError, RuntimeError):
+        raise ValueError("%s: not a Caffe solver state (.solverstate)" % path) from None
+    shapes = [s for blobs in _nets.net_param_shapes(net).values() for s in blobs]
+    have = [tuple(int(d) for d in b.shape.dim) for b in state.history]
+    if not have or len(have) % len(shapes) or len(have) // len(shapes) > 2 \
+            or any(h != s for h, s in zip(have, shapes * 2)):
+        raise ValueError("%s: not a solver state of %s (%d history blobs; the net has %d weight blobs)"
+                         % (path, net, len(have), len(shapes)))
+    if state.learned_net and not os.path.isfile(state.learned_net):    # Caffe opens it as written
+        raise ValueError("%s: its weights file %s is missing (was the run folder moved?)" % (path, state.learned_net))
+
+
 # -- the glog-format log ----------------------------------------------------------------
 class GlogWriter:
     """Appends lines in `caffe train`'s log format, so thermalnet.caffe_log parses both back-ends."""
@@ -354,11 +379,11 @@ def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int
                                  snapshot_every_epochs=snapshot_epochs)
     if display:
         sched["display"] = int(display)
+    opts = solver_options(solver_template, base_lr)       # a bad template fails before anything is written
     os.makedirs(out, exist_ok=True)
     out = os.path.abspath(out)
     train_val = os.path.join(out, TRAIN_VAL_FILE)
     nets.materialize(net, dataset, train_val, batch_size=batch_size, val_batch_size=val_batch)
-    opts = solver_options(solver_template, base_lr)
     solver = os.path.join(out, SOLVER_FILE)
     nets.write_solver(solver, train_val, sched, snapshot_prefix=os.path.join(out, SNAPSHOT_PREFIX),
                       mode="GPU" if gpu is not None else "CPU", random_seed=seed, test_initialization=True, **opts)
@@ -845,6 +870,7 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
     if resume:
         if not os.path.isfile(resume) or not resume.endswith(".solverstate"):
             raise FileNotFoundError("%s: no such .solverstate to resume from" % resume)
+        check_solverstate(resume, net)
     elif os.path.exists(log_path) and not overwrite:
         raise FileExistsError("%s exists: resume with --resume %s/%s_iter_N.solverstate, or pass --overwrite"
                               % (log_path, out, SNAPSHOT_PREFIX))
@@ -906,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver-template", help="solver prototxt to start from (default: thermalnet.nets' template)")
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--epochs", type=float, required=True, help="passes over the training split")
-    p.add_argument("--batch-size", type=int, required=True)
+    cli.add_batch_size(p, required=True, help="images per iteration")
     p.add_argument("--base-lr", type=float, help="override the template's base_lr")
     cli.add_gpu(p)
     p.add_argument("--resume", help="continue from runs/NAME/snap_iter_N.solverstate (log appended)")
