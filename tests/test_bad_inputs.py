@@ -312,7 +312,7 @@ def test_bad_input_is_one_line_naming_the_file(corpus, tmp_path, case):
     env = dict(os.environ, PYTHONPATH=REPO)
     r = subprocess.run([sys.executable, "-m"] + command.split() + args, cwd=REPO, capture_output=True, text=True,
                        env=env, timeout=300)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]       # (--quiet: no progress bars)
     assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
     assert "Traceback" not in r.stderr and "Check failed" not in r.stderr, r.stderr[-3000:]
     assert len(lines) == 1, r.stderr[-3000:]
@@ -330,3 +330,32 @@ def test_every_kit_command_is_in_the_corpus():
     assert launchers <= covered, sorted(launchers - covered)
     assert {"dataset_builder", "thermalnet.nets", "thermalnet.gatys", "thermalnet.caffe_log",
             "thermalnet.plots"} <= covered
+
+
+def test_cli_run_exit_codes_and_cleanup(tmp_path, capsys):
+    """thermalnet.cli.run: 0 / the body's int, 1 with one line (multi-line messages joined), 130 on
+    Ctrl-C; an output folder made by the failed body and holding no file is removed, one with files
+    (a failed run's log) is kept; a bug (TypeError) is not hidden."""
+    from thermalnet import cli
+    assert cli.run(lambda: None) == 0 and cli.run(lambda: 3) == 3
+    made = tmp_path / "made" / "deep"
+
+    def fail():
+        made.mkdir(parents=True)
+        raise ValueError("x.txt: first\n  second line")
+    assert cli.run(fail, outputs=[str(tmp_path / "made")]) == 1
+    assert capsys.readouterr().err == "error: x.txt: first | second line\n"
+    assert not (tmp_path / "made").exists()
+    kept = tmp_path / "kept"
+
+    def fail_after_log():
+        kept.mkdir()
+        (kept / "train.log").write_text("log")
+        raise RuntimeError("stopped")
+    assert cli.run(fail_after_log, outputs=[str(kept)]) == 1 and (kept / "train.log").is_file()
+
+    def interrupted():
+        raise KeyboardInterrupt
+    assert cli.run(interrupted) == 130
+    with pytest.raises(TypeError):
+        cli.run(lambda: None + 1)

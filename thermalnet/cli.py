@@ -54,8 +54,22 @@ def one_line(exc: BaseException) -> str:
     return " | ".join(parts) or type(exc).__name__
 
 
+def clear_progress_bars() -> None:
+    """Take down any progress bar still drawn (tqdm), so the error line stands alone on the terminal."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        try:
+            bar.leave = False
+            bar.close()
+        except Exception:  # noqa: BLE001 -- a bar that cannot close must not hide the error
+            pass
+
+
 def report(exc: BaseException, stream=None) -> int:
     """Print `error: <message>` as one line on stderr; returns EXIT_FAILURE."""
+    clear_progress_bars()
     print("error: %s" % one_line(exc), file=stream or sys.stderr, flush=True)
     return EXIT_FAILURE
 
