@@ -84,6 +84,12 @@ class LmdbWriter:
         self.close()
 
 
+def _reason(exc: Exception, path: str) -> str:
+    """lmdb's message without the path it starts with (the kit's message names the folder once)."""
+    msg = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return msg[len(path) + 2:] if msg.startswith(path + ": ") else msg
+
+
 def read_lmdb(path: str) -> Iterator[Tuple[str, np.ndarray]]:
     """Yield (key, CxHxW array) in key order."""
     if not os.path.isdir(path):
@@ -92,7 +98,7 @@ def read_lmdb(path: str) -> Iterator[Tuple[str, np.ndarray]]:
         env = lmdb.open(path, readonly=True, lock=False)
     except lmdb.Error as exc:
         raise ValueError("%s: corrupt or unreadable LMDB (%s); rebuild the dataset"
-                         % (path, str(exc).splitlines()[0])) from None
+                         % (path, _reason(exc, path))) from None
     datum = caffe_pb2().Datum()
     try:
         with env.begin() as txn:
@@ -100,7 +106,7 @@ def read_lmdb(path: str) -> Iterator[Tuple[str, np.ndarray]]:
                 datum.ParseFromString(value)
                 yield key.decode("ascii"), datum_to_array(datum)
     except lmdb.Error as exc:
-        raise ValueError("%s: corrupt LMDB (%s); rebuild the dataset" % (path, str(exc).splitlines()[0])) from None
+        raise ValueError("%s: corrupt LMDB (%s); rebuild the dataset" % (path, _reason(exc, path))) from None
     finally:
         env.close()
 
@@ -123,7 +129,7 @@ def check_lmdb(path: str) -> int:
         env = lmdb.open(path, readonly=True, lock=False, readahead=False, max_readers=4)
     except lmdb.Error as exc:
         raise ValueError("%s: corrupt or unreadable LMDB (%s); rebuild the dataset"
-                         % (path, str(exc).splitlines()[0])) from None
+                         % (path, _reason(exc, path))) from None
     try:
         stat, info = env.stat(), env.info()
         need = (int(info["last_pgno"]) + 1) * int(stat["psize"])
@@ -140,7 +146,7 @@ def check_lmdb(path: str) -> int:
                              % (path, stat["entries"], n))
         return n
     except lmdb.Error as exc:
-        raise ValueError("%s: corrupt LMDB (%s); rebuild the dataset" % (path, str(exc).splitlines()[0])) from None
+        raise ValueError("%s: corrupt LMDB (%s); rebuild the dataset" % (path, _reason(exc, path))) from None
     finally:
         env.close()
 
