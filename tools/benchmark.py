@@ -634,14 +634,17 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=PARTS, action="append",
                    help="measure only this part (repeatable; the dataset ratios need training too)")
     args = p.parse_args(argv)
-    results = run(quick=args.quick, infer_base=args.infer_base, train_base=args.train_base,
-                  log=lambda m: print(m, file=sys.stderr), parts=tuple(args.only or PARTS))
-    print(format_report(results))
-    path = args.json or (DEFAULT_JSON if not args.only else
-                         DEFAULT_JSON.replace(".json", "-%s.json" % "-".join(sorted(set(args.only)))))
-    write_json(results, path)
-    print("saved %s" % path)
-    return 0
+
+    def body():
+        results = run(quick=args.quick, infer_base=args.infer_base, train_base=args.train_base,
+                      log=lambda m: print(m, file=sys.stderr), parts=tuple(args.only or PARTS))
+        print(format_report(results))
+        path = args.json or (DEFAULT_JSON if not args.only else
+                             DEFAULT_JSON.replace(".json", "-%s.json" % "-".join(sorted(set(args.only)))))
+        write_json(results, path)
+        print("saved %s" % path)
+    from thermalnet import cli
+    return cli.run(body)
 
 
 if __name__ == "__main__":
