@@ -45,7 +45,7 @@ import numpy as np
 from dataset_builder.lmdb_io import check_lmdb  # noqa: F401 -- one home; tools.train.check_lmdb as before
 from thermalnet import caffe_log, cli, layout, nets, spec
 from thermalnet.atomic import atomic_file, write_text
-from thermalnet.caffe_env import PROTOTXT_DIR, REPO_ROOT
+from thermalnet.caffe_env import REPO_ROOT
 
 # This module's import name for the worker processes: tools.train from the repository, thermalnet.tools.train
 # when installed (under python -m, __name__ is "__main__" but __spec__ keeps the real name).
@@ -68,8 +68,8 @@ DIVERGE_PATIENCE = 3
 # Optimiser of the demo and the default: Adam at 1e-3 (Kingma & Ba's default rate); a
 # --solver-template or --base-lr overrides. lr_policy fixed keeps resumed runs simple.
 DEFAULT_SOLVER = {"solver_type": "Adam", "base_lr": 1e-3, "lr_policy": "fixed", "momentum": 0.9}
-DEFAULT_NET = os.path.join(PROTOTXT_DIR, "thermalnet_%s.prototxt" % spec.DEFAULT_BASE)
-PAPER_NET = os.path.join(PROTOTXT_DIR, "thermalnet_%s.prototxt" % spec.PAPER_BASE)
+DEFAULT_NET = nets.network(nets.DEFAULT_NETWORK).net
+PAPER_NET = nets.network(nets.PAPER_NETWORK).net
 
 
 class TrainingError(RuntimeError):
@@ -87,7 +87,6 @@ class ClassCountMismatch(ValueError):
 # -- checks ----------------------------------------------------------------------------
 def check_class_count(net_path: str, dataset: str) -> int:
     """The score layer's (nets.SCORE_LAYER) num_output must equal the dataset's num_bins; returns it."""
-    from thermalnet import nets
     info = layout.read_dataset_info(dataset)
     q_net = int(nets.num_classes(net_path))
     q_ds = int(info["num_bins"])
@@ -354,7 +353,6 @@ def prepare_run(dataset: str, net: str, out: str, epochs: float, batch_size: int
                 seed: int = spec.SEED, gpu: Optional[int] = None, weights=None) -> Dict:
     """Check inputs (LMDBs whole, class count, pretrained weights fit), then write
     train_val.prototxt + solver.prototxt into the run folder; return the plan."""
-    from thermalnet import nets
 
     counts = check_dataset_lmdbs(dataset)
     if not os.path.isfile(net):
@@ -458,7 +456,6 @@ def _pycaffe_loop(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optio
     loss_name = _loss_blob(net)
     tnet = solver.test_nets[0] if (len(solver.test_nets) and plan["test_iter"]) else None
     tloss_name = _loss_blob(tnet) if tnet is not None else None
-    from thermalnet import nets
     log("Solving %s" % (nets.load_net(plan["train_val"]).name or "net"))
     log("Learning Rate Policy: %s" % (sp.lr_policy or "fixed"))
     for w in plan.get("weights") or []:
@@ -863,7 +860,6 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
             raise ValueError("%s is %dx%d but --paper-scale trains at %dx%d: build the dataset at paper scale"
                              % (dataset, info["height"], info["width"], spec.PAPER_HEIGHT, spec.PAPER_WIDTH))
     log_path = os.path.join(out, LOG_FILE)
-    from thermalnet import nets
     if resume and nets.split_weights(weights):
         # caffe train refuses the pair too: a restored .solverstate would overwrite the weights.
         raise ValueError("give --resume to continue training or --weights to fine-tune, not both")
