@@ -359,3 +359,25 @@ def test_cli_run_exit_codes_and_cleanup(tmp_path, capsys):
     assert cli.run(interrupted) == 130
     with pytest.raises(TypeError):
         cli.run(lambda: None + 1)
+
+
+COMMAND_MODULES = ["tools.train", "tools.evaluate", "tools.augment", "tools.demo", "tools.run_flir", "tools.ablate",
+                   "tools.report", "tools.fidelity", "tools.onnx_export", "tools.benchmark", "dataset_builder.cli",
+                   "thermalnet.nets", "thermalnet.gatys", "thermalnet.caffe_log", "thermalnet.plots",
+                   "thermalnet.caffe_env"]
+
+
+@pytest.mark.parametrize("module", COMMAND_MODULES)
+def test_every_command_has_build_parser_and_main(module):
+    """One shape for every command module: build_parser() (what --help shows, what tests inspect)
+    and main(argv) -> exit code; its prog is what the user types."""
+    import argparse
+    import importlib
+    mod = importlib.import_module(module)
+    p = mod.build_parser()
+    assert isinstance(p, argparse.ArgumentParser) and callable(mod.main)
+    typed = "python -m " + (module[:-len(".cli")] if module.endswith(".cli") else module)
+    assert p.prog == typed, p.prog
+    with pytest.raises(SystemExit) as info:            # argparse's own exit: 0 for --help
+        p.parse_args(["--help"])
+    assert info.value.code == 0

@@ -145,13 +145,17 @@ def use_device(gpu=None):
     return caffe
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m thermalnet.caffe_env",
                                 description="Say which Caffe the kit uses and whether a GPU is usable by it "
                                             "(a child process probes the device: Caffe aborts on a bad one).")
     from thermalnet import cli
     cli.add_gpu(p, help="GPU id to probe (set_device + one ReLU on the device)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     def body():
         caffe = import_caffe()

@@ -228,14 +228,18 @@ def log_to_csv(log_path: str, out_dir: Optional[str] = None) -> Tuple[str, str]:
             write_csv(val, os.path.join(out_dir, "val.csv")))
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m thermalnet.caffe_log",
                                 description="Parse a Caffe training log (caffe train, DIGITS, or the kit's "
                                             "pycaffe loop) into train.csv and val.csv "
                                             "(iteration, seconds, loss, lr).")
     p.add_argument("log", help="the log file (e.g. runs/NAME/train.log or a DIGITS caffe_output.log)")
     p.add_argument("--out", help="output folder (default: the log's folder)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     def body():
         print("wrote %s and %s" % log_to_csv(args.log, args.out))

@@ -445,7 +445,7 @@ def print_counts(names: Sequence[str], stream=None) -> Dict[str, Dict[str, int]]
     return result
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m thermalnet.nets",
         description="Thermalnet networks: parameter counts, binding a network to a dataset, resizing deploy.")
@@ -459,6 +459,11 @@ def main(argv=None) -> int:
     parser.add_argument("--check-weights", metavar="A.caffemodel[,B.caffemodel]",
                         help="say whether these caffemodels load by name into the --net network (one), "
                              "as tools.train --weights would copy them")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.counts or args.materialize or args.check_weights):
         parser.error("nothing to do: give --counts, --materialize or --check-weights")

@@ -107,14 +107,18 @@ def plot_triptych(visible_rgb: np.ndarray, ir: np.ndarray, synthetic: np.ndarray
     return _save(fig, out_png)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m thermalnet.plots",
                                 description="Plot train/validation loss of a run (train.csv, val.csv written "
                                             "by thermalnet.caffe_log) as loss.png.")
     p.add_argument("run", help="run folder holding train.csv and val.csv (or a train.log to parse first)")
     p.add_argument("--out", help="PNG path (default RUN/loss.png)")
     p.add_argument("--iters-per-epoch", type=float, help="adds an epoch axis")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     def body():
         run = args.run

@@ -624,7 +624,7 @@ def write_json(results: dict, path: str) -> None:
     _write_json(path, results)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer images and iterations, 240x320 only")
     p.add_argument("--json", help="where to save the results (default: %s; with --only: bench-PART.json "
@@ -633,7 +633,11 @@ def main(argv=None) -> int:
     p.add_argument("--train-base", default=spec.DEFAULT_BASE, help="train net for the training comparison")
     p.add_argument("--only", choices=PARTS, action="append",
                    help="measure only this part (repeatable; the dataset ratios need training too)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     def body():
         results = run(quick=args.quick, infer_base=args.infer_base, train_base=args.train_base,

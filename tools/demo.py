@@ -146,7 +146,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     cli.add_snapshot(p, SNAPSHOT_CHOICES, DEMO_SNAPSHOT)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.demo",
                                 description="The kit's demo: build a SYNTHETIC FLIR-ONE-like dataset (cached), train "
                                             "Thermalnet v1.1 at 120x160 for a fixed number of epochs, evaluate Table 2 "
@@ -171,7 +171,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=spec.SEED)
     add_model_options(p)
     cli.add_quiet(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     return cli.run(lambda: _main(a), outputs=[a.out])
 
 

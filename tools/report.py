@@ -416,7 +416,7 @@ def readme_tables(run: str, eval_dir: Optional[str] = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.report",
                                 description="Write RUN/report.md and a self-contained RUN/report.html from a "
                                             "trained and evaluated run (numbers read from its files).")
@@ -425,7 +425,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="where to write the report (default RUN)")
     p.add_argument("--readme", action="store_true", help="print the README's results tables for this run instead "
                                                         "(every figure read from the run's files)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     def body():
         try:

@@ -79,7 +79,7 @@ def run_flir(flir: Sequence[str], out: str, classes_csv: Optional[str] = None, d
                              snapshot=snapshot or demo.DEMO_SNAPSHOT)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.run_flir",
                                 description="Build a dataset from FLIR radiometric JPEGs, train Thermalnet, evaluate "
                                             "Table 2 with baselines and write the report (the demo's pipeline on "
@@ -102,7 +102,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .demo import add_model_options
     add_model_options(p)
     cli.add_quiet(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    a = build_parser().parse_args(argv)
 
     def body():
         r = run_flir(a.flir, a.out, a.classes, a.dataset, a.epochs, a.batch_size, a.base_lr, a.minutes,
