@@ -163,14 +163,3 @@ def test_demo_cli(tmp_path, capsys):
     assert "SYNTHETIC pairs: 12" in printed and "SYNTHETIC dataset" in printed and "11 train / 1 test" in printed
     with open(os.path.join(out, "dataset", layout.DATASET_INFO_FILE)) as f:
         assert json.load(f)["synthetic"] is True
-
-
-@pytest.mark.slow
-def test_bench_quick_reports_rates(capsys):
-    from dataset_builder import bench
-
-    res = bench.run(quick=True)
-    print(bench.format_results(res))
-    for k in ("img_per_s", "synthetic_pairs_per_s", "lmdb_write_pairs_per_s"):
-        assert res[k] > 0
-    assert "flir_pairs_per_s" in res or "flir_skipped" in res
