@@ -280,6 +280,15 @@ CASES = {
                                              "--style", "{corrupt_png}", "--out", "{out}.png"], "{empty_model}"),
     "caffe_log-not_a_log": ("thermalnet.caffe_log", ["{not_a_log}", "--out", OUT], "{not_a_log}"),
     "plots-bad_csv": ("thermalnet.plots", ["{run_bad_csv}", "--out", "{out}.png"], "{run_bad_csv}/train.csv"),
+    # digits_jobs: the client's LMDB export, and the validator (whose refusals are its documented
+    # one-line "REJECTED <file>: ..." form)
+    "digits_export-corrupt_lmdb": ("digits_jobs.client export-folders", ["--dataset", "{corrupt_lmdb}", "--out",
+                                                                          OUT], "{corrupt_lmdb}/train_db/features"),
+    "digits_validate-broken_net": ("digits_jobs.validate", ["{broken_prototxt}", "--no-caffe"], "{broken_prototxt}",
+                                   "REJECTED "),          # on stdout, stderr empty (digits_jobs/README.md)
+    "digits_validate-corrupt_lmdb": ("digits_jobs.validate", [NET, "--dataset", "{corrupt_lmdb}", "--out", OUT,
+                                                              "--no-caffe"], "{corrupt_lmdb}/train_db/features",
+                                     "REJECTED "),
 }
 
 
@@ -300,7 +309,9 @@ def _state(path: str):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_one_line_naming_the_file(corpus, tmp_path, case):
-    command, argv, bad = CASES[case]
+    command, argv, bad = CASES[case][:3]
+    prefix = CASES[case][3] if len(CASES[case]) > 3 else "error: "
+    verdict_on_stdout = prefix == "REJECTED "
     c = dict(corpus, out=str(tmp_path / "out"),
              corrupt_test_png_dataset=os.path.dirname(os.path.dirname(os.path.dirname(corpus["corrupt_test_png"]))))
     args = [_fill(a, c) for a in argv]
@@ -313,10 +324,13 @@ def test_bad_input_is_one_line_naming_the_file(corpus, tmp_path, case):
     r = subprocess.run([sys.executable, "-m"] + command.split() + args, cwd=REPO, capture_output=True, text=True,
                        env=env, timeout=300)
     lines = [line for line in r.stderr.splitlines() if line.strip()]       # (--quiet: no progress bars)
+    if verdict_on_stdout:
+        assert not lines, r.stderr[-3000:]
+        lines = [line for line in r.stdout.splitlines() if line.startswith(prefix)]
     assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
     assert "Traceback" not in r.stderr and "Check failed" not in r.stderr, r.stderr[-3000:]
     assert len(lines) == 1, r.stderr[-3000:]
-    assert lines[0].startswith("error: "), lines[0]
+    assert lines[0].startswith(prefix), lines[0]
     assert bad in lines[0], (bad, lines[0])
     for p in outputs + inputs:
         assert _state(p) == before[p], "%s was written or changed by a failed command" % p
@@ -329,7 +343,7 @@ def test_every_kit_command_is_in_the_corpus():
     covered = {CASES[k][0].split()[0] for k in CASES}
     assert launchers <= covered, sorted(launchers - covered)
     assert {"dataset_builder", "thermalnet.nets", "thermalnet.gatys", "thermalnet.caffe_log",
-            "thermalnet.plots"} <= covered
+            "thermalnet.plots", "digits_jobs.client", "digits_jobs.validate"} <= covered
 
 
 def test_cli_run_exit_codes_and_cleanup(tmp_path, capsys):
