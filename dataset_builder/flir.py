@@ -1,7 +1,9 @@
 """FLIR radiometric JPEG -> (visible photo cropped to the IR field of view, degC, meta).
 
-Temperatures come from flyr (raw counts through the file's Planck constants,
-emissivity, distance, humidity). The alignment tags come from exiftool: flyr's
+Temperatures are flyr's (raw counts through the file's Planck constants, emissivity,
+distance, humidity): computed by the kit's own reader (decode_fast: the same numbers
+without flyr's per-byte and per-pixel Python loops), by flyr itself for any file that
+reader cannot read exactly as flyr does. The alignment tags come from exiftool: flyr's
 own reader of the picture-in-picture record is used only when exiftool is missing
 (a test checks the two agree on the sample files).
 
@@ -33,16 +35,20 @@ to the part that has visible pixels behind it.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import re
 import shutil
+import struct
 import subprocess
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from .imageio import ImageReadError, check_ir_values
 
@@ -305,6 +311,222 @@ def _decode(path: str):
                         % (type(exc).__name__, msg)) from exc
 
 
+# -- the fast decoder ------------------------------------------------------------------
+# flyr spends most of a file's read in Python loops: it scans the JPEG for its FLIR
+# segments one byte at a time, swaps the PNG raw image's bytes with np.vectorize (one
+# Python call per pixel) and reads an unpacked raw image two bytes at a time. The
+# reader below does the same steps with one pattern search, PIL and numpy: the same
+# numbers (tests/test_flir_fast.py compares every sample with flyr, bit for bit). Anything
+# it does not read exactly as flyr would (another byte order, a damaged or unusual file)
+# goes to flyr, which decides as before.
+
+# A FLIR APP1 segment: FF E1, length (2 bytes, big-endian, counting itself), "FLIR\0",
+# one byte, chunk number, last chunk number, then the chunk of the FLIR record stream.
+_FLIR_SEGMENT = re.compile(b"\xff\xe1..FLIR\x00", re.DOTALL)
+# FLIR record types (exiftool's FLIR tag tables)
+REC_RAW, REC_PHOTO, REC_CAMERA, REC_PIP = 1, 14, 32, 42
+# Raw thermal record subtypes: 1 = 16-bit big-endian, 2 = 16-bit little-endian, 3 = PNG
+# (whose 16-bit samples hold the counts little-endian: swapped against PNG's own order).
+RAW_LE, RAW_PNG = 2, 3
+_PNG_MAGIC = b"\x89PNG"
+_RECORD_HEADER = 32           # a record's data start 32 bytes in (width, height at bytes 2..5)
+
+
+class _NotFast(Exception):
+    """This file is not read here the way flyr reads it: flyr decodes it."""
+
+
+@dataclass
+class _Thermogram:
+    """What read_flir takes from a decoded file (flyr's thermogram has the same attributes)."""
+
+    celsius: np.ndarray                  # float64 degC, as flyr's .celsius
+    optical: Optional[np.ndarray]        # the embedded photo as PIL decodes it, or None
+    pip_info: object = None              # flyr's picture-in-picture record, or None
+
+
+def flir_stream(data: bytes) -> bytes:
+    """The FLIR record stream ("FFF") of a JPEG file's bytes: its FLIR chunks in order.
+
+    Found where flyr finds them (from the third byte on; a chunk is skipped whole);
+    anything flyr would reject or read differently raises _NotFast.
+    """
+    chunks: Dict[int, bytes] = {}
+    last = None
+    pos = 2
+    while True:
+        m = _FLIR_SEGMENT.search(data, pos)
+        if m is None:
+            break
+        p = m.start()
+        if p + 12 > len(data):
+            raise _NotFast("segment header cut off")
+        size = int.from_bytes(data[p + 2:p + 4], "big") - 10     # the chunk's bytes
+        num, total = data[p + 10], data[p + 11]
+        if last is None:
+            last = total
+        if size < 0 or num > total or total != last or num in chunks or p + 12 + size > len(data):
+            raise _NotFast("inconsistent or cut-off FLIR segments")
+        chunks[num] = data[p + 12:p + 12 + size]
+        pos = p + 12 + size
+        if num == last:
+            break
+    if last is None or len(chunks) != last + 1:
+        raise _NotFast("no FLIR segments, or some missing")
+    return b"".join(chunks[i] for i in range(last + 1))
+
+
+def flir_records(fff: bytes, wanted: Sequence[int] = (REC_RAW, REC_PHOTO, REC_CAMERA, REC_PIP)):
+    """{record type: (subtype, offset, length)} from the stream's record directory.
+
+    The header (big-endian) gives the directory's offset and entry count; each 32-byte
+    entry: type (2 bytes), subtype (2), version (4), index (4), offset (4), length (4), ...
+    flyr reads the entries from the stream's first byte instead of the directory's
+    offset, so it sees the header as two entries and misses the directory's last two:
+    a wanted record that its lookup would not find in the same place raises _NotFast.
+    """
+    if len(fff) < 64 or fff[:4] not in (b"FFF\x00", b"AFF\x00"):
+        raise _NotFast("not a FLIR record stream")
+    start, count = struct.unpack_from(">II", fff, 0x18)
+    if start != 64 or count > 1024 or start + 32 * count > len(fff):
+        raise _NotFast("record directory not where flyr reads it")
+    entries = [struct.unpack_from(">HH8xII", fff, start + 32 * i) for i in range(count)]
+    flyr_view = {}
+    for i in range(count):             # flyr: entry i at byte 32 * i, later ones win
+        kind, offset, length = struct.unpack_from(">H10xII", fff, 32 * i)
+        if kind >= 1:
+            flyr_view[kind] = (offset, length)
+    out = {}
+    for kind, sub, offset, length in entries:
+        if kind in wanted:
+            if kind in out:
+                raise _NotFast("record type %d twice" % kind)
+            out[kind] = (sub, offset, length)
+    for kind in wanted:
+        if (kind in out) != (kind in flyr_view) or (kind in out and out[kind][1:] != flyr_view[kind]):
+            raise _NotFast("flyr would find record type %d elsewhere" % kind)
+    return out
+
+
+def _record_bytes(fff: bytes, rec, limit: Optional[int] = None):
+    """(width, height, data) of a raw-image or photo record (data cut to limit bytes)."""
+    _, offset, length = rec
+    width, height = struct.unpack_from("<HH", fff, offset + 2)
+    n = length if limit is None else min(limit, length)
+    return width, height, fff[offset + _RECORD_HEADER:offset + _RECORD_HEADER + n]
+
+
+def raw_counts(fff: bytes, rec) -> np.ndarray:
+    """The raw thermal image (uint16 counts, height x width) of a raw-data record."""
+    sub = rec[0]
+    width, height = struct.unpack_from("<HH", fff, rec[1] + 2)
+    if width * height == 0:
+        raise _NotFast("empty raw image")
+    _, _, data = _record_bytes(fff, rec, limit=2 * width * height)     # flyr reads no more
+    if data[:4] == _PNG_MAGIC:
+        if sub != RAW_PNG:
+            raise _NotFast("PNG raw image of subtype %d" % sub)
+        with Image.open(io.BytesIO(data)) as img:          # PIL, as flyr: the same counts
+            png = np.asarray(img)
+        if png.shape != (height, width) or png.dtype.kind not in "ui" or png.min() < 0 or png.max() > 0xFFFF:
+            raise _NotFast("PNG raw image of another size or sample type")
+        return png.astype(np.uint16).byteswap()
+    if sub != RAW_LE or len(data) != 2 * width * height:
+        raise _NotFast("raw image of subtype %d or %d bytes" % (sub, len(data)))
+    return np.frombuffer(data, dtype="<u2").reshape(height, width).astype(np.uint16)
+
+
+def planck_celsius(raw: np.ndarray, cam: Dict) -> np.ndarray:
+    """Raw counts -> degC (float64): FLIR's radiometric model with the file's constants.
+
+    A body at temperature T gives R1 / (R2 * (exp(B / T) - F)) - O counts. The counts
+    are the object's share (emissivity e, through the atmosphere's transmission tau,
+    once on each side of the external optics' window, transmission w) plus what the
+    surroundings add: the reflected apparent temperature's (1 - e), the atmosphere's
+    (1 - tau) and the window's own radiation (1 - w; its reflectance taken as 0).
+    tau mixes two exponentials in the square root of the object distance (its half on
+    each side of the window) and of the air's water content, from the relative humidity
+    and the atmospheric temperature. Arithmetic in flyr's order and with flyr's
+    constants (273.17 in the water content's square term, as flyr has it), so the
+    numbers are flyr's to the last bit.
+    """
+    e = cam["emissivity"]
+    dist = cam["object_distance"]
+    t_atm = cam["atmospheric_temperature"]
+    t_refl = cam["reflected_apparent_temperature"]
+    t_win = cam["ir_window_temperature"]
+    w = cam["ir_window_transmission"]
+    r1, r2, b, f, o = (cam["planck_r1"], cam["planck_r2"], cam["planck_b"], cam["planck_f"], cam["planck_o"])
+    x = cam["atmospheric_trans_x"]
+
+    def counts(t):
+        return r1 / (r2 * (math.exp(b / t) - f)) - o
+
+    water = cam["relative_humidity"] * math.exp(1.5587 + 0.06939 * (t_atm - 273.15)
+                                                - 0.00027816 * (t_atm - 273.17) ** 2
+                                                + 0.00000068455 * (t_atm - 273.15) ** 3)
+
+    def path(alpha, beta):
+        return math.exp(-math.sqrt(dist / 2) * (alpha + beta * math.sqrt(water)))
+
+    tau = x * path(cam["atmospheric_trans_alpha1"], cam["atmospheric_trans_beta1"]) + \
+        (1 - x) * path(cam["atmospheric_trans_alpha2"], cam["atmospheric_trans_beta2"])
+    through_window = e * tau * w
+    added = math.fsum([(1 - e) / e * counts(t_refl),                   # reflected surroundings
+                       (1 - tau) / e / tau * counts(t_atm),             # air before the window
+                       (1 - w) / through_window * counts(t_win),        # the window itself
+                       0.0 / through_window * counts(t_refl),           # its reflection (0)
+                       (1 - tau) / through_window / tau * counts(t_atm)])  # air behind it
+    obj = raw.astype(np.float64)
+    obj /= through_window * tau
+    obj -= added
+    obj += o
+    obj *= r2
+    kelvin = b / np.log(r1 / obj + f)
+    return kelvin - 273.15
+
+
+def decode_fast(path: str) -> _Thermogram:
+    """One FLIR file -> temperatures, photo and PiP record without flyr's Python loops.
+
+    Raises _NotFast for whatever flyr should decide (read_flir then calls flyr).
+    """
+    from flyr.picture_in_picture import parse_pip_info
+    from flyr.thermal import parse_camera_info
+
+    try:
+        with Image.open(path) as img:      # flyr reads the file's EXIF too: fails where it fails
+            img.getexif()
+        with open(path, "rb") as fh:
+            fff = flir_stream(fh.read())
+        recs = flir_records(fff)
+        if REC_RAW not in recs or REC_CAMERA not in recs:
+            raise _NotFast("no raw image or camera record")
+        raw = raw_counts(fff, recs[REC_RAW])
+        cam = parse_camera_info(io.BytesIO(fff), (0, REC_CAMERA, recs[REC_CAMERA][1], recs[REC_CAMERA][2]))
+        celsius = planck_celsius(raw, cam)
+    except _NotFast:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- a damaged file: flyr's error names the problem
+        raise _NotFast("%s: %s" % (type(exc).__name__, exc)) from exc
+    optical = pip = None
+    if REC_PHOTO in recs:              # as flyr: a photo that cannot be read is no photo
+        try:
+            width, height, data = _record_bytes(fff, recs[REC_PHOTO])
+            with Image.open(io.BytesIO(data)) as img:
+                optical = np.array(img)
+            if optical.shape[:2] != (height, width):
+                optical = None
+        except Exception:  # noqa: BLE001 -- flyr drops the photo on any error
+            optical = None
+    if REC_PIP in recs:
+        try:
+            pip = parse_pip_info(io.BytesIO(fff), (0, REC_PIP, recs[REC_PIP][1], recs[REC_PIP][2]))
+        except Exception:  # noqa: BLE001 -- as flyr: no PiP record
+            pip = None
+    return _Thermogram(celsius=celsius, optical=optical, pip_info=pip)
+
+
 def check_tags(path: str, tags: Dict) -> None:
     """Reject from the tags alone, before any decoding: foreign JPEGs, thermal-only files."""
     if tags.get("Error"):
@@ -338,7 +560,10 @@ def read_flir(path: str, tags: Optional[Dict] = None, refine_px: int = 0) -> Fli
         tags = read_tags([path])[path] if exiftool_path() else None
     if tags is not None:
         check_tags(path, tags)
-    th = _decode(path)
+    try:
+        th = decode_fast(path)
+    except _NotFast:
+        th = _decode(path)
     try:
         celsius = np.asarray(th.celsius, dtype=np.float32)
         rgb = th.optical
