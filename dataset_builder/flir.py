@@ -146,7 +146,9 @@ def footprint(tags: Dict, vis_shape: Tuple[int, int], ir_shape: Tuple[int, int],
 
 def content_box(rgb: np.ndarray) -> Tuple[int, int, int, int]:
     """(x0, y0, x1, y1) of the photo without black letterbox borders."""
-    bright = rgb.max(axis=2) > _BORDER_LEVEL
+    # the brightest channel by two elementwise maxima: numpy's max over a 3-long last
+    # axis is a slow reduction (about 20x the time on a 640x480 photo)
+    bright = np.maximum(np.maximum(rgb[:, :, 0], rgb[:, :, 1]), rgb[:, :, 2]) > _BORDER_LEVEL
     # a border line is (almost) all dark; JPEG ringing lights a few of its pixels
     rows = np.flatnonzero(bright.mean(axis=1) > 0.05)
     cols = np.flatnonzero(bright.mean(axis=0) > 0.05)

@@ -174,3 +174,27 @@ def test_planck_inverts_the_radiometric_model(flir_samples, changes):
     raw = np.array([_forward(cam, t + 273.15) for t in temps]).reshape(2, 3)
     out = flir.planck_celsius(raw, cam)
     assert out.dtype == np.float64 and np.abs(out - temps.reshape(2, 3)).max() < 1e-6
+
+
+def test_content_box_as_the_channel_maximum_gives_it():
+    """content_box's elementwise channel maximum finds the box the plain max(axis=2) finds,
+    on letterboxed and noisy photos."""
+    rng = np.random.RandomState(3)
+
+    def reference(rgb):
+        bright = rgb.max(axis=2) > flir._BORDER_LEVEL
+        rows = np.flatnonzero(bright.mean(axis=1) > 0.05)
+        cols = np.flatnonzero(bright.mean(axis=0) > 0.05)
+        h, w = rgb.shape[:2]
+        if rows.size == 0 or cols.size == 0:
+            return 0, 0, w, h
+        box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+        return (0, 0, w, h) if box[2] - box[0] < w // 2 or box[3] - box[1] < h // 2 else box
+
+    for i in range(20):
+        img = (rng.rand(120, 160, 3) * rng.choice([12, 40, 255])).astype(np.uint8)
+        y0, x0 = rng.randint(0, 30, 2)
+        img[:y0] = 0
+        img[:, :x0] = 0
+        img[:, :, i % 3] //= 1 + i % 4         # one channel darker than the others
+        assert flir.content_box(img) == reference(img), i
