@@ -25,7 +25,7 @@ from thermalnet import layout, spec
 from thermalnet.atomic import atomic_output_dir, write_text
 
 from . import flir, pairs
-from .imageio import (ImageReadError, check_ir_values, read_ir, read_rgb, resize_ir, resize_visible, write_npy,
+from thermalnet.imageio import (ImageReadError, check_ir_values, read_ir, read_rgb, resize_ir, resize_visible, write_npy,
                       write_png)
 from .parallel import make_pool
 
@@ -300,7 +300,7 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
     """Build a dataset folder at `out` (atomically). Returns the summary (also in dataset.json)."""
     from tqdm import tqdm
 
-    from .lmdb_io import LmdbWriter, write_mean_binaryproto
+    from thermalnet.lmdb_io import LmdbWriter, write_mean_binaryproto
 
     cfg = cfg or BuildConfig()
     cfg.check()

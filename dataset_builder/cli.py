@@ -1,10 +1,9 @@
-"""`python -m dataset_builder ...`: thin command-line shells over synthetic, build, overlay, bench."""
+"""`python -m dataset_builder ...`: thin command-line shells over synthetic, build, overlay."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 from typing import List, Optional
 
 from thermalnet import cli, spec
@@ -97,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--refine-alignment", type=int, default=24, metavar="PX",
                    help="search radius of the refined panel (0: no refined panel; default 24)")
 
-    sub.add_parser("bench", help="pairs/s of building from PNG pairs, JPEG pairs and FLIR files, and of LMDB "
-                                  "writing (= python -m tools.benchmark --only dataset)")
     return p
 
 
@@ -147,9 +144,3 @@ def _main(a) -> Optional[int]:
         scores = write_overlay(a.flir_file, a.out, a.refine_alignment)
         print(json.dumps(scores))
         print("wrote %s" % a.out)
-    elif a.cmd == "bench":     # the kit's one benchmark, its dataset part
-        try:
-            from thermalnet.tools import benchmark
-        except ImportError:        # a checkout that is not installed
-            from tools import benchmark
-        return benchmark.main(["--only", "dataset"])

@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .imageio import ImageReadError, check_ir_values
+from thermalnet.imageio import ImageReadError, check_ir_values
 
 ALIGN_TAGS = ("Real2IR", "OffsetX", "OffsetY", "PiPX1", "PiPX2", "PiPY1", "PiPY2")
 _EXIF_FIELDS = ALIGN_TAGS + ("Model", "Make", "RawThermalImageType", "RawThermalImageWidth",

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from . import flir
-from .imageio import write_png
+from thermalnet.imageio import write_png
 
 
 def _on_ir_grid(rgb: np.ndarray, ir_shape) -> np.ndarray:

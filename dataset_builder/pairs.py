@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from .imageio import IMAGE_EXTS, IR_EXTS
+from thermalnet.imageio import IMAGE_EXTS, IR_EXTS
 
 LAYOUTS = (("crop_lr_visible", "cropinfrared"), ("tv", "ir"), ("visible", "lwir"), ("visible", "infrared"),
            ("vi", "ir"), ("visible", "ir"))

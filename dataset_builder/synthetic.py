@@ -31,7 +31,7 @@ import numpy as np
 from thermalnet import spec
 from thermalnet.atomic import write_text
 
-from .imageio import write_npy, write_png
+from thermalnet.imageio import write_npy, write_png
 
 VIS_H, VIS_W = spec.FLIR_ONE_VISIBLE_SIZE
 IR_H, IR_W = spec.FLIR_ONE_IR_SIZE

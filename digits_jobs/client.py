@@ -532,8 +532,8 @@ def export_image_folders(dataset_dir: str, out_dir: str, progress: bool = True) 
     equals the kit's byte for byte.
     """
     from tqdm import tqdm
-    from dataset_builder.imageio import write_png
-    from dataset_builder.lmdb_io import lmdb_count, read_lmdb
+    from thermalnet.imageio import write_png
+    from thermalnet.lmdb_io import lmdb_count, read_lmdb
 
     counts = {}
     parent = os.path.dirname(os.path.abspath(out_dir))
@@ -708,7 +708,7 @@ def infer_flow(client: DigitsClient, job_id: str, images: Sequence[str], out: st
                ir_dir: Optional[str] = None, class_weights: Optional[np.ndarray] = None) -> Dict:
     """infer_one per image; brightness PNGs into out/, RMS (eq. 2) against ir_dir/<id>.png if given."""
     from tqdm import tqdm
-    from dataset_builder.imageio import read_gray8, write_png
+    from thermalnet.imageio import read_gray8, write_png
     client.login()
     os.makedirs(out, exist_ok=True)
     rows = []

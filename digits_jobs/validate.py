@@ -50,8 +50,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from thermalnet import cli, layout, spec
-from thermalnet import solver as digits_solver
+from thermalnet import solver as digits_solver, cli, layout, spec
 from thermalnet.solver import LR_POLICIES, SOLVER_TYPES
 from thermalnet.atomic import replace_dir
 from thermalnet.caffe_env import PROTOTXT_DIR, caffe_pb2
@@ -166,7 +165,7 @@ class DatasetFacts:
         server_root: the same folder as the DIGITS server sees it (a container mount);
         the paths written into the nets use it, the facts come from `root`.
         """
-        from dataset_builder.lmdb_io import lmdb_count, read_lmdb
+        from thermalnet.lmdb_io import lmdb_count, read_lmdb
 
         info = layout.read_dataset_info(root)
         feats = os.path.join(root, layout.TRAIN_DB, layout.FEATURES)

@@ -35,7 +35,7 @@ def flir_samples():
 def make_tiny_dataset(root, n_train=6, n_val=4, height=spec.DEFAULT_HEIGHT, width=spec.DEFAULT_WIDTH,
                       num_bins=spec.NUM_BINS, seed=0):
     """Random images and labels written as the builder writes them (LMDBs, weights, info)."""
-    from dataset_builder.lmdb_io import LmdbWriter, write_mean_binaryproto
+    from thermalnet.lmdb_io import LmdbWriter, write_mean_binaryproto
 
     rng = np.random.RandomState(seed)
     os.makedirs(root, exist_ok=True)

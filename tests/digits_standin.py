@@ -200,7 +200,7 @@ class StandinState:
     def infer(self, job: Job, images: List[Tuple[str, bytes]], epoch: Optional[float], resize: bool) -> Dict:
         from PIL import Image
         from thermalnet.caffe_env import import_caffe
-        from dataset_builder.lmdb_io import read_mean_binaryproto
+        from thermalnet.lmdb_io import read_mean_binaryproto
         if job.status != "Done" or not job.snapshots:
             raise _Answer(500, {"error": {"message": "model job %s has no snapshot" % job.id, "type": "RuntimeError"}})
         if epoch is not None and epoch not in job.snapshots:
@@ -762,7 +762,7 @@ def v_username(name: str) -> bool:
 
 def _analyze(train_images, train_labels, val_images, val_labels, mean, same_shape) -> v.DatasetFacts:
     """AnalyzeDbTask: count entries, first Datum's shape, optionally every shape the same."""
-    from dataset_builder.lmdb_io import lmdb_count, read_lmdb
+    from thermalnet.lmdb_io import lmdb_count, read_lmdb
     shape = None
     counts = {}
     for key, path in (("train", train_images), ("train_labels", train_labels), ("val", val_images),
@@ -791,7 +791,7 @@ def _build_from_folders(job_dir, feat, lab, vfeat, vlab, pct, conversion, same_s
     """The image-processing extension: pair files by stem, LMDBs (BGR features, raw labels), mean."""
     import random
     from PIL import Image
-    from dataset_builder.lmdb_io import LmdbWriter, write_mean_binaryproto
+    from thermalnet.lmdb_io import LmdbWriter, write_mean_binaryproto
 
     def listing(folder):
         files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(folder) for f in fs

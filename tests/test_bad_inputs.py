@@ -9,7 +9,6 @@ about a minute.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -50,7 +49,7 @@ def _save_random_model(caffe, deploy_text: str, path: str, seed: int) -> str:
 def corpus(tmp_path_factory, caffe):
     """{name: path}: good inputs and one bad copy of each kind, all made here."""
     from dataset_builder.cli import main as dataset_cli
-    from dataset_builder.lmdb_io import write_mean_binaryproto
+    from thermalnet.lmdb_io import write_mean_binaryproto
 
     root = tmp_path_factory.mktemp("bad_inputs")
     c = {}
@@ -217,12 +216,12 @@ CASES = {
                                               "--input", "{images}", "--out", OUT, "--quiet"], "{corrupt_png}"),
     "augment-empty_input": ("tools.augment", ["--model", "{model}", "--deploy", DEPLOY, "--dataset", "{dataset}",
                                               "--input", "{empty_pairs}", "--out", OUT, "--quiet"], "{empty_pairs}"),
-    # tools.onnx_export: deploy and model
-    "onnx_export-empty_model": ("tools.onnx_export", ["--deploy", DEPLOY, "--model", "{empty_model}", "--out",
+    # thermalnet.onnx_export: deploy and model
+    "onnx_export-empty_model": ("thermalnet.onnx_export", ["--deploy", DEPLOY, "--model", "{empty_model}", "--out",
                                                       "{out}.onnx"], "{empty_model}"),
-    "onnx_export-wrong_shape_model": ("tools.onnx_export", ["--deploy", DEPLOY, "--model", "{wrong_shape_model}",
+    "onnx_export-wrong_shape_model": ("thermalnet.onnx_export", ["--deploy", DEPLOY, "--model", "{wrong_shape_model}",
                                                             "--out", "{out}.onnx"], "{wrong_shape_model}"),
-    "onnx_export-broken_deploy": ("tools.onnx_export", ["--deploy", "{broken_prototxt}", "--model", "{model}",
+    "onnx_export-broken_deploy": ("thermalnet.onnx_export", ["--deploy", "{broken_prototxt}", "--model", "{model}",
                                                         "--out", "{out}.onnx"], "{broken_prototxt}"),
     # tools.run_flir: FLIR files, an existing dataset, weights
     "run_flir-plain_jpeg": ("tools.run_flir", ["--flir", "{plain_jpeg}", "--out", OUT, "--quiet"], "{plain_jpeg}"),
@@ -376,7 +375,7 @@ def test_cli_run_exit_codes_and_cleanup(tmp_path, capsys):
 
 
 COMMAND_MODULES = ["tools.train", "tools.evaluate", "tools.augment", "tools.demo", "tools.run_flir", "tools.ablate",
-                   "tools.report", "tools.fidelity", "tools.onnx_export", "tools.benchmark", "dataset_builder.cli",
+                   "tools.report", "tools.fidelity", "thermalnet.onnx_export", "tools.benchmark", "dataset_builder.cli",
                    "thermalnet.nets", "thermalnet.gatys", "thermalnet.caffe_log", "thermalnet.plots",
                    "thermalnet.caffe_env"]
 

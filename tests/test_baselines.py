@@ -19,7 +19,7 @@ H, W, Q = 12, 16, 32
 
 
 def _write_dataset(root, n=5, slope=0.6, offset=30.0, noise=6.0, mirror=False, seed=0):
-    from dataset_builder.lmdb_io import LmdbWriter
+    from thermalnet.lmdb_io import LmdbWriter
     rng = np.random.RandomState(seed)
     rgb = rng.randint(0, 256, size=(n, H, W, 3)).astype(np.uint8)
     luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
@@ -77,7 +77,7 @@ def test_fit_is_clipped_and_mirror_invariant(tmp_path):
 
 
 def test_unpaired_lmdbs_are_refused(tmp_path):
-    from dataset_builder.lmdb_io import LmdbWriter
+    from thermalnet.lmdb_io import LmdbWriter
     import shutil
     ds, *_ = _write_dataset(str(tmp_path / "ds"), n=3)
     shutil.rmtree(os.path.join(ds, layout.TRAIN_DB, layout.LABELS))

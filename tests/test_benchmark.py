@@ -121,7 +121,7 @@ def test_report_estimate_and_json(tmp_path):
 
 
 def test_report_of_the_dataset_part_alone():
-    """`python -m dataset_builder bench` = --only dataset: no inference, no training, no ratio."""
+    """--only dataset: no inference, no training, no ratio."""
     res = {"quick": True, "date": "2026-12-01T00:00:00+00:00", "note": "SYNTHETIC",
            "machine": {"cpu_model": "Test CPU", "cpus": 2, "numpy": "x", "opencv": "4", "opencv_threads": 2,
                        "onnxruntime": "1", "commit": "abc"},
@@ -133,18 +133,8 @@ def test_report_of_the_dataset_part_alone():
     assert "build from PNG pairs:" in text and "100.0 pairs/s" in text and "1.29x" in text
 
 
-def test_dataset_builder_bench_is_the_benchmarks_dataset_part(monkeypatch):
-    from dataset_builder import cli
-    seen = []
-    monkeypatch.setattr(benchmark, "main", lambda argv=None: seen.append(argv) or 0)
-    import thermalnet.tools.benchmark as installed
-    monkeypatch.setattr(installed, "main", lambda argv=None: seen.append(argv) or 0)
-    assert cli.main(["bench"]) == 0
-    assert seen == [["--only", "dataset"]]
-
-
 def test_jpeg_pairs_copy_the_pairs_with_jpeg_visible_images(tmp_path):
-    from dataset_builder.imageio import read_rgb, write_npy, write_png
+    from thermalnet.imageio import read_rgb, write_npy, write_png
     rng = np.random.RandomState(1)
     src = tmp_path / "pairs"
     for i in range(3):

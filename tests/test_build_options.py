@@ -18,7 +18,7 @@ from dataset_builder import pairs as P
 from thermalnet import layout
 from dataset_builder import synthetic
 from dataset_builder.cli import main as cli_main
-from dataset_builder.lmdb_io import read_mean_binaryproto
+from thermalnet.lmdb_io import read_mean_binaryproto
 from tests.test_dataset_build import _lmdb
 
 

@@ -25,8 +25,8 @@ from thermalnet import layout, spec
 from dataset_builder import synthetic
 from thermalnet.atomic import OutputExists
 from dataset_builder.cli import main as cli_main
-from dataset_builder.imageio import read_rgb, resize_ir, resize_visible
-from dataset_builder.lmdb_io import lmdb_count, read_lmdb
+from thermalnet.imageio import read_rgb, resize_ir, resize_visible
+from thermalnet.lmdb_io import lmdb_count, read_lmdb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

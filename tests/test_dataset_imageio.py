@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_builder import imageio
-from dataset_builder.imageio import ImageReadError
+from thermalnet import imageio
+from thermalnet.imageio import ImageReadError
 
 
 def _png(path, arr):

@@ -468,7 +468,7 @@ def test_archive_without_info_json_is_refused(standin):
 
 def test_image_processing_export_matches_the_kits_lmdbs(standin, dataset, tmp_path):
     # export-folders -> DIGITS' image-processing extension -> LMDBs equal to the kit's (stand-in build)
-    from dataset_builder.lmdb_io import read_lmdb
+    from thermalnet.lmdb_io import read_lmdb
     folders = str(tmp_path / "folders")
     counts = C.export_image_folders(dataset, folders, progress=False)
     assert counts == {"train": 6, "val": 4}

@@ -8,8 +8,7 @@ import os
 
 import pytest
 
-from thermalnet import layout, spec
-from thermalnet import solver as digits_solver
+from thermalnet import solver as digits_solver, layout, spec
 from digits_jobs import jobdefs as jd
 from digits_jobs import validate as v
 

@@ -117,7 +117,7 @@ def test_mean_pixel_is_the_mean_image_average(tiny_dataset):
     ds = v.DatasetFacts.from_dataset_dir(root)
     with open(GOOD) as f:
         files = v.digits_files(f.read(), ds, v.JobSettings(use_mean="pixel"))
-    from dataset_builder.lmdb_io import read_mean_binaryproto
+    from thermalnet.lmdb_io import read_mean_binaryproto
     want = read_mean_binaryproto(ds.mean_file).mean(axis=(1, 2))
     for l in files.train_val.layer:
         if l.type == "Data" and l.top[0] == "data":

@@ -58,7 +58,7 @@ def _png(path):
 
 def _by_hand_tn(caffe, ds, model, image_id):
     """Visible PNG -> BGR - mean -> deploy net -> prob -> expectation over bin centres."""
-    from dataset_builder.lmdb_io import read_mean_binaryproto
+    from thermalnet.lmdb_io import read_mean_binaryproto
     rgb = _png(os.path.join(ds, "test", "visible", image_id + ".png")).astype(np.float32)
     x = rgb[:, :, ::-1].transpose(2, 0, 1) - read_mean_binaryproto(os.path.join(ds, "train_db", "mean.binaryproto"))
     net = caffe.Net(DEPLOY, caffe.TEST, weights=model)
@@ -90,7 +90,7 @@ def _gaussian3x3_by_hand(img, sigma=0.8):
 
 
 def _train_luma_fit(ds):
-    from dataset_builder.lmdb_io import read_lmdb
+    from thermalnet.lmdb_io import read_lmdb
     feats = np.stack([f for _, f in read_lmdb(os.path.join(ds, "train_db", "features"))]).astype(np.float64)
     labels = np.stack([l[0] for _, l in read_lmdb(os.path.join(ds, "train_db", "labels"))]).astype(np.float64)
     luma = 0.299 * feats[:, 2] + 0.587 * feats[:, 1] + 0.114 * feats[:, 0]       # BGR

@@ -441,7 +441,7 @@ def test_bad_mean_image_is_one_line_naming_the_file(small_ds, tmp_path, damage):
     elif damage == "garbage":
         mean.write_bytes(b"\xff" * 64)
     else:
-        from dataset_builder.lmdb_io import write_mean_binaryproto
+        from thermalnet.lmdb_io import write_mean_binaryproto
         write_mean_binaryproto(np.zeros((3, H // 2, W), np.float32), str(mean))
     out = tmp_path / "run"
     r = _cli(["--dataset", str(ds), "--out", str(out), "--epochs", "1", "--batch-size", "2"])

@@ -168,7 +168,7 @@ def test_loss_falls_and_output_is_an_image(random_vgg, images, optimizer):
 
 
 def test_cli_writes_a_grey_png(random_vgg, images, tmp_path):
-    from dataset_builder import imageio
+    from thermalnet import imageio
     content, style = images
     c, s, o = (str(tmp_path / n) for n in ("tn.png", "ir.png", "out/pp.png"))
     imageio.write_png(c, np.rint(content).astype(np.uint8))

@@ -1,6 +1,6 @@
 """read_rgb's OpenCV path gives PIL's pixels, byte for byte, and PIL's errors.
 
-The dataset builder decodes PNG and JPEG through OpenCV (dataset_builder.imageio._fast_rgb)
+The dataset builder decodes PNG and JPEG through OpenCV (thermalnet.imageio._fast_rgb)
 because it is faster (make bench); a built dataset must not change by a single byte.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_builder import imageio
+from thermalnet import imageio
 
 
 def _scene(h=97, w=131):

@@ -1,4 +1,4 @@
-"""dataset_builder.imageio.read_gray8: the kit's 8-bit grey PNGs (test/ir brightness, label
+"""thermalnet.imageio.read_gray8: the kit's 8-bit grey PNGs (test/ir brightness, label
 bins) read back exactly, for thermalnet.baselines and the DIGITS client (no PIL of their own)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_builder import imageio
+from thermalnet import imageio
 
 
 def test_grey_png_round_trips_exactly_even_when_constant(tmp_path):

@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from thermalnet import decoders, layout, spec
-from dataset_builder import imageio
+from thermalnet import decoders, imageio, layout, spec
 from thermalnet.caffe_env import PROTOTXT_DIR
 from tools import augment
 from thermalnet.inference import Predictor, random_caffemodel
@@ -82,7 +81,7 @@ def test_mean_is_resized_to_other_sizes(tiny_dataset, tiny_net):
     root, _ = tiny_dataset
     mean_file = os.path.join(root, layout.TRAIN_DB, layout.MEAN_FILE)
     pred = Predictor(*tiny_net, mean_file=mean_file)
-    from dataset_builder.lmdb_io import read_mean_binaryproto
+    from thermalnet.lmdb_io import read_mean_binaryproto
     mean = read_mean_binaryproto(mean_file)
     img = _images([(60, 90)])[0]
     want_mean = cv2.resize(mean.transpose(1, 2, 0), (90, 60), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
@@ -313,8 +312,8 @@ def test_augment_takes_mean_and_window_from_the_dataset(tiny_net, tiny_dataset, 
 @pytest.mark.parametrize("size", [(32, 48), (40, 40)])
 def test_onnxruntime_backend_matches_pycaffe(any_net, size, tmp_path):
     """The third back-end: the caffemodel exported in memory, and the same from an .onnx file
-    written by tools.onnx_export (which needs no deploy prototxt)."""
-    from tools import onnx_export
+    written by thermalnet.onnx_export (which needs no deploy prototxt)."""
+    from thermalnet import onnx_export
     deploy, weights = any_net
     h, w = size if os.path.basename(deploy) == "deploy.prototxt" else (size[0] * 3, size[1] * 3)   # real nets: larger
     imgs = _images([(h, w)] * 3, seed=4)
@@ -334,7 +333,7 @@ def test_onnxruntime_backend_matches_pycaffe(any_net, size, tmp_path):
 
 def test_augment_cli_onnxruntime_from_an_onnx_file(tiny_net, visible_tree, tmp_path, capsys):
     """`--backend onnxruntime --model X.onnx` needs no deploy prototxt and writes what pycaffe writes."""
-    from tools import onnx_export
+    from thermalnet import onnx_export
     deploy, weights = tiny_net
     onnx_path = str(tmp_path / "tiny.onnx")
     assert onnx_export.main(["--deploy", deploy, "--model", weights, "--out", onnx_path]) == 0

@@ -1,4 +1,4 @@
-"""tools.onnx_export: the kit's deploy nets (random weights) in ONNX Runtime equal pycaffe.
+"""thermalnet.onnx_export: the kit's deploy nets (random weights) in ONNX Runtime equal pycaffe.
 
 Random He-initialised weights with logits scaled like a trained net's (see
 thermalnet.inference.random_caffemodel), random inputs: the checks are about the
@@ -15,7 +15,7 @@ import pytest
 
 from thermalnet import spec
 from thermalnet.caffe_env import PROTOTXT_DIR
-from tools import onnx_export
+from thermalnet import onnx_export
 from thermalnet.inference import _PycaffeBackend, random_caffemodel
 
 DEPLOYS = {base: os.path.join(PROTOTXT_DIR, "thermalnet_%s_deploy.prototxt" % base)

@@ -9,8 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from thermalnet import caffe_env
-from dataset_builder import lmdb_io
+from thermalnet import caffe_env, lmdb_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL = os.path.join(REPO, "tools", "install_caffe.sh")

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import make_tiny_dataset
 from thermalnet import caffe_env, layout, spec
-from dataset_builder.lmdb_io import LmdbWriter, write_mean_binaryproto
+from thermalnet.lmdb_io import LmdbWriter, write_mean_binaryproto
 from thermalnet import nets
 
 

@@ -53,9 +53,9 @@ def read_manifest(dataset: str, split: Optional[str] = "test") -> List[Dict]:
 def load_test_pair(dataset: str, image_id: str):
     """(visible RGB HxWx3 uint8, IR brightness HxW float64) of one test image.
 
-    Read by dataset_builder.imageio (a bad file is a one-line ImageReadError naming it).
+    Read by thermalnet.imageio (a bad file is a one-line ImageReadError naming it).
     """
-    from dataset_builder.imageio import read_gray8, read_rgb
+    from thermalnet.imageio import read_gray8, read_rgb
     vis = read_rgb(os.path.join(dataset, layout.TEST_DIR, "visible", image_id + ".png"))
     ir = read_gray8(os.path.join(dataset, layout.TEST_DIR, "ir", image_id + ".png"))
     return vis, ir.astype(np.float64)
@@ -69,7 +69,7 @@ def train_statistics(dataset: str, num_bins: Optional[int] = None) -> Dict:
     features, IR: bin-centre brightness of the labels). Mirrored copies, when the dataset
     has them, repeat the same (Y, IR) pixel pairs and so leave the fit unchanged.
     """
-    from dataset_builder.lmdb_io import lmdb_count, read_lmdb
+    from thermalnet.lmdb_io import lmdb_count, read_lmdb
     num_bins = num_bins or int(layout.read_dataset_info(dataset)["num_bins"])
     centers = spec.bin_centers(num_bins)
     lab_path = os.path.join(dataset, layout.TRAIN_DB, layout.LABELS)

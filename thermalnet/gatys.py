@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_grey(path: str) -> np.ndarray:
-    from dataset_builder import imageio
+    from thermalnet import imageio
     ir = imageio.read_ir(path)
     if ir.units != "brightness":
         raise ValueError("%s: expected an 8-bit grey brightness image, got %s values" % (path, ir.units))
@@ -302,7 +302,7 @@ def _main(args) -> None:
                              style_weight=args.style_weight, gpu=args.gpu)
     out, history = rec.run(content, style, iterations=args.iterations, lr=args.lr, init=args.init,
                            optimizer=args.optimizer, progress=True)
-    from dataset_builder import imageio
+    from thermalnet import imageio
     imageio.write_png(args.out, np.clip(np.rint(out), 0, 255).astype(np.uint8))
     print("gatys: %s written; loss %.4g -> %.4g over %d iterations" % (args.out, history[0], history[-1],
                                                                         len(history)))

@@ -10,7 +10,7 @@ flat this is the closest equivalent of "the mean at this pixel".
 Three back-ends run the same network (Input `data` -> ... -> Softmax `prob`, shape
 (N, Q, H, W)): pycaffe, the reference; OpenCV's DNN module, which reads the deploy
 prototxt + caffemodel with no Caffe at deployment time; and ONNX Runtime on the
-model exported by tools.onnx_export (an .onnx file needs neither Caffe nor the
+model exported by thermalnet.onnx_export (an .onnx file needs neither Caffe nor the
 prototxt; given a caffemodel, it is exported in memory first, with pycaffe). Images of any size work: the input is reshaped per batch,
 and images are grouped by size so a batch is always one size.
 """
@@ -91,7 +91,7 @@ def load_mean(mean) -> Optional[np.ndarray]:
     if mean is None:
         return None
     if isinstance(mean, (str, os.PathLike)):
-        from dataset_builder.lmdb_io import read_mean_binaryproto
+        from thermalnet.lmdb_io import read_mean_binaryproto
         path = _require_file(os.fspath(mean), "mean file (mean.binaryproto)")
         try:
             arr = read_mean_binaryproto(path)
@@ -201,7 +201,7 @@ class _OnnxRuntimeBackend:
     def __init__(self, deploy: Optional[str], weights: str, gpu: Optional[int]):
         import onnxruntime as ort
 
-        from tools import onnx_export
+        from thermalnet import onnx_export
         if weights.lower().endswith(ONNX_SUFFIX):
             model = weights
         else:
@@ -214,7 +214,7 @@ class _OnnxRuntimeBackend:
                 raise RuntimeError("this onnxruntime has no CUDA provider (install onnxruntime-gpu); "
                                    "drop --gpu to run on the CPU")
             providers = [("CUDAExecutionProvider", {"device_id": int(gpu)})] + providers
-        from tools.onnx_export import session_options
+        from thermalnet.onnx_export import session_options
         try:
             self.session = ort.InferenceSession(model, session_options(), providers=providers)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own error classes
@@ -234,7 +234,7 @@ class Predictor:
     deploy_prototxt: a deploy net with Input `data` and Softmax output `prob` (N, Q, H, W)
                      (may be None for backend "onnxruntime" with an .onnx model)
     caffemodel: trained weights (a DIGITS snapshot_iter_N.caffemodel), or for
-                "onnxruntime" also a model written by tools.onnx_export
+                "onnxruntime" also a model written by thermalnet.onnx_export
     mean_file: the training dataset's mean.binaryproto (or an array; None = no mean)
     backend: "pycaffe" (reference), "opencv" (cv2.dnn) or "onnxruntime"; gpu: device id or None (CPU)
     """

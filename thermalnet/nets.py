@@ -19,8 +19,7 @@ import os
 import sys
 from typing import Dict, Optional, Sequence, Tuple
 
-from thermalnet import layout, spec
-from thermalnet import solver as digits_solver
+from thermalnet import solver as digits_solver, layout, spec
 from thermalnet.atomic import write_text
 from thermalnet.caffe_env import PROTOTXT_DIR, caffe_pb2
 

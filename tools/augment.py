@@ -19,8 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from thermalnet import cli, decoders, layout, spec
-from dataset_builder import imageio
+from thermalnet import cli, decoders, imageio, layout, spec
 
 PALETTE = "inferno"
 PALETTE_SUFFIX = "_pal"
@@ -229,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.augment",
                                 description="Visible images -> synthetic thermal images with a trained Thermalnet.")
     p.add_argument("--model", required=True, help="trained weights (.caffemodel), or with --backend onnxruntime "
-                                                   "a model from tools.onnx_export (.onnx)")
+                                                   "a model from thermalnet.onnx_export (.onnx)")
     p.add_argument("--deploy", help="deploy prototxt (Input data -> Softmax prob); not needed for an .onnx model")
     p.add_argument("--mean", help="training mean.binaryproto (default: DATASET/train_db/mean.binaryproto)")
     p.add_argument("--dataset", help="training dataset folder: default mean, and the degC window for --celsius")

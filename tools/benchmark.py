@@ -33,7 +33,7 @@ one; training loop >= 0.95 of `caffe time`; best inference back-end >= 50% of sg
 GFLOP/s at each size with max |diff| < 1e-4; ONNX export within 1e-4 of pycaffe;
 dataset building >= 5x training consumption (for each kind of input).
 
-`python -m dataset_builder bench` runs part 5 alone (--only dataset).
+`python -m tools.benchmark --only dataset` runs part 5 alone.
 """
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def _time_predict(pred, images) -> float:
 
 def bench_inference(base: str, sizes, n_images: int, batch: int, repeats: int, workdir: str) -> dict:
     """Every back-end on one deploy net with random weights, at each size; ONNX export checked."""
-    from . import onnx_export
+    from thermalnet import onnx_export
     from thermalnet.inference import Predictor, random_caffemodel
     deploy = nets.network(base).deploy
     if not os.path.isfile(deploy):
@@ -344,7 +344,7 @@ def jpeg_pairs(src: str, dst: str, count: int) -> str:
     """The first `count` pairs of a visible/ + ir/ folder with the visible images re-encoded
     as JPEG (JPEG_QUALITY); the IR files linked, README.txt (SYNTHETIC) and classes.csv copied."""
     import cv2
-    from dataset_builder.imageio import read_rgb
+    from thermalnet.imageio import read_rgb
     names = sorted(os.listdir(os.path.join(src, "visible")))[:count]
     os.makedirs(os.path.join(dst, "visible"))
     os.makedirs(os.path.join(dst, "ir"))
@@ -372,7 +372,7 @@ def _build_rate(out: str, count: int, **inputs) -> dict:
 
 
 def _lmdb_rate(work: str, n: int) -> float:
-    from dataset_builder.lmdb_io import LmdbWriter
+    from thermalnet.lmdb_io import LmdbWriter
     rng = np.random.RandomState(spec.SEED)
     x = rng.randint(0, 256, (16, 3, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH)).astype(np.uint8)
     y = rng.randint(0, spec.NUM_BINS, (16, 1, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH)).astype(np.uint8)
@@ -388,7 +388,7 @@ def bench_dataset(quick: bool, workdir: str, log=print) -> dict:
     """Dataset building from the kit's three kinds of input; the image reader now and before
     (PIL); LMDB writing alone. The pairs are the demo's cached SYNTHETIC ones
     (tools.demo.synthetic_dataset: the paper's 1100, --quick the demo's 60), made once."""
-    from dataset_builder.imageio import pil_rgb, read_rgb
+    from thermalnet.imageio import pil_rgb, read_rgb
     from . import demo
     count = demo.QUICK_COUNT if quick else demo.DEMO_COUNT
     ds = demo.synthetic_dataset(count, progress=False, mirror=False if quick else demo.DEMO_MIRROR)

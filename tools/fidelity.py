@@ -491,7 +491,7 @@ def check_eq1_loss(ctx):
 
 
 def check_split(ctx):
-    from dataset_builder.lmdb_io import lmdb_count
+    from thermalnet.lmdb_io import lmdb_count
     try:
         tr = lmdb_count(os.path.join(ctx.dataset, layout.TRAIN_DB, layout.FEATURES))
         va = lmdb_count(os.path.join(ctx.dataset, layout.VAL_DB, layout.FEATURES))
@@ -702,7 +702,7 @@ def check_window(ctx):
 
 
 def check_val_is_test(ctx):
-    from dataset_builder.lmdb_io import lmdb_count
+    from thermalnet.lmdb_io import lmdb_count
     try:
         va = lmdb_count(os.path.join(ctx.dataset, layout.VAL_DB, layout.FEATURES))
     except Exception as exc:  # lmdb.Error

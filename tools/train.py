@@ -42,7 +42,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from dataset_builder.lmdb_io import check_lmdb  # noqa: F401 -- one home; tools.train.check_lmdb as before
+from thermalnet.lmdb_io import check_lmdb  # noqa: F401 -- one home; tools.train.check_lmdb as before
 from thermalnet import caffe_log, cli, layout, nets, spec
 from thermalnet.atomic import atomic_file, write_text
 from thermalnet.caffe_env import REPO_ROOT

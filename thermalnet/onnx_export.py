@@ -1,6 +1,6 @@
 """Export a trained Thermalnet (deploy prototxt + caffemodel) to ONNX, checked against pycaffe.
 
-    python -m tools.onnx_export --deploy prototxt/thermalnet_v1_1_deploy.prototxt \
+    python -m thermalnet.onnx_export --deploy prototxt/thermalnet_v1_1_deploy.prototxt \
         --model snapshot.caffemodel --out thermalnet.onnx
 
 Why: ONNX Runtime (CPU, or its GPU build) then runs the model with no Caffe at all,
@@ -224,7 +224,7 @@ def build_model(deploy: str, caffemodel: str):
     outputs = [helper.make_tensor_value_info(OUTPUT_BLOB, TensorProto.FLOAT, ["N", q, "H", "W"])]
     graph = helper.make_graph(nodes, net_param.name or "thermalnet", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="thermalnet-kit tools.onnx_export",
+                              producer_name="thermalnet-kit thermalnet.onnx_export",
                               doc_string="from %s + %s" % (os.path.basename(deploy), os.path.basename(caffemodel)))
     model.ir_version = min(model.ir_version, 8)    # readable by ONNX Runtime releases from 1.10 on
     onnx.checker.check_model(model)
@@ -309,7 +309,7 @@ def export(deploy: str, caffemodel: str, out: str, verify_sizes: Optional[List[T
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.onnx_export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m thermalnet.onnx_export", description=__doc__.split("\n\n")[0])
     p.add_argument("--deploy", required=True, help="deploy prototxt (Input data -> Softmax prob)")
     p.add_argument("--model", required=True, help="trained weights (.caffemodel)")
     p.add_argument("--out", required=True, help="output .onnx file")
