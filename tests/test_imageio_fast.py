@@ -84,3 +84,20 @@ def test_corrupt_png_data_is_an_image_read_error(tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(imageio.ImageReadError, match="bad.png: "):
         imageio.read_rgb(str(p))
+
+
+def test_a_png_damaged_inside_gives_the_kits_error_and_no_libpng_line(tmp_path):
+    """OpenCV's libpng prints 'libpng error: ...' itself; the kit's one line must stay the only one."""
+    import subprocess
+    import sys
+    import cv2
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.random.RandomState(0).randint(0, 255, (48, 64, 3)).astype(np.uint8))
+    b = bytearray(good.read_bytes())
+    b[200:260] = b"x" * 60                      # inside the IDAT stream, the end marker intact
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(bytes(b))
+    p = subprocess.run([sys.executable, "-c", "import sys; from thermalnet.imageio import read_rgb, ImageReadError\n"
+                        "try:\n    read_rgb(sys.argv[1])\nexcept ImageReadError as e:\n    print(e)\n",
+                        str(bad)], capture_output=True, text=True, timeout=60)
+    assert p.stdout.startswith(str(bad) + ": ") and p.stderr == "", (p.stdout, p.stderr)

@@ -8,7 +8,9 @@ renamed when complete), so an interrupted run never leaves a half-written PNG/NP
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 
 import cv2
@@ -58,6 +60,25 @@ _FAST_TILES = {"PNG": ("zip", "RGB"), "JPEG": ("jpeg", "RGB")}
 _END_MARKERS = {"PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
 
 
+@contextlib.contextmanager
+def _c_stderr_silenced():
+    """Point file descriptor 2 at /dev/null for a C call that prints its own errors: a file
+    it cannot decode falls back to PIL, whose one-line error is the kit's (one line per bad file)."""
+    try:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:        # no usable fd 2: nothing to silence
+        yield
+        return
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _fast_rgb(path: str):
     """8-bit RGB PNG / colour JPEG -> HxWx3 RGB decoded by OpenCV, else None (PIL's path).
 
@@ -84,7 +105,8 @@ def _fast_rgb(path: str):
     marker = _END_MARKERS[fmt]
     if marker not in data[-64:].tobytes():
         return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    with _c_stderr_silenced():      # libpng prints its own "libpng error: ..." before failing
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None or bgr.shape[:2] != (size[1], size[0]):
         return None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
