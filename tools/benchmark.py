@@ -387,12 +387,11 @@ def _lmdb_rate(work: str, n: int) -> float:
 def bench_dataset(quick: bool, workdir: str, log=print) -> dict:
     """Dataset building from the kit's three kinds of input; the image reader now and before
     (PIL); LMDB writing alone. The pairs are the demo's cached SYNTHETIC ones
-    (tools.demo.synthetic_dataset: the paper's 1100, --quick the demo's 60), made once."""
+    (tools.demo.synthetic_pairs: the paper's 1100, --quick the demo's 60), made once."""
     from thermalnet.imageio import pil_rgb, read_rgb
     from . import demo
     count = demo.QUICK_COUNT if quick else demo.DEMO_COUNT
-    ds = demo.synthetic_dataset(count, progress=False, mirror=False if quick else demo.DEMO_MIRROR)
-    pairs = os.path.join(os.path.dirname(ds), "pairs")     # demo.synthetic_dataset keeps them beside
+    pairs = demo.synthetic_pairs(count, progress=False)
     res = {"note": "SYNTHETIC pairs (the demo's), the same with JPEG visible images, copies of the FLIR "
                    "sample files; wall-clock on a possibly shared machine", "cpus": os.cpu_count(),
            "height": spec.DEFAULT_HEIGHT, "width": spec.DEFAULT_WIDTH, "inputs": {}, "decode_ms": {}}

@@ -56,25 +56,32 @@ def dataset_key(count: int, seed: int, height: int, width: int) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def synthetic_dataset(count: int = DEMO_COUNT, seed: int = spec.SEED, height: int = spec.DEFAULT_HEIGHT,
-                      width: int = spec.DEFAULT_WIDTH, root: str = DATA_ROOT, progress: bool = True,
-                      mirror: bool = False) -> str:
-    """Path of the cached SYNTHETIC dataset for these settings, generating and building it if missing.
+def _cache_folder(count: int, seed: int, height: int, width: int, root: str) -> str:
+    return os.path.join(root, "synthetic-%d-%dx%d-%s" % (count, height, width, dataset_key(count, seed, height, width)))
 
-    The generated pairs are shared by the mirrored and the plain dataset of the same settings.
-    """
-    from dataset_builder.build import BuildConfig, build
+
+def synthetic_pairs(count: int = DEMO_COUNT, seed: int = spec.SEED, height: int = spec.DEFAULT_HEIGHT,
+                    width: int = spec.DEFAULT_WIDTH, root: str = DATA_ROOT, progress: bool = True) -> str:
+    """Path of the cached SYNTHETIC pairs (visible/ + ir/) for these settings, generated if missing;
+    the demo's datasets (plain and mirrored) and make bench's build timings are made from them."""
     from dataset_builder.synthetic import generate
-    folder = os.path.join(root, "synthetic-%d-%dx%d-%s" % (count, height, width, dataset_key(count, seed, height,
-                                                                                              width)))
-    pairs = os.path.join(folder, "pairs")
-    ds = os.path.join(folder, "dataset-mirror" if mirror else "dataset")
-    if os.path.isfile(os.path.join(ds, layout.DATASET_INFO_FILE)):
-        print("[demo] using cached SYNTHETIC dataset %s" % ds, flush=True)
-        return ds
+    pairs = os.path.join(_cache_folder(count, seed, height, width, root), "pairs")
     if not os.path.isfile(os.path.join(pairs, "pairs.json")):
         print("[demo] generating %d SYNTHETIC pairs into %s" % (count, pairs), flush=True)
         generate(pairs, count, seed, progress=progress)
+    return pairs
+
+
+def synthetic_dataset(count: int = DEMO_COUNT, seed: int = spec.SEED, height: int = spec.DEFAULT_HEIGHT,
+                      width: int = spec.DEFAULT_WIDTH, root: str = DATA_ROOT, progress: bool = True,
+                      mirror: bool = False) -> str:
+    """Path of the cached SYNTHETIC dataset for these settings, generating and building it if missing."""
+    from dataset_builder.build import BuildConfig, build
+    ds = os.path.join(_cache_folder(count, seed, height, width, root), "dataset-mirror" if mirror else "dataset")
+    if os.path.isfile(os.path.join(ds, layout.DATASET_INFO_FILE)):
+        print("[demo] using cached SYNTHETIC dataset %s" % ds, flush=True)
+        return ds
+    pairs = synthetic_pairs(count, seed, height, width, root, progress)
     print("[demo] building the dataset %s (%dx%d, Q=%d%s)" % (ds, height, width, spec.NUM_BINS,
                                                                ", mirrored" if mirror else ""), flush=True)
     build(ds, (), [pairs], BuildConfig(height=height, width=width, seed=seed, progress=progress, mirror=mirror))
