@@ -67,7 +67,7 @@ DIVERGE_FACTOR = 5.0
 DIVERGE_PATIENCE = 3
 # Optimiser of the demo and the default: Adam at 1e-3 (Kingma & Ba's default rate); a
 # --solver-template or --base-lr overrides. lr_policy fixed keeps resumed runs simple.
-DEFAULT_SOLVER = {"solver_type": "Adam", "base_lr": 1e-3, "lr_policy": "fixed", "momentum": 0.9}
+DEFAULT_SOLVER = {"solver_type": "ADAM", "base_lr": 1e-3, "lr_policy": "fixed", "momentum": 0.9}
 DEFAULT_NET = nets.network(nets.DEFAULT_NETWORK).net
 PAPER_NET = nets.network(nets.PAPER_NETWORK).net
 
