@@ -64,3 +64,18 @@ def make_tiny_dataset(root, n_train=6, n_val=4, height=spec.DEFAULT_HEIGHT, widt
 def tiny_dataset(tmp_path_factory):
     """(path, {split: (features NxCxHxW, labels Nx1xHxW)}) of a random 120x160 dataset."""
     return make_tiny_dataset(str(tmp_path_factory.mktemp("tiny_dataset")))
+
+
+def require_kit_patch(present: bool, patch: str, what: str) -> None:
+    """Fail when the kit's own Caffe lacks one of its patches (tools/caffe/patches/PATCH): the
+    tests before it then ran only Caffe's original code. A user's CAFFE_ROOT Caffe (BVLC,
+    NVCaffe) need not carry it: there it is a loud skip."""
+    import warnings
+    if present:
+        return
+    why = ("this Caffe lacks tools/caffe/patches/%s (%s): the tests above ran Caffe's original code only. "
+           "Rerun `make setup` to rebuild the kit's Caffe" % (patch, what))
+    if os.environ.get("CAFFE_ROOT"):
+        warnings.warn(why)
+        pytest.skip(why)
+    pytest.fail(why)

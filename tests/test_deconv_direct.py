@@ -6,13 +6,12 @@ padding, dilation, bias and odd sizes; random SYNTHETIC blobs.
 """
 from __future__ import annotations
 
-import os
-import warnings
 
 import numpy as np
 import pytest
 
-from tools.benchmark import DECONV_ENV, _caffe_lib_has_direct_deconv
+from tests.conftest import require_kit_patch
+from thermalnet.caffe_env import DECONV_ENV, caffe_lib_patches
 
 CASES = [  # channels, H, W, kernel, stride, pad, dilation, learned weights, bias
     (32, 8, 10, 8, 4, 0, 1, False, False),       # Thermalnet's upscore layers
@@ -113,11 +112,4 @@ def test_depthwise_deconvolution_both_paths_match_numpy(caffe, tmp_path, monkeyp
 
 def test_this_caffe_carries_the_direct_deconvolution(caffe):
     """The kit's own build applies patch 0002; a CAFFE_ROOT Caffe (BVLC, NVCaffe) need not."""
-    if _caffe_lib_has_direct_deconv(caffe):
-        return
-    why = ("this Caffe lacks tools/caffe/patches/0002 (the direct depthwise deconvolution): the paths above "
-           "were both Caffe's generic one. Rerun `make setup` to rebuild the kit's Caffe")
-    if os.environ.get("CAFFE_ROOT"):
-        warnings.warn(why)
-        pytest.skip(why)
-    pytest.fail(why)
+    require_kit_patch(caffe_lib_patches()[DECONV_ENV], "0002", "the direct depthwise deconvolution")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools.benchmark import BRANCH_FREE_ENV, caffe_lib_patches
+from tests.conftest import require_kit_patch
+from thermalnet.caffe_env import BRANCH_FREE_ENV, caffe_lib_patches
 
 
 @pytest.fixture(params=["1", "0"], ids=["branch-free", "original"])
@@ -92,13 +93,4 @@ def test_max_pooling_matches_numpy(caffe, tmp_path, kernel, stride, pad, hw, loo
 
 def test_this_caffe_carries_the_branch_free_loops(caffe):
     """The kit's own build applies patch 0003; a CAFFE_ROOT Caffe (BVLC, NVCaffe) need not."""
-    import os
-    import warnings
-    if caffe_lib_patches(caffe)[BRANCH_FREE_ENV]:
-        return
-    why = ("this Caffe lacks tools/caffe/patches/0003 (branch-free ReLU and max pooling): the tests above ran "
-           "Caffe's original loops only. Rerun `make setup` to rebuild the kit's Caffe")
-    if os.environ.get("CAFFE_ROOT"):
-        warnings.warn(why)
-        pytest.skip(why)
-    pytest.fail(why)
+    require_kit_patch(caffe_lib_patches()[BRANCH_FREE_ENV], "0003", "branch-free ReLU and max pooling")

@@ -44,6 +44,26 @@ def import_caffe(quiet: bool = True):
     return caffe
 
 
+# The kit's run-time switches of its Caffe patches (tools/caffe/patches): "0" takes Caffe's original code.
+DECONV_ENV = "CAFFE_DECONV_DIRECT"     # patch 0002: the direct depthwise deconvolution
+BRANCH_FREE_ENV = "CAFFE_BRANCH_FREE"  # patch 0003: branch-free ReLU and max pooling
+
+
+def caffe_lib_patches() -> dict:
+    """Which of the kit's run-time-switchable patches the loaded libcaffe carries
+    (each reads its environment variable, whose name is then in the library)."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "libcaffe" in line and "/" in line}
+        blobs = []
+        for lib in libs:
+            with open(lib, "rb") as f:
+                blobs.append(f.read())
+    except OSError:
+        blobs = []
+    return {var: any(var.encode() in b for b in blobs) for var in (DECONV_ENV, BRANCH_FREE_ENV)}
+
+
 def caffe_pb2():
     """The protobuf module for Datum, NetParameter, SolverParameter."""
     return import_caffe().proto.caffe_pb2

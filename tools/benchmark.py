@@ -53,7 +53,7 @@ import numpy as np
 
 from thermalnet import nets, spec
 from thermalnet.atomic import write_json as _write_json
-from thermalnet.caffe_env import REPO_ROOT
+from thermalnet.caffe_env import BRANCH_FREE_ENV, DECONV_ENV, REPO_ROOT, caffe_lib_patches
 
 FB_RE = re.compile(r"Average Forward-Backward:\s*([0-9.eE+-]+)\s*ms")
 LAYER_RE = re.compile(r"\]\s+(\S+)\s+(forward|backward):\s*([0-9.eE+-]+)\s*ms")
@@ -63,8 +63,6 @@ TYPICAL_SIZE = (480, 640)           # a visible photo: the size augmentation mos
 AUGMENT_COUNT = 10000
 OLD_LOSS_MODULE = "tools.bench_old_loss"
 LOSS_MODULE = nets.LOSS_MODULE
-DECONV_ENV = "CAFFE_DECONV_DIRECT"  # 0: Caffe's generic grouped deconvolution (patch 0002)
-BRANCH_FREE_ENV = "CAFFE_BRANCH_FREE"  # 0: Caffe's original branchy ReLU and max pooling (patch 0003)
 OLD_CAFFE_ENV = {DECONV_ENV: "0", BRANCH_FREE_ENV: "0"}
 NEW_CAFFE_ENV = {DECONV_ENV: "1", BRANCH_FREE_ENV: "1"}
 BACKENDS = ("pycaffe", "opencv", "onnxruntime")
@@ -173,23 +171,6 @@ def bench_inference(base: str, sizes, n_images: int, batch: int, repeats: int, w
     return res
 
 
-def caffe_lib_patches(caffe) -> Dict[str, bool]:
-    """Which of the kit's run-time-switchable patches the loaded libcaffe carries
-    (each reads its environment variable, whose name is then in the library)."""
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {line.split()[-1] for line in f if "libcaffe" in line and "/" in line}
-        blobs = [open(lib, "rb").read() for lib in libs]
-    except OSError:
-        blobs = []
-    return {var: any(var.encode() in b for b in blobs) for var in (DECONV_ENV, BRANCH_FREE_ENV)}
-
-
-def _caffe_lib_has_direct_deconv(caffe) -> bool:
-    """Whether the loaded libcaffe carries patch 0002 (it reads CAFFE_DECONV_DIRECT)."""
-    return caffe_lib_patches(caffe)[DECONV_ENV]
-
-
 def parse_layer_times(text: str) -> Dict[str, float]:
     """`caffe time` output -> {layer: forward + backward ms}."""
     out: Dict[str, float] = {}
@@ -218,7 +199,7 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
     caffe.set_mode_cpu()
     res = {"net": os.path.basename(net_src), "data": "SYNTHETIC random", "height": height, "width": width,
            "batch": batch, "iterations": iterations, "rounds": rounds,
-           "caffe_patches": caffe_lib_patches(caffe)}
+           "caffe_patches": caffe_lib_patches()}
     # Two copies of the demo's small cached SYNTHETIC dataset: rc3's DataReader deadlocks two
     # nets on one LMDB + layer name.
     from . import demo
