@@ -416,14 +416,20 @@ def _start_build(pairs, out, size=("360", "480")):
 
 
 def _wait_writing(out, proc, timeout=120):
-    """Until the builder has made its temporary folder beside `out` (it decodes the pairs, then
-    writes the LMDBs there). Waiting for the first LMDB page instead raced the end of the build:
-    36 small pairs are written in a few milliseconds once decoded."""
+    """Until the builder has made its temporary folder beside `out`; then the build is frozen
+    (SIGSTOP) so the signal under test cannot arrive after it finished: 36 small pairs are
+    decoded and written within milliseconds once the folder exists. Returns None when the
+    build was already done (the caller starts another)."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         for tmp in glob.glob(out + ".tmp-*"):
             if os.path.isdir(tmp):
-                return tmp
+                proc.send_signal(signal.SIGSTOP)
+                if proc.poll() is None and os.path.isdir(tmp):
+                    return tmp
+                proc.send_signal(signal.SIGCONT)
+                proc.wait(60)
+                return None
         if proc.poll() is not None:
             raise AssertionError("build finished before it could be interrupted: %s" % proc.stderr.read())
         time.sleep(0.005)
@@ -437,9 +443,16 @@ def test_interrupted_build_keeps_old_dataset(syn_pairs, syn_ds, tmp_path, sig):
     shutil.copytree(old, out)
     before = open(os.path.join(out, layout.MANIFEST_FILE)).read()
     n_before = lmdb_count(os.path.join(out, layout.TRAIN_DB, layout.FEATURES))
-    proc = _start_build(syn_pairs, out)
-    tmp = _wait_writing(out, proc)
+    for _ in range(5):
+        proc = _start_build(syn_pairs, out)
+        tmp = _wait_writing(out, proc)
+        if tmp is not None:
+            break
+        shutil.rmtree(out)
+        shutil.copytree(old, out)
+    assert tmp is not None, "the build finished before it could be stopped, five times"
     proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)     # a stopped process handles SIGINT once it runs again
     rc = proc.wait(60)
     assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 130), proc.stderr.read()
     # the old dataset is whole and untouched
