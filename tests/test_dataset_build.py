@@ -410,9 +410,12 @@ def test_refuses_to_replace_foreign_folder(syn_pairs, tmp_path):
 
 def _start_build(pairs, out, size=("360", "480")):
     env = dict(os.environ, PYTHONPATH=REPO)
+    # SIGINT back to its default in the child: a shell's background job (CI scripts, `make test &`)
+    # starts with SIGINT ignored, which Python then keeps, and Ctrl-C would never reach the build.
     return subprocess.Popen([sys.executable, "-m", "dataset_builder", "build", "--pairs", pairs, "--out", out,
                              "--size", size[0], size[1], "--workers", "1", "--quiet"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_writing(out, proc, timeout=120):
