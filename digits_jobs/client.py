@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from thermalnet import cli, decoders, layout, metrics
-from thermalnet.atomic import replace_dir
+from thermalnet.atomic import replace_dir, write_bytes
 from digits_jobs import jobdefs as jd
 
 DEFAULT_URL = "http://localhost:5000"
@@ -359,7 +359,7 @@ class DigitsClient:
         log = self.fetch_text(job_id, jd.CAFFE_LOG, missing_ok=True)
         if log is not None:
             path = os.path.join(out_dir, jd.CAFFE_LOG)
-            _write_atomic(path, log.encode())
+            write_bytes(path, log.encode())
             files["log"] = path
         return files
 
@@ -408,14 +408,6 @@ def _never_sent(exc) -> bool:
 
 def _epoch_str(epoch: float) -> str:
     return ("%d" % epoch) if float(epoch).is_integer() else repr(float(epoch))
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def unpack_model_archive(blob: bytes, out_dir: str, where: str = "archive") -> Dict[str, str]:
@@ -645,7 +637,7 @@ def run_flow(client: DigitsClient, dataset_server: str, model_job: str = jd.MODE
     elif evaluate and not dataset_local:
         summary["evaluation"] = "skipped: no local copy of the dataset (--dataset)"
     if not client.dry_run:
-        _write_atomic(os.path.join(out, "digits_run.json"), json.dumps(summary, indent=1, default=str).encode())
+        write_bytes(os.path.join(out, "digits_run.json"), json.dumps(summary, indent=1, default=str).encode())
     return summary
 
 
@@ -730,7 +722,7 @@ def infer_flow(client: DigitsClient, job_id: str, images: Sequence[str], out: st
     if rms:
         res["mean_rms"] = float(np.mean(rms))
     if not client.dry_run:
-        _write_atomic(os.path.join(out, "infer.json"), json.dumps(res, indent=1).encode())
+        write_bytes(os.path.join(out, "infer.json"), json.dumps(res, indent=1).encode())
     return res
 
 

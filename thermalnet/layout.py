@@ -31,6 +31,18 @@ def lmdb_pairs(dataset_dir: str):
 
 
 
+def read_json(path: str, missing: str = None):
+    """A JSON file the kit wrote (dataset.json, train_summary.json, eval.json, ablation.json) with
+    one-line errors naming it. missing: a hint added when the file is absent."""
+    if missing is not None and not os.path.isfile(path):
+        raise FileNotFoundError("%s: missing (%s)" % (path, missing))
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as exc:
+        raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from None
+
+
 def read_dataset_info(dataset_dir: str, missing_ok: bool = False) -> dict:
     """dataset.json of a dataset folder -> dict, with the keys every consumer relies on checked.
 
@@ -42,11 +54,7 @@ def read_dataset_info(dataset_dir: str, missing_ok: bool = False) -> dict:
         if missing_ok:
             return {}
         raise FileNotFoundError("%s: missing, not a dataset folder built by dataset_builder" % path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from None
+    info = read_json(path)
     for key in ("num_bins", "height", "width"):
         if key not in info:
             raise ValueError("%s: missing %r" % (path, key))

@@ -475,11 +475,7 @@ def rerender(out: str) -> Dict:
     path = os.path.join(out, "ablation.json")
     if not os.path.isfile(path):
         raise ValueError("%s: no ablation.json to render" % out)
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except ValueError as exc:
-        raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from None
+    doc = layout.read_json(path)
     if not isinstance(doc, dict) or "meta" not in doc:
         raise ValueError("%s: the ablation did not finish (no meta); rerun it: finished arms are reused" % path)
     return write_outputs(out, doc["results"], doc["meta"])

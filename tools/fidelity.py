@@ -130,7 +130,7 @@ class Context:
             eval_dir, path = eval_dir or path, os.path.dirname(path)
         if os.path.isfile(os.path.join(path, "train_summary.json")):
             self.run = path
-            self.summary = _load_json(os.path.join(path, "train_summary.json"))
+            self.summary = layout.read_json(os.path.join(path, "train_summary.json"))
             self.dataset = self.summary.get("dataset") or ""
         elif os.path.isfile(os.path.join(path, layout.DATASET_INFO_FILE)):
             self.dataset = path
@@ -141,7 +141,7 @@ class Context:
         self.eval_dir = eval_dir or (os.path.join(self.run, "eval") if self.run else None)
         self.eval: Dict = {}
         if self.eval_dir and os.path.isfile(os.path.join(self.eval_dir, "eval.json")):
-            self.eval = _load_json(os.path.join(self.eval_dir, "eval.json"))
+            self.eval = layout.read_json(os.path.join(self.eval_dir, "eval.json"))
         # The network the run trained (its materialised train_val.prototxt), or the default one.
         if net is None and self.summary:
             # the run's own copy first: the summary's absolute paths go stale when a run folder is moved
@@ -181,14 +181,6 @@ class Context:
             self._shapes = caffe_shapes(files, self.height, self.width) if self.caffe_check else \
                 {"error": "Caffe check switched off"}
         return self._shapes
-
-
-def _load_json(path: str) -> Dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as exc:
-        raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from None
 
 
 def _rule_matches(rule, phase: str, stages: Sequence[str]) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import math
 import os
 import sys
@@ -44,13 +43,7 @@ FIDELITY_NOTE = ("Each claim of the paper and each assumption of the kit, checke
 
 
 def _load_json(path: str) -> Dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError("%s: missing (run tools.train / tools.evaluate first)" % path)
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError("%s: not valid JSON (%s)" % (path, exc)) from exc
+    return layout.read_json(path, missing="run tools.train / tools.evaluate first")
 
 
 def _f(v: Optional[float], digits: int = 1) -> str:
