@@ -12,6 +12,15 @@ Deconvolution (with group), Crop, Softmax -- and reads each layer by its *type*
 Height and width stay symbolic in the graph (the Crop reads the input's shape), so
 one .onnx file serves every image size, like the deploy prototxt.
 
+A Deconvolution that is one fixed separable filter per channel -- Caffe's bilinear
+filler, as in the kit's upscore layers, checked on the caffemodel's weights -- is a
+linear map along each image axis: out = Uh . X . Uw^T. Consecutive ones and the Crop
+after them fold into one small matrix per axis, built in the graph from the runtime
+sizes, so the whole upsampling is two MatMuls on the 1/16 score map (~80 MFLOP an image
+at 240x320) instead of two full-resolution grouped ConvTransposes and a copy; followed
+by the channel Softmax it is computed channels-last (see softmax_of_recipe). Learned
+(non-separable) deconvolutions keep the plain ConvTranspose translation.
+
 After writing, the model is run by ONNX Runtime and by pycaffe on the same random
 input and the largest difference of the probabilities is reported; above
 VERIFY_TOLERANCE the export counts as failed and nothing is written.
@@ -83,6 +92,42 @@ def _conv_attrs(cp, where: str) -> Dict:
                 group=int(cp.group))
 
 
+SEPARABLE_RTOL = 2.0 ** -20     # |W - outer(a_h, a_w)| allowed, relative to max |W|: float32 rounding only
+
+
+def separable_kernel(weights: np.ndarray, num_output: int, group: int, bias: Optional[np.ndarray] = None
+                     ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(a_h, a_w) when a Deconvolution is one fixed separable filter per channel, else None.
+
+    That is: num_output == group == input channels, no bias (or a zero one), the same
+    kh x kw kernel in every group, and that kernel equal to outer(a_h, a_w) up to
+    float32 rounding (Caffe's bilinear filler is exactly so). Such a layer is a linear
+    map along each image axis, which build_model applies as two small matrix products
+    instead of a full-resolution grouped transposed convolution. A learned kernel is
+    not separable and keeps the ConvTranspose translation.
+    """
+    w = np.asarray(weights)
+    if w.ndim != 4 or w.shape[:2] != (group, 1) or num_output != group:
+        return None
+    if bias is not None and np.any(bias):
+        return None
+    k = w[0, 0]
+    if not all(np.array_equal(k, w[c, 0]) for c in range(1, w.shape[0])):
+        return None
+    k = k.astype(np.float64)
+    p, q = np.unravel_index(int(np.argmax(np.abs(k))), k.shape)
+    peak = k[p, q]
+    if peak == 0 or not np.all(np.isfinite(k)):
+        return None
+    scale = np.sqrt(abs(peak))                    # balanced: a_h[p] == |a_w[q]|
+    a_h = (k[:, q] / scale).astype(np.float32)
+    a_w = (k[p, :] / scale * np.sign(peak)).astype(np.float32)
+    rebuilt = np.outer(a_h.astype(np.float64), a_w.astype(np.float64))
+    if np.abs(rebuilt - k).max() > SEPARABLE_RTOL * abs(peak):
+        return None
+    return a_h, a_w
+
+
 def build_model(deploy: str, caffemodel: str):
     """Translate the deploy net + weights into an onnx.ModelProto (checked by onnx.checker)."""
     import onnx
@@ -114,7 +159,96 @@ def build_model(deploy: str, caffemodel: str):
         inits.append(numpy_helper.from_array(arr, tname))
         return tname
 
+    def emit(kind: str, ins: List[str], name: str, **attrs) -> str:
+        out = fresh(name)
+        nodes.append(helper.make_node(kind, ins, [out], name=out, **attrs))
+        return out
+
+    def i64(name: str, value) -> str:
+        return const(name, np.array(value, np.int64))
+
+    # Fixed separable deconvolutions (see separable_kernel) and a Crop right after them
+    # are not translated one by one: the blob stays a recipe -- the low-resolution map,
+    # its channel count and the steps -- until something reads it. Then, per image axis,
+    # the steps become one small matrix U (out x in) built in the graph from the runtime
+    # sizes (H, W stay symbolic), and the chain is two MatMuls: Uh . X . Uw^T, about
+    # 80 MFLOP an image at 240x320 instead of the full-resolution transposed
+    # convolutions and the copy of the crop.
+    pending: Dict[str, Tuple[str, int, List]] = {}
+
+    def axis_matrix(x: str, axis: int, steps: List, stem: str, transposed: bool) -> Optional[str]:
+        """Graph of the steps' (out x in) matrix along `axis` (2: H, 3: W), or its transpose."""
+        size = emit("Gather", [emit("Shape", [x], stem + "_shape"), i64(stem + "_axis", axis)], stem + "_n", axis=0)
+        mat = None
+        for kind, per_axis, ref in steps:
+            if per_axis.get(axis) is None:
+                continue
+            if kind == "deconv":
+                # Caffe's deconvolution: out[i] = sum_j in[j] * a[i + pad - j*stride], a kernel
+                # index outside 0..K-1 reading 0 (K: the dilated kernel's length); out size
+                # stride*(n-1) + K - 2*pad. Consecutive ones compose: U2 . U1.
+                a, stride, pad, dil = per_axis[axis]
+                k = dil * (len(a) - 1) + 1
+                table = np.zeros(k + 1, np.float32)      # indices -1 and K (after the Clip) read the trailing 0
+                table[:k:dil] = a
+                span = emit("Mul", [size, i64(stem + "_s", stride)], stem + "_span")
+                out = emit("Add", [span, i64(stem + "_k", k - 2 * pad - stride)], stem + "_m")
+                rows = emit("Range", [i64(stem + "_p", pad), emit("Add", [out, i64(stem + "_p2", pad)], stem + "_end"),
+                                      i64(stem + "_one", 1)], stem + "_rows")            # i + pad
+                cols = emit("Range", [i64(stem + "_zero", 0), span, i64(stem + "_stride", stride)], stem + "_cols")
+                rows = emit("Unsqueeze", [rows, i64(stem + "_ra", [0 if transposed else 1])], stem + "_r2")
+                cols = emit("Unsqueeze", [cols, i64(stem + "_ca", [1 if transposed else 0])], stem + "_c2")
+                idx = emit("Clip", [emit("Sub", [rows, cols], stem + "_idx"), i64(stem + "_lo", -1),
+                                    i64(stem + "_hi", k)], stem + "_clip")
+                step = emit("Gather", [const(stem + "_a", table), idx], stem + "_U", axis=0)
+                if mat is not None:
+                    step = emit("MatMul", [mat, step] if transposed else [step, mat], stem + "_UU")
+                mat, size = step, out
+            else:                                        # crop: rows offset .. offset + the reference's size
+                n = emit("Gather", [emit("Shape", [ref], stem + "_rshape"), i64(stem + "_raxis", axis)],
+                         stem + "_rn", axis=0)
+                start = i64(stem + "_o", [per_axis[axis]])
+                end = emit("Add", [start, emit("Unsqueeze", [n, i64(stem + "_oa", [0])], stem + "_rn1")], stem + "_oe")
+                mat = emit("Slice", [mat, start, end, i64(stem + "_sa", [1 if transposed else 0])], stem + "_crop")
+                size = n
+        return mat
+
+    def materialize(blob: str) -> str:
+        """The recipe as an (N, C, H, W) tensor: X . Uw^T first (the cheaper order when h < w), then Uh . that."""
+        x, _, steps = pending.pop(blob)
+        uh = axis_matrix(x, 2, steps, blob + "_Uh", False)
+        uwt = axis_matrix(x, 3, steps, blob + "_UwT", True)
+        y = x
+        if uwt is not None:
+            y = emit("MatMul", [y, uwt], blob + "_w" if uh is not None else blob)
+        if uh is not None:
+            y = emit("MatMul", [uh, y], blob)
+        return y
+
+    def softmax_of_recipe(blob: str, top: str) -> None:
+        """Softmax over the channels of a recipe, as (N, H, W, C): ONNX Runtime's Softmax on the last axis.
+
+        Why: over the channel axis of NCHW a softmax needs five memory-bound passes
+        (max, subtract, exp, sum, divide; ORT's own Softmax there is far slower); with
+        the channels last it is one fused op, and the upsampling writes that layout for
+        free: Uw . X^T per row, then Uh . (h, W*C) as one GEMM. One transpose back to NCHW.
+        """
+        x, c, steps = pending[blob]
+        uh = axis_matrix(x, 2, steps, blob + "_Uh", False)
+        uw = axis_matrix(x, 3, steps, blob + "_Uw", False)
+        y = emit("Transpose", [x], blob + "_nhwc", perm=[0, 2, 3, 1])              # (N, h, w, C), small
+        if uw is not None:
+            y = emit("MatMul", [uw, y], blob + "_w")                                   # (N, h, W, C)
+        y = emit("Reshape", [y, i64(blob + "_flat", [0, 0, -1])], blob + "_rows")       # (N, h, W*C)
+        if uh is not None:
+            y = emit("MatMul", [uh, y], blob + "_h")                                   # (N, H, W*C)
+        y = emit("Reshape", [y, i64(blob + "_unflat", [0, 0, -1, c])], blob + "_hwc")  # (N, H, W, C)
+        y = emit("Softmax", [y], top + "_hwc", axis=3)
+        nodes.append(helper.make_node("Transpose", [y], [top], name=top, perm=[0, 3, 1, 2]))
+
     def src(blob: str, where: str) -> str:
+        if blob in pending:
+            current[blob] = materialize(blob)
         if blob not in current:
             raise ExportError("%s: bottom %r is produced by no earlier layer" % (where, blob))
         return current[blob]
@@ -134,6 +268,36 @@ def build_model(deploy: str, caffemodel: str):
                 dims = ["N", int(shape[1]), "H", "W"]
                 inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
                 current[top] = name
+            continue
+        if t == "Deconvolution" and len(layer.bottom) == 1 and len(layer.top) == 1 and params.get(layer.name):
+            cp = layer.convolution_param
+            attrs = _conv_attrs(cp, where)
+            blobs = params[layer.name]
+            ab = separable_kernel(blobs[0], int(cp.num_output), attrs["group"],
+                                  blobs[1] if cp.bias_term and len(blobs) > 1 else None)
+            if ab is not None:
+                b = layer.bottom[0]
+                x, _, steps = pending[b] if b in pending else (src(b, where), 0, [])
+                per_axis = {2 + i: (ab[i], attrs["strides"][i], attrs["pads"][i], attrs["dilations"][i])
+                            for i in (0, 1)}
+                pending[layer.top[0]] = (x, int(blobs[0].shape[0]), steps + [("deconv", per_axis, None)])
+                current.pop(layer.top[0], None)
+                continue
+        if t == "Crop" and len(layer.bottom) == 2 and layer.bottom[0] in pending \
+                and int(layer.crop_param.axis) % 4 >= 2:
+            axis = int(layer.crop_param.axis) % 4
+            offs = list(layer.crop_param.offset) or [0]
+            per_axis = {i: int(offs[i - axis] if len(offs) > 1 else offs[0]) for i in range(axis, 4)}
+            x, c, steps = pending[layer.bottom[0]]
+            pending[layer.top[0]] = (x, c, steps + [("crop", per_axis, src(layer.bottom[1], where))])
+            current.pop(layer.top[0], None)
+            continue
+        if t == "Softmax" and len(layer.bottom) == 1 and len(layer.top) == 1 and layer.bottom[0] in pending \
+                and (int(layer.softmax_param.axis) if layer.softmax_param.HasField("axis") else 1) % 4 == 1:
+            top = fresh(layer.top[0])
+            softmax_of_recipe(layer.bottom[0], top)
+            current[layer.top[0]] = top
+            pending.pop(layer.top[0], None)
             continue
         bottoms = [src(b, where) for b in layer.bottom]
         tops = [fresh(tp) for tp in layer.top]
@@ -211,13 +375,14 @@ def build_model(deploy: str, caffemodel: str):
             nodes.append(helper.make_node("Div", [ex, total], tops[:1], name=tops[0]))
         for top, name in zip(layer.top, tops):
             current[top] = name
+            pending.pop(top, None)
     if not inputs:
         raise ExportError("%s: no Input layer (the deploy net must start with Input `data`)" % deploy)
     from thermalnet.inference import OUTPUT_BLOB
-    if OUTPUT_BLOB not in current:
+    if OUTPUT_BLOB not in current and OUTPUT_BLOB not in pending:
         raise ExportError("%s: no blob %r (the deploy net must end in Softmax `prob`)" % (deploy, OUTPUT_BLOB))
     # The graph's output is called `prob` whatever tensor last wrote that blob.
-    last = current[OUTPUT_BLOB]
+    last = src(OUTPUT_BLOB, deploy)
     if last != OUTPUT_BLOB:
         nodes.append(helper.make_node("Identity", [last], [OUTPUT_BLOB], name="prob_out"))
     q = int(net.blobs[OUTPUT_BLOB].data.shape[1])
