@@ -47,6 +47,8 @@ def import_caffe(quiet: bool = True):
 # The kit's run-time switches of its Caffe patches (tools/caffe/patches): "0" takes Caffe's original code.
 DECONV_ENV = "CAFFE_DECONV_DIRECT"     # patch 0002: the direct depthwise deconvolution
 BRANCH_FREE_ENV = "CAFFE_BRANCH_FREE"  # patch 0003: branch-free ReLU and max pooling
+FUSED_ADAM_ENV = "CAFFE_FUSED_ADAM"    # patch 0005: Adam's CPU update in one pass
+KIT_PATCH_ENVS = {DECONV_ENV: "0002", BRANCH_FREE_ENV: "0003", FUSED_ADAM_ENV: "0005"}
 
 
 def caffe_lib_patches() -> dict:
@@ -61,7 +63,7 @@ def caffe_lib_patches() -> dict:
                 blobs.append(f.read())
     except OSError:
         blobs = []
-    return {var: any(var.encode() in b for b in blobs) for var in (DECONV_ENV, BRANCH_FREE_ENV)}
+    return {var: any(var.encode() in b for b in blobs) for var in KIT_PATCH_ENVS}
 
 
 def caffe_pb2():

@@ -53,7 +53,7 @@ import numpy as np
 
 from thermalnet import nets, spec
 from thermalnet.atomic import write_json as _write_json
-from thermalnet.caffe_env import BRANCH_FREE_ENV, DECONV_ENV, REPO_ROOT, caffe_lib_patches
+from thermalnet.caffe_env import KIT_PATCH_ENVS, REPO_ROOT, caffe_lib_patches
 
 FB_RE = re.compile(r"Average Forward-Backward:\s*([0-9.eE+-]+)\s*ms")
 LAYER_RE = re.compile(r"\]\s+(\S+)\s+(forward|backward):\s*([0-9.eE+-]+)\s*ms")
@@ -63,8 +63,8 @@ TYPICAL_SIZE = (480, 640)           # a visible photo: the size augmentation mos
 AUGMENT_COUNT = 10000
 OLD_LOSS_MODULE = "tools.bench_old_loss"
 LOSS_MODULE = nets.LOSS_MODULE
-OLD_CAFFE_ENV = {DECONV_ENV: "0", BRANCH_FREE_ENV: "0"}
-NEW_CAFFE_ENV = {DECONV_ENV: "1", BRANCH_FREE_ENV: "1"}
+OLD_CAFFE_ENV = {var: "0" for var in KIT_PATCH_ENVS}   # Caffe's original code at every switch
+NEW_CAFFE_ENV = {var: "1" for var in KIT_PATCH_ENVS}
 BACKENDS = ("pycaffe", "opencv", "onnxruntime")
 PARTS = ("inference", "training", "dataset")
 DECODE_IMAGES = 40                  # images timed per reader (read_rgb vs PIL)
@@ -505,8 +505,8 @@ def run(quick: bool = False, infer_base: str = spec.PAPER_BASE, train_base: str 
             log("[bench] training step old vs new, %s at %dx%d ..." % (train_base, spec.DEFAULT_HEIGHT,
                                                                          spec.DEFAULT_WIDTH))
             results["training"] = bench_training(train_base, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH,
-                                                 iterations=2 if quick else 8, batch=4, workdir=work,
-                                                 rounds=1 if quick else 3)
+                                                 iterations=2 if quick else 16, batch=4, workdir=work,
+                                                 rounds=1 if quick else 5)
         if "dataset" in parts:
             log("[bench] dataset building ...")
             results["dataset"] = bench_dataset(quick, work, log=log)
@@ -549,12 +549,12 @@ def format_report(results: dict) -> str:
         lines.append("  training: not run (%s)" % tr["skipped"])
     else:
         missing = [v for v, ok in tr["caffe_patches"].items() if not ok]
-        lines.append("  training step %s %dx%d batch %d (SYNTHETIC); Caffe patches 0002/0003: %s"
-                     % (tr["net"], tr["height"], tr["width"], tr["batch"],
+        lines.append("  training step %s %dx%d batch %d (SYNTHETIC); Caffe patches %s: %s"
+                     % (tr["net"], tr["height"], tr["width"], tr["batch"], "/".join(sorted(KIT_PATCH_ENVS.values())),
                         "present" if not missing else "MISSING (%s has no effect: rerun make setup)"
                         % ", ".join(missing)))
-        for which, label in (("old", "old (float64 one-hot loss, Caffe's own layers)"),
-                             ("new", "new (float32 loss, patches 0002 + 0003)")):
+        for which, label in (("old", "old (float64 one-hot loss, Caffe's own code)"),
+                             ("new", "new (float32 loss, patches %s)" % " + ".join(sorted(KIT_PATCH_ENVS.values())))):
             t = tr[which]
             ct = ("caffe time %.1f ms = %.2f img/s" % (t["caffe_time_fb_ms"], t["caffe_time_img_per_s"])
                   if "caffe_time_fb_ms" in t else "caffe time failed (%s)" % tr.get("caffe_time_error"))
