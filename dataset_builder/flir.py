@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from thermalnet.imageio import ImageReadError, check_ir_values
+from thermalnet.imageio import ImageReadError, check_ir_values, decode_rgb_jpeg
 
 ALIGN_TAGS = ("Real2IR", "OffsetX", "OffsetY", "PiPX1", "PiPX2", "PiPY1", "PiPY2")
 _EXIF_FIELDS = ALIGN_TAGS + ("Model", "Make", "RawThermalImageType", "RawThermalImageWidth",
@@ -515,8 +515,10 @@ def decode_fast(path: str) -> _Thermogram:
     if REC_PHOTO in recs:              # as flyr: a photo that cannot be read is no photo
         try:
             width, height, data = _record_bytes(fff, recs[REC_PHOTO])
-            with Image.open(io.BytesIO(data)) as img:
-                optical = np.array(img)
+            optical = decode_rgb_jpeg(data, width, height)      # flyr's PIL pixels, faster
+            if optical is None:
+                with Image.open(io.BytesIO(data)) as img:
+                    optical = np.array(img)
             if optical.shape[:2] != (height, width):
                 optical = None
         except Exception:  # noqa: BLE001 -- flyr drops the photo on any error

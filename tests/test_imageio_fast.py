@@ -1,6 +1,7 @@
-"""read_rgb's OpenCV path gives PIL's pixels, byte for byte, and PIL's errors.
+"""read_rgb's fast paths (libspng for PNG, OpenCV for JPEG and without pyspng) give PIL's pixels,
+byte for byte, and PIL's errors.
 
-The dataset builder decodes PNG and JPEG through OpenCV (thermalnet.imageio._fast_rgb)
+The dataset builder decodes PNG and JPEG through them (thermalnet.imageio._fast_rgb)
 because it is faster (make bench); a built dataset must not change by a single byte.
 """
 from __future__ import annotations
@@ -101,3 +102,46 @@ def test_a_png_damaged_inside_gives_the_kits_error_and_no_libpng_line(tmp_path):
                         "try:\n    read_rgb(sys.argv[1])\nexcept ImageReadError as e:\n    print(e)\n",
                         str(bad)], capture_output=True, text=True, timeout=60)
     assert p.stdout.startswith(str(bad) + ": ") and p.stderr == "", (p.stdout, p.stderr)
+
+
+def test_png_path_checks_every_chunk_crc(tmp_path):
+    """libspng (pyspng) decodes past bad checksums; the kit checks them first and so still
+    names a damaged file instead of returning its garbled pixels."""
+    p = tmp_path / "x.png"
+    Image.fromarray(_scene()).save(str(p))
+    data = bytearray(p.read_bytes())
+    assert imageio._png_crcs_match(bytes(data))
+    idat = data.index(b"IDAT")
+    data[idat + 10] ^= 0x01                          # one bit inside the first IDAT chunk
+    assert not imageio._png_crcs_match(bytes(data))
+    assert not imageio._png_crcs_match(bytes(data[:len(data) // 2]))     # no IEND
+    assert not imageio._png_crcs_match(b"GIF89a" + bytes(data[6:]))
+
+
+@pytest.mark.parametrize("decoder", ["libspng", "opencv"])
+def test_both_png_decoders_give_pils_pixels(tmp_path, monkeypatch, decoder):
+    if decoder == "libspng" and imageio._spng is None:
+        pytest.skip("pyspng is not installed (requirements.txt installs it)")
+    if decoder == "opencv":
+        monkeypatch.setattr(imageio, "_spng", None)
+    p = str(tmp_path / "x.png")
+    Image.fromarray(_scene(240, 320)).save(p)
+    got = imageio._fast_rgb(p)
+    assert got is not None and got.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(got, imageio.pil_rgb(p))
+
+
+def test_embedded_jpeg_bytes_decode_to_pils_pixels(tmp_path):
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(_scene(120, 160)).save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    ref = np.array(Image.open(io.BytesIO(data)))
+    np.testing.assert_array_equal(imageio.decode_rgb_jpeg(data, 160, 120), ref)
+    assert imageio.decode_rgb_jpeg(data, 161, 120) is None              # not the size the record says
+    grey = io.BytesIO()
+    Image.fromarray(_scene(120, 160)).convert("L").save(grey, format="JPEG")
+    assert imageio.decode_rgb_jpeg(grey.getvalue(), 160, 120) is None   # PIL's mode L: PIL's path
+    png = io.BytesIO()
+    Image.fromarray(_scene(120, 160)).save(png, format="PNG")
+    assert imageio.decode_rgb_jpeg(png.getvalue(), 160, 120) is None

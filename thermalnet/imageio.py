@@ -9,8 +9,11 @@ renamed when complete), so an interrupted run never leaves a half-written PNG/NP
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import struct
 import sys
+import zlib
 from dataclasses import dataclass
 
 import cv2
@@ -79,17 +82,46 @@ def _c_stderr_silenced():
         os.close(devnull)
 
 
+try:        # libspng: PNG decoding 1.5-1.7x faster than libpng here, the same pixels (make bench)
+    import pyspng as _spng
+except ImportError:     # an environment without it (the DIGITS container): OpenCV's libpng
+    _spng = None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_crcs_match(data: bytes) -> bool:
+    """Every chunk of a PNG up to IEND carries a correct CRC-32 (a damaged byte shows here)."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return False
+    view, pos, end = memoryview(data), len(_PNG_SIGNATURE), len(data)
+    while pos + 12 <= end:
+        (length,) = struct.unpack_from(">I", data, pos)
+        stop = pos + 8 + length
+        if stop + 4 > end or zlib.crc32(view[pos + 4:stop]) != struct.unpack_from(">I", data, stop)[0]:
+            return False
+        if data[pos + 4:pos + 8] == b"IEND":
+            return True
+        pos = stop + 4
+    return False
+
+
 def _fast_rgb(path: str):
-    """8-bit RGB PNG / colour JPEG -> HxWx3 RGB decoded by OpenCV, else None (PIL's path).
+    """8-bit RGB PNG / colour JPEG -> HxWx3 RGB decoded by libspng (PNG) or OpenCV, else None
+    (PIL's path).
 
     Why: a build decodes thousands of camera-size images; OpenCV's decoders (the same
     libpng / libjpeg-turbo, same integer IDCT and upsampling) give the same pixels as
-    PIL's without PIL's tobytes copy, and for JPEG several times faster (make bench).
+    PIL's without PIL's tobytes copy, and for JPEG several times faster; libspng decodes
+    the same PNG pixels faster still (make bench).
     PIL still reads the header (format, mode, decompression-bomb limit), and any
     file OpenCV cannot decode falls back to PIL, whose error names the problem.
     """
     try:
-        with Image.open(path) as img:
+        with open(path, "rb") as f:
+            raw = f.read()
+        with Image.open(io.BytesIO(raw)) as img:
             fmt, mode, tile = img.format, img.mode, img.tile
             size = img.size
     except Exception:  # noqa: BLE001 -- PIL's path reports it
@@ -101,13 +133,36 @@ def _fast_rgb(path: str):
     rawmode = args[0] if isinstance(args, tuple) else args
     if tile[0][0] != want[0] or rawmode != want[1]:
         return None
-    data = np.fromfile(path, dtype=np.uint8)
-    marker = _END_MARKERS[fmt]
-    if marker not in data[-64:].tobytes():
+    if _END_MARKERS[fmt] not in raw[-64:]:
         return None
+    if fmt == "PNG" and _spng is not None:
+        if not _png_crcs_match(raw):       # pyspng decodes past bad checksums: PIL's path names them
+            return None
+        try:
+            rgb = _spng.load(raw, "RGB")
+        except Exception:  # noqa: BLE001 -- a file libspng refuses: PIL's path names the problem
+            return None
+        return rgb if rgb.shape[:2] == (size[1], size[0]) else None
     with _c_stderr_silenced():      # libpng prints its own "libpng error: ..." before failing
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None or bgr.shape[:2] != (size[1], size[0]):
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_rgb_jpeg(data: bytes, width: int, height: int):
+    """JPEG bytes (a colour photo embedded in another file) -> HxWx3 RGB by OpenCV, or None
+    when PIL would not read them as an RGB JPEG of that size (the caller then uses PIL):
+    the same libjpeg-turbo pixels as PIL's np.array(Image.open(...)), 2-3x faster."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format != "JPEG" or img.mode != "RGB" or img.size != (width, height):
+                return None
+    except Exception:  # noqa: BLE001 -- PIL's path decides
+        return None
+    with _c_stderr_silenced():
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None or bgr.shape[:2] != (height, width):
         return None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 

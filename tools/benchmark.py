@@ -70,7 +70,6 @@ PARTS = ("inference", "training", "dataset")
 DECODE_IMAGES = 40                  # images timed per reader (read_rgb vs PIL)
 JPEG_QUALITY = 95                   # the visible images of the JPEG pairs (a camera's setting)
 FLIR_WITH_PHOTO = ("flir_one_mug.jpg", "flir_ax8.jpg", "flir_b60_aqua_tower.jpg")
-FLIR_COPIES = 20
 LMDB_PAIRS = 1000
 GENERATE_PAIRS = 40                 # SYNTHETIC pairs rendered for the generator's rate
 
@@ -401,7 +400,7 @@ def bench_dataset(quick: bool, workdir: str, log=print) -> dict:
     else:
         src = os.path.join(workdir, "flir")
         os.makedirs(src)
-        copies = 4 if quick else FLIR_COPIES
+        copies = max(1, count // len(FLIR_WITH_PHOTO))     # as many inputs as the pairs: the same fixed costs
         for k in range(copies):
             for name in FLIR_WITH_PHOTO:
                 shutil.copyfile(os.path.join(samples, name), os.path.join(src, "%03d_%s" % (k, name)))
