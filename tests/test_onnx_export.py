@@ -52,14 +52,12 @@ def test_export_runs_like_pycaffe_at_several_sizes(exported):
 
 
 def test_export_uses_every_kit_layer_type(exported):
-    """Fixed bilinear upsampling + crop + softmax become two MatMuls and a channels-last Softmax."""
+    """Fixed bilinear upsampling + crop become two MatMuls; the softmax after them is shifted at low resolution."""
     model = onnx.load(exported[2])
     ops = [n.op_type for n in model.graph.node]
-    assert {"Conv", "Relu", "MaxPool", "Concat", "MatMul", "Softmax"} <= set(ops)
+    assert {"Conv", "Relu", "MaxPool", "Concat", "MatMul", "ReduceMax", "Exp", "ReduceSum", "If"} <= set(ops)
     assert "ConvTranspose" not in ops                 # the deploy nets' deconvolutions are fixed bilinear
     assert ops.count("MatMul") >= 2
-    soft = [n for n in model.graph.node if n.op_type == "Softmax"]
-    assert len(soft) == 1 and next(a.i for a in soft[0].attribute if a.name == "axis") == 3
     pools = [n for n in model.graph.node if n.op_type == "MaxPool"]
     assert pools and all(next(a.i for a in n.attribute if a.name == "ceil_mode") == 1 for n in pools)
 
@@ -220,3 +218,45 @@ def test_separable_kernel_reads_the_caffemodel_weights(exported, caffe):
     per_bin[3] *= 2.0                                                             # not the same in every group
     assert onnx_export.separable_kernel(per_bin, q, q) is None
     assert onnx_export.separable_kernel(np.zeros_like(w), q, q) is None
+
+
+def _underflow_branch_taken(model, x) -> bool:
+    """Run the graph with the If's condition as an extra output (True: the exact softmax branch ran)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    cond = [n for n in m.graph.node if n.op_type == "If"]
+    assert len(cond) == 1
+    m.graph.output.append(onnx.helper.make_tensor_value_info(cond[0].input[0], onnx.TensorProto.BOOL, []))
+    return bool(onnx_export.ort_session(m).run([cond[0].input[0]], {"data": x})[0])
+
+
+UPSAMPLE_ONLY_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 16 } } }
+layer { name: "up" type: "Deconvolution" bottom: "data" top: "up"
+        convolution_param { num_output: 3 group: 3 bias_term: false kernel_size: 4 stride: 2 pad: 1
+                            weight_filler { type: "bilinear" } } }
+layer { name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "score" crop_param { axis: 2 offset: 1 } }
+layer { name: "prob" type: "Softmax" bottom: "score" top: "prob" }
+"""
+
+
+@pytest.mark.parametrize("scale,exact_branch", [(4.0, False), (400.0, True)])
+def test_low_resolution_softmax_shift_falls_back_where_it_would_underflow(scale, exact_branch, tmp_path, caffe):
+    """Logits are the input itself, upsampled: ordinary ones take the cheap branch; neighbours that
+    disagree by hundreds make the shifted sums underflow, and the exact branch keeps Caffe's result."""
+    deploy = str(tmp_path / "upsample_deploy.prototxt")
+    with open(deploy, "w") as f:
+        f.write(UPSAMPLE_ONLY_NET)
+    weights = random_caffemodel(deploy, str(tmp_path / "w.caffemodel"), seed=0)
+    model = onnx_export.build_model(deploy, weights)
+    assert "ConvTranspose" not in [n.op_type for n in model.graph.node]
+    sess = onnx_export.ort_session(model)
+    ref = _PycaffeBackend(deploy, weights, None)
+    rng = np.random.RandomState(3)
+    for size in ((12, 16), (13, 21)):
+        x = rng.uniform(-scale, scale, size=(2, 3) + size).astype(np.float32)
+        assert _underflow_branch_taken(model, x) is exact_branch
+        a = ref.forward(x)
+        b = sess.run(["prob"], {"data": x})[0]
+        assert np.isfinite(b).all() and np.abs(a - b).max() < 1e-5
+        assert a.max() > 0.9

@@ -17,9 +17,10 @@ filler, as in the kit's upscore layers, checked on the caffemodel's weights -- i
 linear map along each image axis: out = Uh . X . Uw^T. Consecutive ones and the Crop
 after them fold into one small matrix per axis, built in the graph from the runtime
 sizes, so the whole upsampling is two MatMuls on the 1/16 score map (~80 MFLOP an image
-at 240x320) instead of two full-resolution grouped ConvTransposes and a copy; followed
-by the channel Softmax it is computed channels-last (see softmax_of_recipe). Learned
-(non-separable) deconvolutions keep the plain ConvTranspose translation.
+at 240x320) instead of two full-resolution grouped ConvTransposes and a copy; the
+channel Softmax after it subtracts the max at the score map's resolution (see
+softmax_of_recipe). Learned (non-separable) deconvolutions keep the plain ConvTranspose
+translation.
 
 After writing, the model is run by ONNX Runtime and by pycaffe on the same random
 input and the largest difference of the probabilities is reported; above
@@ -92,6 +93,7 @@ def _conv_attrs(cp, where: str) -> Dict:
                 group=int(cp.group))
 
 
+UNDERFLOW_SUM = 1e-30          # below this sum of exps the shifted softmax falls back to the exact one
 SEPARABLE_RTOL = 2.0 ** -20     # |W - outer(a_h, a_w)| allowed, relative to max |W|: float32 rounding only
 
 
@@ -168,13 +170,13 @@ def build_model(deploy: str, caffemodel: str):
         return const(name, np.array(value, np.int64))
 
     # Fixed separable deconvolutions (see separable_kernel) and a Crop right after them
-    # are not translated one by one: the blob stays a recipe -- the low-resolution map,
-    # its channel count and the steps -- until something reads it. Then, per image axis,
-    # the steps become one small matrix U (out x in) built in the graph from the runtime
-    # sizes (H, W stay symbolic), and the chain is two MatMuls: Uh . X . Uw^T, about
-    # 80 MFLOP an image at 240x320 instead of the full-resolution transposed
-    # convolutions and the copy of the crop.
-    pending: Dict[str, Tuple[str, int, List]] = {}
+    # are not translated one by one: the blob stays a recipe -- the low-resolution map
+    # and the steps -- until something reads it. Then, per image axis, the steps become
+    # one small matrix U (out x in) built in the graph from the runtime sizes (H, W stay
+    # symbolic), and the chain is two MatMuls: Uh . X . Uw^T, about 80 MFLOP an image
+    # at 240x320 instead of the full-resolution transposed convolutions and the copy
+    # of the crop.
+    pending: Dict[str, Tuple[str, List]] = {}
 
     def axis_matrix(x: str, axis: int, steps: List, stem: str, transposed: bool) -> Optional[str]:
         """Graph of the steps' (out x in) matrix along `axis` (2: H, 3: W), or its transpose."""
@@ -215,7 +217,7 @@ def build_model(deploy: str, caffemodel: str):
 
     def materialize(blob: str) -> str:
         """The recipe as an (N, C, H, W) tensor: X . Uw^T first (the cheaper order when h < w), then Uh . that."""
-        x, _, steps = pending.pop(blob)
+        x, steps = pending.pop(blob)
         uh = axis_matrix(x, 2, steps, blob + "_Uh", False)
         uwt = axis_matrix(x, 3, steps, blob + "_UwT", True)
         y = x
@@ -226,25 +228,38 @@ def build_model(deploy: str, caffemodel: str):
         return y
 
     def softmax_of_recipe(blob: str, top: str) -> None:
-        """Softmax over the channels of a recipe, as (N, H, W, C): ONNX Runtime's Softmax on the last axis.
+        """Caffe's channel Softmax of a recipe whose matrices are >= 0 (bilinear), shifted at low resolution.
 
-        Why: over the channel axis of NCHW a softmax needs five memory-bound passes
-        (max, subtract, exp, sum, divide; ORT's own Softmax there is far slower); with
-        the channels last it is one fused op, and the upsampling writes that layout for
-        free: Uw . X^T per row, then Uh . (h, W*C) as one GEMM. One transpose back to NCHW.
+        Why: softmax is the same for any per-pixel shift, and the max over channels at
+        full resolution (ReduceMax, then Sub) was measured as the slowest part of the
+        softmax. Subtracting each score-map pixel's channel max *before* the upsampling
+        costs nothing and keeps every logit <= 0 (nonnegative U), so exp cannot
+        overflow: out = Exp(Y') / ReduceSum(Exp(Y')). It could underflow only where
+        neighbouring pixels disagree by ~70 in logit; if any pixel's sum is below 1e-30
+        an If runs the exact max-subtracted softmax instead (the numbers then equal
+        Caffe's as in the plain translation).
         """
-        x, c, steps = pending[blob]
-        uh = axis_matrix(x, 2, steps, blob + "_Uh", False)
-        uw = axis_matrix(x, 3, steps, blob + "_Uw", False)
-        y = emit("Transpose", [x], blob + "_nhwc", perm=[0, 2, 3, 1])              # (N, h, w, C), small
-        if uw is not None:
-            y = emit("MatMul", [uw, y], blob + "_w")                                   # (N, h, W, C)
-        y = emit("Reshape", [y, i64(blob + "_flat", [0, 0, -1])], blob + "_rows")       # (N, h, W*C)
-        if uh is not None:
-            y = emit("MatMul", [uh, y], blob + "_h")                                   # (N, H, W*C)
-        y = emit("Reshape", [y, i64(blob + "_unflat", [0, 0, -1, c])], blob + "_hwc")  # (N, H, W, C)
-        y = emit("Softmax", [y], top + "_hwc", axis=3)
-        nodes.append(helper.make_node("Transpose", [y], [top], name=top, perm=[0, 3, 1, 2]))
+        x, steps = pending.pop(blob)
+        peak = emit("ReduceMax", [x], blob + "_lowmax", axes=[1], keepdims=1)
+        pending[blob] = (emit("Sub", [x, peak], blob + "_lowshift"), steps)
+        y = materialize(blob)
+        ex = emit("Exp", [y], top + "_exp")
+        axis = i64(top + "_axis", [1])
+        total = emit("ReduceSum", [ex, axis], top + "_sum", keepdims=1)
+        low = emit("Less", [emit("ReduceMin", [total], top + "_minsum", keepdims=0),
+                            const(top + "_tiny", np.array(UNDERFLOW_SUM, np.float32))], top + "_underflow")
+
+        def branch(body: List, out: str):
+            return helper.make_graph(body, out, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+        t = top + "_exact"
+        exact = [helper.make_node("ReduceMax", [y], [t + "_max"], axes=[1], keepdims=1, name=t + "_max"),
+                 helper.make_node("Sub", [y, t + "_max"], [t + "_shift"], name=t + "_shift"),
+                 helper.make_node("Exp", [t + "_shift"], [t + "_exp"], name=t + "_exp"),
+                 helper.make_node("ReduceSum", [t + "_exp", axis], [t + "_sum"], keepdims=1, name=t + "_sum"),
+                 helper.make_node("Div", [t + "_exp", t + "_sum"], [t], name=t)]
+        fast = [helper.make_node("Div", [ex, total], [top + "_fast"], name=top + "_fast")]
+        nodes.append(helper.make_node("If", [low], [top], name=top, then_branch=branch(exact, t),
+                                      else_branch=branch(fast, top + "_fast")))
 
     def src(blob: str, where: str) -> str:
         if blob in pending:
@@ -277,10 +292,10 @@ def build_model(deploy: str, caffemodel: str):
                                   blobs[1] if cp.bias_term and len(blobs) > 1 else None)
             if ab is not None:
                 b = layer.bottom[0]
-                x, _, steps = pending[b] if b in pending else (src(b, where), 0, [])
+                x, steps = pending[b] if b in pending else (src(b, where), [])
                 per_axis = {2 + i: (ab[i], attrs["strides"][i], attrs["pads"][i], attrs["dilations"][i])
                             for i in (0, 1)}
-                pending[layer.top[0]] = (x, int(blobs[0].shape[0]), steps + [("deconv", per_axis, None)])
+                pending[layer.top[0]] = (x, steps + [("deconv", per_axis, None)])
                 current.pop(layer.top[0], None)
                 continue
         if t == "Crop" and len(layer.bottom) == 2 and layer.bottom[0] in pending \
@@ -288,12 +303,14 @@ def build_model(deploy: str, caffemodel: str):
             axis = int(layer.crop_param.axis) % 4
             offs = list(layer.crop_param.offset) or [0]
             per_axis = {i: int(offs[i - axis] if len(offs) > 1 else offs[0]) for i in range(axis, 4)}
-            x, c, steps = pending[layer.bottom[0]]
-            pending[layer.top[0]] = (x, c, steps + [("crop", per_axis, src(layer.bottom[1], where))])
+            x, steps = pending[layer.bottom[0]]
+            pending[layer.top[0]] = (x, steps + [("crop", per_axis, src(layer.bottom[1], where))])
             current.pop(layer.top[0], None)
             continue
         if t == "Softmax" and len(layer.bottom) == 1 and len(layer.top) == 1 and layer.bottom[0] in pending \
-                and (int(layer.softmax_param.axis) if layer.softmax_param.HasField("axis") else 1) % 4 == 1:
+                and (int(layer.softmax_param.axis) if layer.softmax_param.HasField("axis") else 1) % 4 == 1 \
+                and all(np.all(v[0] >= 0) for kind, per_axis, _ in pending[layer.bottom[0]][1] if kind == "deconv"
+                        for v in per_axis.values()):
             top = fresh(layer.top[0])
             softmax_of_recipe(layer.bottom[0], top)
             current[layer.top[0]] = top
