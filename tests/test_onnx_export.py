@@ -237,13 +237,15 @@ layer { name: "up" type: "Deconvolution" bottom: "data" top: "up"
                             weight_filler { type: "bilinear" } } }
 layer { name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "score" crop_param { axis: 2 offset: 1 } }
 layer { name: "prob" type: "Softmax" bottom: "score" top: "prob" }
+layer { name: "also" type: "ReLU" bottom: "score" top: "also" }
 """
 
 
 @pytest.mark.parametrize("scale,exact_branch", [(4.0, False), (400.0, True)])
 def test_low_resolution_softmax_shift_falls_back_where_it_would_underflow(scale, exact_branch, tmp_path, caffe):
     """Logits are the input itself, upsampled: ordinary ones take the cheap branch; neighbours that
-    disagree by hundreds make the shifted sums underflow, and the exact branch keeps Caffe's result."""
+    disagree by hundreds make the shifted sums underflow, and the exact branch keeps Caffe's result.
+    (The ReLU after the Softmax reads the upsampled blob too: it is still there for it.)"""
     deploy = str(tmp_path / "upsample_deploy.prototxt")
     with open(deploy, "w") as f:
         f.write(UPSAMPLE_ONLY_NET)
