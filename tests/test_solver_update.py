@@ -2,8 +2,8 @@
 
 tools/caffe/patches/0004-powx-sqrt-square.patch computes the solvers' square roots
 and squares (caffe_powx with exponent 0.5 or 2) with sqrt and a product instead of
-pow(); 0005-adam-fused-cpu-update.patch does Adam's CPU update in one pass (and
-CAFFE_FUSED_ADAM=0 takes Caffe's seven passes). These tests pin the update
+pow() (CAFFE_POWX_SQRT=0: pow); 0005-adam-fused-cpu-update.patch does Adam's CPU
+update in one pass (CAFFE_FUSED_ADAM=0: Caffe's seven passes). These tests pin the update
 arithmetic: weights after several solver steps on a tiny net equal the textbook
 formulas (float rounding aside), with weight decay, for both Adam updates. Random
 SYNTHETIC data.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import require_kit_patch
-from thermalnet.caffe_env import FUSED_ADAM_ENV, caffe_lib_patches
+from thermalnet.caffe_env import FUSED_ADAM_ENV, POWX_SQRT_ENV, caffe_lib_patches
 
 NET = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 dim: 5 dim: 6 } } }
@@ -37,10 +37,12 @@ def _solver(caffe, tmp_path, kind):
     return caffe.get_solver(str(tmp_path / "solver.prototxt"))
 
 
-@pytest.mark.parametrize("kind,fused", [("Adam", "1"), ("Adam", "0"), ("AdaGrad", "1")],
-                         ids=["Adam-fused", "Adam-original", "AdaGrad"])
-def test_adaptive_solver_updates_match_numpy(caffe, tmp_path, monkeypatch, kind, fused):
-    monkeypatch.setenv(FUSED_ADAM_ENV, fused)        # read by the patched solver at each step
+@pytest.mark.parametrize("kind,fused,sqrt", [("Adam", "1", "1"), ("Adam", "0", "1"), ("Adam", "0", "0"),
+                                             ("AdaGrad", "1", "1"), ("AdaGrad", "1", "0")],
+                         ids=["Adam-fused", "Adam-sqrt", "Adam-pow", "AdaGrad-sqrt", "AdaGrad-pow"])
+def test_adaptive_solver_updates_match_numpy(caffe, tmp_path, monkeypatch, kind, fused, sqrt):
+    monkeypatch.setenv(FUSED_ADAM_ENV, fused)        # read by the patched solver and powx at each step
+    monkeypatch.setenv(POWX_SQRT_ENV, sqrt)
     solver = _solver(caffe, tmp_path, kind)
     net = solver.net
     rng = np.random.RandomState(3)
@@ -68,6 +70,7 @@ def test_adaptive_solver_updates_match_numpy(caffe, tmp_path, monkeypatch, kind,
         np.testing.assert_allclose(net.params["conv"][0].data, w, rtol=2e-5, atol=2e-6, err_msg="step %d" % t)
 
 
-def test_this_caffe_carries_the_fused_adam_update(caffe):
-    """The kit's own build applies patch 0005; a CAFFE_ROOT Caffe (BVLC, NVCaffe) need not."""
+def test_this_caffe_carries_the_solver_patches(caffe):
+    """The kit's own build applies patches 0004 and 0005; a CAFFE_ROOT Caffe (BVLC, NVCaffe) need not."""
+    require_kit_patch(caffe_lib_patches()[POWX_SQRT_ENV], "0004", "caffe_powx's roots and squares")
     require_kit_patch(caffe_lib_patches()[FUSED_ADAM_ENV], "0005", "Adam's CPU update in one pass")
