@@ -114,24 +114,35 @@ def test_lmdb_grows_its_map(tmp_path):
     assert all(int(a[0, 0, 0]) == i for i, (_, a) in enumerate(got))
 
 
-def test_crop_layer_forward_backward_match_numpy(caffe, tmp_path):
-    """The kit patches this Caffe's Crop (one copy per row, tools/caffe/patches): still exact."""
+@pytest.mark.parametrize("rows", ["1", "0"], ids=["row-loop", "crop_copy"])
+@pytest.mark.parametrize("axis,offsets,ref_shape", [(2, (3, 2), (2, 3, 6, 7)), (1, (1, 4, 0), (2, 2, 5, 13))])
+def test_crop_layer_forward_backward_match_numpy(caffe, tmp_path, monkeypatch, rows, axis, offsets, ref_shape):
+    """The kit patches this Caffe's Crop (0001: one copy per row; 0006: rows without per-row
+    allocations, CAFFE_CROP_ROWS=0 the recursion): both paths still exact."""
+    monkeypatch.setenv(caffe_env.CROP_ROWS_ENV, rows)
     net_txt = """force_backward: true
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 11 dim: 13 } } }
-layer { name: "ref" type: "Input" top: "ref" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 7 } } }
-layer { name: "crop" type: "Crop" bottom: "x" bottom: "ref" top: "y" crop_param { axis: 2 offset: 3 offset: 2 } }
-"""
+layer { name: "ref" type: "Input" top: "ref" input_param { shape { %s } } }
+layer { name: "crop" type: "Crop" bottom: "x" bottom: "ref" top: "y" crop_param { axis: %d %s } }
+""" % (" ".join("dim: %d" % d for d in ref_shape), axis, " ".join("offset: %d" % o for o in offsets))
     path = tmp_path / "crop.prototxt"
     path.write_text(net_txt)
     net = caffe.Net(str(path), caffe.TEST)
     rng = np.random.RandomState(3)
     x = rng.randn(2, 3, 11, 13).astype(np.float32)
+    window = tuple([slice(None)] * axis + [slice(o, o + n) for o, n in zip(offsets, ref_shape[axis:])])
     net.blobs["x"].data[...] = x
     net.forward()
-    np.testing.assert_array_equal(net.blobs["y"].data, x[:, :, 3:9, 2:9])
-    g = rng.randn(2, 3, 6, 7).astype(np.float32)
+    np.testing.assert_array_equal(net.blobs["y"].data, x[window])
+    g = rng.randn(*net.blobs["y"].data.shape).astype(np.float32)
     net.blobs["y"].diff[...] = g
     net.backward()
     want = np.zeros_like(x)
-    want[:, :, 3:9, 2:9] = g
+    want[window] = g
     np.testing.assert_array_equal(net.blobs["x"].diff, want)
+
+
+def test_this_caffe_carries_the_crop_row_loop(caffe):
+    """The kit's own build applies patch 0006; a CAFFE_ROOT Caffe (BVLC, NVCaffe) need not."""
+    from tests.conftest import require_kit_patch
+    require_kit_patch(caffe_env.caffe_lib_patches()[caffe_env.CROP_ROWS_ENV], "0006", "Crop rows without allocations")

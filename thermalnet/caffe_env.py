@@ -49,7 +49,9 @@ DECONV_ENV = "CAFFE_DECONV_DIRECT"     # patch 0002: the direct depthwise deconv
 BRANCH_FREE_ENV = "CAFFE_BRANCH_FREE"  # patch 0003: branch-free ReLU and max pooling
 POWX_SQRT_ENV = "CAFFE_POWX_SQRT"      # patch 0004: caffe_powx's roots and squares without pow()
 FUSED_ADAM_ENV = "CAFFE_FUSED_ADAM"    # patch 0005: Adam's CPU update in one pass
-KIT_PATCH_ENVS = {DECONV_ENV: "0002", BRANCH_FREE_ENV: "0003", POWX_SQRT_ENV: "0004", FUSED_ADAM_ENV: "0005"}
+CROP_ROWS_ENV = "CAFFE_CROP_ROWS"      # patch 0006: Crop's rows without per-row allocations
+KIT_PATCH_ENVS = {DECONV_ENV: "0002", BRANCH_FREE_ENV: "0003", POWX_SQRT_ENV: "0004", FUSED_ADAM_ENV: "0005",
+                  CROP_ROWS_ENV: "0006"}
 
 
 def caffe_lib_patches() -> dict:
