@@ -12,21 +12,25 @@ about accuracy. Measured in one process, one after the other:
      multiply-adds x 2) as a share of sgemm, max |prob - pycaffe prob|; the ONNX export
      verified against pycaffe; the best back-end's time for 10,000 images at 640x480;
   3. the training step before and after the speed-up, side by side: the old eq. 1 layer
-     (tools/bench_old_loss.py) with Caffe's own grouped deconvolution, ReLU and max
-     pooling (CAFFE_DECONV_DIRECT=0 CAFFE_BRANCH_FREE=0) against the current layer with
-     tools/caffe/patches/0002 and 0003, as the pycaffe solver loop (what tools.train
+     (tools/bench_old_loss.py) with Caffe's own code at every switch of the kit's
+     patches (caffe_env.KIT_PATCH_ENVS all "0") against the current layer with
+     tools/caffe/patches/0002-0006, as the pycaffe solver loop (what tools.train
      runs) and as `caffe time` forward-backward, with the per-layer breakdown of both;
   4. the pycaffe training loop against `caffe time` of the same net and batch;
-  5. the dataset builder: read_rgb (OpenCV) against PIL per 640x480 image, PNG and JPEG;
+  5. the dataset builder: read_rgb (libspng / OpenCV) against PIL per 640x480 image, PNG and JPEG;
      SYNTHETIC generation;
      the build rate (pairs/s, pool start included) from the demo's cached SYNTHETIC pairs
      as PNG (what the generator writes), the same pairs with JPEG visible images (camera
-     pairs), and FLIR radiometric JPEGs (the kit's samples copied); LMDB writing alone;
+     pairs), and as many FLIR radiometric JPEGs (the kit's samples copied); LMDB writing alone;
      each build rate against training consumption (the pycaffe loop's img/s).
 
 Timings are wall-clock on a possibly shared machine: each pair is measured alternately,
-several rounds, and the best round of each is compared; the load average before and
-after is saved with the numbers. About 3 minutes on 2 cores (--quick: under a minute).
+several rounds. Inference and dataset rates: the best round of each. Training: old and
+new one after the other in every round, the order swapped each round, and each ratio is
+the median over rounds of the ratio within a round (a shared machine's load drifts
+within a run: two measurements moments apart see the same load); the rounds' spread is
+printed. The load average before and after is saved with the numbers. About 3 minutes
+on 2 cores (--quick: under a minute).
 
 Targets (printed as met / NOT met; a report, not a test): training step >= 2x the old
 one; training loop >= 0.95 of `caffe time`; best inference back-end >= 50% of sgemm
@@ -234,8 +238,13 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
             os.chdir(s["ds"])
             solvers[which] = caffe.get_solver(s["solver"])
             solvers[which].step(2)                              # warm-up: prefetch, allocation
-        for _ in range(rounds):
-            for which, s in setups.items():
+        for r in range(rounds):
+            # Old and new side by side, first one then the other, the order swapped every
+            # round: a shared machine's load drifts, and each round's ratio compares two
+            # measurements taken moments apart (the targets use the median of those ratios).
+            order = ("old", "new") if r % 2 == 0 else ("new", "old")
+            for which in order:
+                s = setups[which]
                 os.environ.update(OLD_CAFFE_ENV if which == "old" else NEW_CAFFE_ENV)  # read at each step
                 os.environ["THERMALNET_DATASET"] = s["ds"]
                 t0 = time.perf_counter()
@@ -251,7 +260,8 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
                     net.forward()
                     net.backward()
                 fb[which].append(iterations * batch / (time.perf_counter() - t0))
-            for which, s in setups.items():
+            for which in order:
+                s = setups[which]
                 cmd = [caffe_tool(), "time", "-model", s["net"], "-phase", "TRAIN", "-stage", "train",
                        "-iterations", str(iterations)]
                 proc = subprocess.run(cmd, cwd=s["ds"], env=s["env"], capture_output=True, text=True)
@@ -281,13 +291,23 @@ def bench_training(base: str, height: int, width: int, iterations: int, batch: i
             res[which].update(caffe_time_fb_ms=min(tool[which]), caffe_time_rounds_ms=tool[which],
                               caffe_time_img_per_s=batch / (min(tool[which]) / 1000.0), layers_ms=layers[which])
     res["pycaffe_img_per_s"] = res["new"]["pycaffe_img_per_s"]
-    res["step_speedup_loop"] = res["new"]["pycaffe_img_per_s"] / res["old"]["pycaffe_img_per_s"]
-    if "caffe_time_fb_ms" in res["new"] and "caffe_time_fb_ms" in res["old"]:
-        res["step_speedup_caffe_time"] = res["old"]["caffe_time_fb_ms"] / res["new"]["caffe_time_fb_ms"]
+    # Each ratio: the median over rounds of the ratio within a round (see above).
+    res["ratio_rounds"] = {"loop": [n / o for n, o in zip(loop["new"], loop["old"])],
+                           "loop_vs_forward_backward": [a / b for a, b in zip(loop["new"], fb["new"])]}
+    res["step_speedup_loop"] = _median(res["ratio_rounds"]["loop"])
+    if tool["new"] and len(tool["old"]) == len(tool["new"]):
+        res["ratio_rounds"]["caffe_time"] = [o / n for o, n in zip(tool["old"], tool["new"])]
+        res["ratio_rounds"]["loop_vs_caffe_time"] = [lp * ms / (1000.0 * batch)
+                                                     for lp, ms in zip(loop["new"], tool["new"])]
+        res["step_speedup_caffe_time"] = _median(res["ratio_rounds"]["caffe_time"])
         res["caffe_time_img_per_s"] = res["new"]["caffe_time_img_per_s"]
-        res["loop_vs_caffe_time"] = res["new"]["pycaffe_img_per_s"] / res["new"]["caffe_time_img_per_s"]
-    res["loop_vs_forward_backward"] = res["new"]["pycaffe_img_per_s"] / res["new"]["pycaffe_forward_backward_img_per_s"]
+        res["loop_vs_caffe_time"] = _median(res["ratio_rounds"]["loop_vs_caffe_time"])
+    res["loop_vs_forward_backward"] = _median(res["ratio_rounds"]["loop_vs_forward_backward"])
     return res
+
+
+def _median(values: List[float]) -> float:
+    return float(np.median(values))
 
 
 def _solver_text(net_path: str) -> str:
@@ -505,7 +525,7 @@ def run(quick: bool = False, infer_base: str = spec.PAPER_BASE, train_base: str 
                                                                          spec.DEFAULT_WIDTH))
             results["training"] = bench_training(train_base, spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH,
                                                  iterations=2 if quick else 16, batch=4, workdir=work,
-                                                 rounds=1 if quick else 5)
+                                                 rounds=1 if quick else 7)
         if "dataset" in parts:
             log("[bench] dataset building ...")
             results["dataset"] = bench_dataset(quick, work, log=log)
@@ -552,14 +572,22 @@ def format_report(results: dict) -> str:
                      % (tr["net"], tr["height"], tr["width"], tr["batch"], "/".join(sorted(KIT_PATCH_ENVS.values())),
                         "present" if not missing else "MISSING (%s has no effect: rerun make setup)"
                         % ", ".join(missing)))
+        patches = sorted(KIT_PATCH_ENVS.values())
         for which, label in (("old", "old (float64 one-hot loss, Caffe's own code)"),
-                             ("new", "new (float32 loss, patches %s)" % " + ".join(sorted(KIT_PATCH_ENVS.values())))):
+                             ("new", "new (float32 loss, patches %s-%s)" % (patches[0], patches[-1]))):
             t = tr[which]
             ct = ("caffe time %.1f ms = %.2f img/s" % (t["caffe_time_fb_ms"], t["caffe_time_img_per_s"])
                   if "caffe_time_fb_ms" in t else "caffe time failed (%s)" % tr.get("caffe_time_error"))
-            lines.append("    %-48s pycaffe loop %.2f img/s (forward+backward alone %.2f), %s"
+            lines.append("    %-48s pycaffe loop %.2f img/s (forward+backward alone %.2f), %s (best rounds)"
                          % (label, t["pycaffe_img_per_s"], t.get("pycaffe_forward_backward_img_per_s", float("nan")),
                             ct))
+        rr = tr.get("ratio_rounds", {})
+        spread = ["%s %.3f (%.2f-%.2f)" % (name, _median(rr[key]), min(rr[key]), max(rr[key]))
+                  for name, key in (("loop new/old", "loop"), ("caffe time old/new", "caffe_time"),
+                                    ("loop/caffe time", "loop_vs_caffe_time")) if rr.get(key)]
+        if spread:
+            lines.append("    within-round ratios, median (min-max) of %d rounds: %s"
+                         % (len(rr["loop"]), "; ".join(spread)))
         if "loop_vs_forward_backward" in tr:
             lines.append("    new: solver step / forward+backward in one process = %.3f (the rest is the solver's "
                          "update, which caffe time leaves out)" % tr["loop_vs_forward_backward"])
