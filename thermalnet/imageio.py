@@ -143,9 +143,16 @@ def _fast_rgb(path: str):
         except Exception:  # noqa: BLE001 -- a file libspng refuses: PIL's path names the problem
             return None
         return rgb if rgb.shape[:2] == (size[1], size[0]) else None
-    with _c_stderr_silenced():      # libpng prints its own "libpng error: ..." before failing
-        bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None or bgr.shape[:2] != (size[1], size[0]):
+    return _cv2_rgb(raw, size[0], size[1])
+
+
+def _cv2_rgb(data: bytes, width: int, height: int):
+    """Encoded bytes -> HxWx3 RGB by OpenCV (stored orientation), or None if it fails or the
+    size is not the expected one. libpng prints its own "libpng error: ..." before failing:
+    silenced, the caller's PIL path gives the kit's one line."""
+    with _c_stderr_silenced():
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None or bgr.shape[:2] != (height, width):
         return None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
@@ -160,11 +167,7 @@ def decode_rgb_jpeg(data: bytes, width: int, height: int):
                 return None
     except Exception:  # noqa: BLE001 -- PIL's path decides
         return None
-    with _c_stderr_silenced():
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None or bgr.shape[:2] != (height, width):
-        return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return _cv2_rgb(data, width, height)
 
 
 def read_rgb(path: str) -> np.ndarray:
