@@ -66,12 +66,16 @@ def tiny_dataset(tmp_path_factory):
     return make_tiny_dataset(str(tmp_path_factory.mktemp("tiny_dataset")))
 
 
-def require_kit_patch(present: bool, patch: str, what: str) -> None:
-    """Fail when the kit's own Caffe lacks one of its patches (tools/caffe/patches/PATCH): the
-    tests before it then ran only Caffe's original code. A user's CAFFE_ROOT Caffe (BVLC,
-    NVCaffe) need not carry it: there it is a loud skip."""
+def require_kit_patch(switch: str, what: str) -> None:
+    """Fail when the kit's own Caffe lacks the patch behind a run-time switch
+    (thermalnet.caffe_env.KIT_PATCH_ENVS): the tests before it then ran only Caffe's
+    original code. A user's CAFFE_ROOT Caffe (BVLC, NVCaffe) need not carry it: there it
+    is a loud skip."""
     import warnings
-    if present:
+
+    from thermalnet.caffe_env import KIT_PATCH_ENVS, caffe_lib_patches
+    patch = KIT_PATCH_ENVS[switch]
+    if caffe_lib_patches()[switch]:
         return
     why = ("this Caffe lacks tools/caffe/patches/%s (%s): the tests above ran Caffe's original code only. "
            "Rerun `make setup` to rebuild the kit's Caffe" % (patch, what))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import require_kit_patch
-from thermalnet.caffe_env import DECONV_ENV, caffe_lib_patches
+from thermalnet.caffe_env import DECONV_ENV
 
 CASES = [  # channels, H, W, kernel, stride, pad, dilation, learned weights, bias
     (32, 8, 10, 8, 4, 0, 1, False, False),       # Thermalnet's upscore layers
@@ -112,4 +112,4 @@ def test_depthwise_deconvolution_both_paths_match_numpy(caffe, tmp_path, monkeyp
 
 def test_this_caffe_carries_the_direct_deconvolution(caffe):
     """The kit's own build applies patch 0002; a CAFFE_ROOT Caffe (BVLC, NVCaffe) need not."""
-    require_kit_patch(caffe_lib_patches()[DECONV_ENV], "0002", "the direct depthwise deconvolution")
+    require_kit_patch(DECONV_ENV, "the direct depthwise deconvolution")

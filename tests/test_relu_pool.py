@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import require_kit_patch
-from thermalnet.caffe_env import BRANCH_FREE_ENV, caffe_lib_patches
+from thermalnet.caffe_env import BRANCH_FREE_ENV
 
 
 @pytest.fixture(params=["1", "0"], ids=["branch-free", "original"])
@@ -93,4 +93,4 @@ def test_max_pooling_matches_numpy(caffe, tmp_path, kernel, stride, pad, hw, loo
 
 def test_this_caffe_carries_the_branch_free_loops(caffe):
     """The kit's own build applies patch 0003; a CAFFE_ROOT Caffe (BVLC, NVCaffe) need not."""
-    require_kit_patch(caffe_lib_patches()[BRANCH_FREE_ENV], "0003", "branch-free ReLU and max pooling")
+    require_kit_patch(BRANCH_FREE_ENV, "branch-free ReLU and max pooling")

@@ -145,4 +145,4 @@ layer { name: "crop" type: "Crop" bottom: "x" bottom: "ref" top: "y" crop_param 
 def test_this_caffe_carries_the_crop_row_loop(caffe):
     """The kit's own build applies patch 0006; a CAFFE_ROOT Caffe (BVLC, NVCaffe) need not."""
     from tests.conftest import require_kit_patch
-    require_kit_patch(caffe_env.caffe_lib_patches()[caffe_env.CROP_ROWS_ENV], "0006", "Crop rows without allocations")
+    require_kit_patch(caffe_env.CROP_ROWS_ENV, "Crop rows without allocations")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import require_kit_patch
-from thermalnet.caffe_env import FUSED_ADAM_ENV, POWX_SQRT_ENV, caffe_lib_patches
+from thermalnet.caffe_env import FUSED_ADAM_ENV, POWX_SQRT_ENV
 
 NET = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 dim: 5 dim: 6 } } }
@@ -72,5 +72,5 @@ def test_adaptive_solver_updates_match_numpy(caffe, tmp_path, monkeypatch, kind,
 
 def test_this_caffe_carries_the_solver_patches(caffe):
     """The kit's own build applies patches 0004 and 0005; a CAFFE_ROOT Caffe (BVLC, NVCaffe) need not."""
-    require_kit_patch(caffe_lib_patches()[POWX_SQRT_ENV], "0004", "caffe_powx's roots and squares")
-    require_kit_patch(caffe_lib_patches()[FUSED_ADAM_ENV], "0005", "Adam's CPU update in one pass")
+    require_kit_patch(POWX_SQRT_ENV, "caffe_powx's roots and squares")
+    require_kit_patch(FUSED_ADAM_ENV, "Adam's CPU update in one pass")
