@@ -55,12 +55,19 @@ def test_relu_forward_backward_match_numpy(caffe, tmp_path, slope, in_place, loo
     assert dx.flat[5] == 0.0        # dy * ((x > 0) + slope * (x <= 0)) is 0 at NaN, as in Caffe's loop
 
 
-@pytest.mark.parametrize("kernel,stride,pad,hw", [(3, 2, 0, (59, 79)), (3, 2, 1, (14, 19)), (2, 2, 0, (7, 9)),
-                                                  (3, 1, 0, (5, 6))])
-def test_max_pooling_matches_numpy(caffe, tmp_path, kernel, stride, pad, hw, loops):
+@pytest.mark.parametrize("kernel,stride,pad,hw,top_mask", [
+    (3, 2, 0, (59, 79), False),     # pool1 at 120x160: every window inside, the last one ceil-rounded to the edge
+    (3, 2, 1, (14, 19), False),     # padding: the first and last outputs of a row take the per-output loop
+    (2, 2, 0, (7, 9), False),       # ceil rounding clips the last window of a row
+    (3, 1, 0, (5, 6), False),
+    (2, 3, 0, (8, 11), True),       # stride > kernel (skipped columns); mask as a second top
+    (3, 2, 1, (9, 2), True),        # a row with no inside window at all
+])
+def test_max_pooling_matches_numpy(caffe, tmp_path, kernel, stride, pad, hw, top_mask, loops):
     shape = (2, 3) + hw
-    net = _net(caffe, tmp_path, shape, 'layer { name: "p" type: "Pooling" bottom: "pre" top: "y" loss_weight: 1 '
-               'pooling_param { pool: MAX kernel_size: %d stride: %d pad: %d } }\n' % (kernel, stride, pad))
+    net = _net(caffe, tmp_path, shape, 'layer { name: "p" type: "Pooling" bottom: "pre" top: "y" %s loss_weight: 1 %s'
+               'pooling_param { pool: MAX kernel_size: %d stride: %d pad: %d } }\n'
+               % ('top: "m"' if top_mask else "", "loss_weight: 0 " if top_mask else "", kernel, stride, pad))
     rng = np.random.RandomState(kernel * 10 + stride + pad)
     x = rng.randint(-3, 4, size=shape).astype(np.float32)     # many ties
     net.blobs["x"].data[...] = x
@@ -81,6 +88,8 @@ def test_max_pooling_matches_numpy(caffe, tmp_path, kernel, stride, pad, hw, loo
                     ref[:, :, i, j] = np.where(better, x[:, :, a, b], ref[:, :, i, j])
                     arg[:, :, i, j] = np.where(better, a * w + b, arg[:, :, i, j])
     np.testing.assert_array_equal(y, ref)
+    if top_mask:
+        np.testing.assert_array_equal(net.blobs["m"].data, arg)
     g = rng.randn(*y.shape).astype(np.float32)
     net.blobs["y"].diff[...] = g
     net.backward()

@@ -50,8 +50,9 @@ BRANCH_FREE_ENV = "CAFFE_BRANCH_FREE"  # patch 0003: branch-free ReLU and max po
 POWX_SQRT_ENV = "CAFFE_POWX_SQRT"      # patch 0004: caffe_powx's roots and squares without pow()
 FUSED_ADAM_ENV = "CAFFE_FUSED_ADAM"    # patch 0005: Adam's CPU update in one pass
 CROP_ROWS_ENV = "CAFFE_CROP_ROWS"      # patch 0006: Crop's rows without per-row allocations
+BATCHED_CONV_ENV = "CAFFE_BATCHED_CONV"  # patch 0007: one GEMM for several images in Convolution
 KIT_PATCH_ENVS = {DECONV_ENV: "0002", BRANCH_FREE_ENV: "0003", POWX_SQRT_ENV: "0004", FUSED_ADAM_ENV: "0005",
-                  CROP_ROWS_ENV: "0006"}
+                  CROP_ROWS_ENV: "0006", BATCHED_CONV_ENV: "0007"}
 
 
 def caffe_lib_patches() -> dict:

@@ -14,7 +14,7 @@ about accuracy. Measured in one process, one after the other:
   3. the training step before and after the speed-up, side by side: the old eq. 1 layer
      (tools/bench_old_loss.py) with Caffe's own code at every switch of the kit's
      patches (caffe_env.KIT_PATCH_ENVS all "0") against the current layer with
-     tools/caffe/patches/0002-0006, as the pycaffe solver loop (what tools.train
+     every switch on (tools/caffe/patches), as the pycaffe solver loop (what tools.train
      runs) and as `caffe time` forward-backward, with the per-layer breakdown of both;
   4. the pycaffe training loop against `caffe time` of the same net and batch;
   5. the dataset builder: read_rgb (libspng / OpenCV) against PIL per 640x480 image, PNG and JPEG;
