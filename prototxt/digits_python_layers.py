@@ -217,24 +217,37 @@ class _WeightedPixelLoss(caffe.Layer):
 class WeightedSoftmaxLoss(_WeightedPixelLoss):
     """Eq. 1: L = -(1/#valid) sum_{n,h,w} v(y) log softmax(scores)_y over the Q channels.
 
-    Forward keeps e = exp(s - max) and its channel sum Z; backward writes
+    Forward keeps e = exp(s) and its channel sum Z; backward writes
     e * v / (Z * #valid) into the scores' diff and subtracts v / #valid at the label.
+    Unshifted exp reads the scores once instead of three times (max, subtract, exp):
+    it is used when every Z lies in [exp(-30), exp(30)], where log p_y = s_y - log Z
+    keeps float32 precision; otherwise (large scores, overflow, NaN) forward redoes
+    it the stable way, e = exp(s - max).
     """
+
+    LOG_Z_BOUND = 30.0      # |log Z| above this: the max-shifted softmax
 
     def forward(self, bottom, top):
         x = bottom[0].data
         self._labels(bottom)
-        peak, total, log_p = self.pix_a, self.pix_b, self.pix_c
+        shift, total, log_p = self.pix_a, self.pix_b, self.pix_c
         e = self.big
-        np.amax(x, axis=1, out=peak)                          # stable softmax
-        np.subtract(x, peak[:, np.newaxis], out=e)
-        np.exp(e, out=e)
+        with np.errstate(over="ignore", under="ignore"):
+            np.exp(x, out=e)
         np.sum(e, axis=1, out=total)
-        # log p_y = s_y - max - log Z
+        bound = np.exp(self.LOG_Z_BOUND)
+        shifted = not (total.min() >= 1.0 / bound and total.max() <= bound)   # NaN fails both
+        if shifted:
+            np.amax(x, axis=1, out=shift)                     # stable softmax
+            np.subtract(x, shift[:, np.newaxis], out=e)
+            np.exp(e, out=e)
+            np.sum(e, axis=1, out=total)
+        # log p_y = s_y - shift - log Z
         np.take(x.reshape(-1), self.flat, out=log_p, mode="clip")
-        log_p -= peak
-        np.log(total, out=peak)                               # peak no longer needed
-        log_p -= peak
+        if shifted:
+            log_p -= shift
+        np.log(total, out=shift)                              # shift no longer needed
+        log_p -= shift
         top[0].data[...] = -self._weighted_sum(log_p) / self.norm
 
     def backward(self, top, propagate_down, bottom):

@@ -130,6 +130,21 @@ def test_softmax_is_numerically_stable(caffe, tmp_path, data):
     np.testing.assert_allclose(grad, ref_grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("offset", [-15.0, 15.0, -60.0, 45.0, -200.0])
+def test_softmax_both_exp_paths_match_numpy(caffe, tmp_path, data, offset):
+    """Scores shifted so that log Z lies inside the unshifted exp's bound (+-15) or outside
+    it (-60, +45: the max-shifted softmax; -200: every exp underflows)."""
+    scores, labels, weights = data
+    net = _make_net(caffe, tmp_path, _net_text(SHAPE, "WeightedSoftmaxLoss", 1.0,
+                                               {"class_weights": _weights_file(tmp_path, weights)}))
+    moved = scores + np.float32(offset)
+    loss, grad = _run(net, moved, labels)
+    ref_loss, ref_grad = eq1_numpy(moved, labels, weights)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("ignore", [None, 3])
 def test_unit_weights_equal_caffe_softmax_with_loss(caffe, tmp_path, ignore):
     shape = (2, spec.NUM_BINS, 6, 7)
