@@ -142,7 +142,7 @@ class _WeightedPixelLoss(caffe.Layer):
     def _allocate(self, n, q, h, w):
         self._shape = (n, q, h, w)
         pix = (n, h, w)
-        self.big = np.empty((n, q, h, w), np.float32)           # exp(scores - max), or sigmoid work
+        self.big = np.empty((n, q, h, w), np.float32)           # exp(scores) (or exp(scores - max)), or sigmoid work
         self.pix_a = np.empty(pix, np.float32)                   # per-pixel float32 work buffers
         self.pix_b = np.empty(pix, np.float32)
         self.pix_c = np.empty(pix, np.float32)
