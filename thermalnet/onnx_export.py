@@ -130,56 +130,69 @@ def separable_kernel(weights: np.ndarray, num_output: int, group: int, bias: Opt
     return a_h, a_w
 
 
-def build_model(deploy: str, caffemodel: str):
-    """Translate the deploy net + weights into an onnx.ModelProto (checked by onnx.checker)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+class _Translator:
+    """One deploy net + its weights -> ONNX nodes, layer by layer (build_model runs it).
 
-    from thermalnet.caffe_env import import_caffe
-    pb2, net_param = _load_net_param(deploy)
-    caffe = import_caffe()
-    caffe.set_mode_cpu()
-    try:
-        net = caffe.Net(deploy, caffemodel, caffe.TEST)
-    except Exception as exc:  # noqa: BLE001 -- pycaffe raises plain RuntimeError/Exception
-        raise ExportError("%s: pycaffe cannot load it with %s (%s)" % (deploy, caffemodel, exc))
-    params = {name: [p.data.copy() for p in blobs] for name, blobs in net.params.items()}
+    Keeps the graph being built (nodes, initializers, inputs), which ONNX tensor holds
+    each Caffe blob's latest value, and the blobs still held as a recipe: fixed
+    separable deconvolutions (see separable_kernel) and a Crop right after them are not
+    translated one by one; the blob stays the low-resolution map plus the steps until
+    something reads it. Then, per image axis, the steps become one small matrix U
+    (out x in) built in the graph from the runtime sizes (H, W stay symbolic), and the
+    chain is two MatMuls: Uh . X . Uw^T, about 80 MFLOP an image at 240x320 instead of
+    the full-resolution transposed convolutions and the copy of the crop.
+    """
 
-    nodes, inits, inputs = [], [], []
-    current: Dict[str, str] = {}          # Caffe blob name -> ONNX tensor holding its latest value
-    used = set()
+    def __init__(self, deploy: str, caffemodel: str):
+        from onnx import TensorProto, helper, numpy_helper
 
-    def fresh(name: str) -> str:
+        from thermalnet.caffe_env import import_caffe
+        self.helper, self.numpy_helper, self.TensorProto = helper, numpy_helper, TensorProto
+        self.deploy, self.caffemodel = deploy, caffemodel
+        self.pb2, self.net_param = _load_net_param(deploy)
+        caffe = import_caffe()
+        caffe.set_mode_cpu()
+        try:
+            self.net = caffe.Net(deploy, caffemodel, caffe.TEST)
+        except Exception as exc:  # noqa: BLE001 -- pycaffe raises plain RuntimeError/Exception
+            raise ExportError("%s: pycaffe cannot load it with %s (%s)" % (deploy, caffemodel, exc))
+        self.params = {name: [p.data.copy() for p in blobs] for name, blobs in self.net.params.items()}
+        self.nodes, self.inits, self.inputs = [], [], []
+        self.current: Dict[str, str] = {}    # Caffe blob name -> ONNX tensor holding its latest value
+        self.pending: Dict[str, Tuple[str, List]] = {}   # blob -> (low-resolution tensor, steps)
+        self.used = set()
+
+    # -- graph primitives ------------------------------------------------------------------
+
+    def fresh(self, name: str) -> str:
         out, k = name, 1
-        while out in used:
+        while out in self.used:
             out, k = "%s_%d" % (name, k), k + 1
-        used.add(out)
+        self.used.add(out)
         return out
 
-    def const(name: str, arr: np.ndarray) -> str:
-        tname = fresh(name)
-        inits.append(numpy_helper.from_array(arr, tname))
+    def const(self, name: str, arr: np.ndarray) -> str:
+        tname = self.fresh(name)
+        self.inits.append(self.numpy_helper.from_array(arr, tname))
         return tname
 
-    def emit(kind: str, ins: List[str], name: str, **attrs) -> str:
-        out = fresh(name)
-        nodes.append(helper.make_node(kind, ins, [out], name=out, **attrs))
+    def emit(self, kind: str, ins: List[str], name: str, **attrs) -> str:
+        out = self.fresh(name)
+        self.nodes.append(self.helper.make_node(kind, ins, [out], name=out, **attrs))
         return out
 
-    def i64(name: str, value) -> str:
-        return const(name, np.array(value, np.int64))
+    def node(self, kind: str, ins: List[str], outs: List[str], **attrs) -> None:
+        """A node writing the given tensors, named after the first."""
+        self.nodes.append(self.helper.make_node(kind, ins, outs, name=outs[0], **attrs))
 
-    # Fixed separable deconvolutions (see separable_kernel) and a Crop right after them
-    # are not translated one by one: the blob stays a recipe -- the low-resolution map
-    # and the steps -- until something reads it. Then, per image axis, the steps become
-    # one small matrix U (out x in) built in the graph from the runtime sizes (H, W stay
-    # symbolic), and the chain is two MatMuls: Uh . X . Uw^T, about 80 MFLOP an image
-    # at 240x320 instead of the full-resolution transposed convolutions and the copy
-    # of the crop.
-    pending: Dict[str, Tuple[str, List]] = {}
+    def i64(self, name: str, value) -> str:
+        return self.const(name, np.array(value, np.int64))
 
-    def axis_matrix(x: str, axis: int, steps: List, stem: str, transposed: bool) -> Optional[str]:
+    # -- recipes: fixed separable deconvolutions and the crop after them ---------------------
+
+    def axis_matrix(self, x: str, axis: int, steps: List, stem: str, transposed: bool) -> Optional[str]:
         """Graph of the steps' (out x in) matrix along `axis` (2: H, 3: W), or its transpose."""
+        emit, i64 = self.emit, self.i64
         size = emit("Gather", [emit("Shape", [x], stem + "_shape"), i64(stem + "_axis", axis)], stem + "_n", axis=0)
         mat = None
         for kind, per_axis, ref in steps:
@@ -202,7 +215,7 @@ def build_model(deploy: str, caffemodel: str):
                 cols = emit("Unsqueeze", [cols, i64(stem + "_ca", [1 if transposed else 0])], stem + "_c2")
                 idx = emit("Clip", [emit("Sub", [rows, cols], stem + "_idx"), i64(stem + "_lo", -1),
                                     i64(stem + "_hi", k)], stem + "_clip")
-                step = emit("Gather", [const(stem + "_a", table), idx], stem + "_U", axis=0)
+                step = emit("Gather", [self.const(stem + "_a", table), idx], stem + "_U", axis=0)
                 if mat is not None:
                     step = emit("MatMul", [mat, step] if transposed else [step, mat], stem + "_UU")
                 mat, size = step, out
@@ -215,22 +228,18 @@ def build_model(deploy: str, caffemodel: str):
                 size = n
         return mat
 
-    def materialize(blob: str) -> str:
-        """The recipe as an (N, C, H, W) tensor."""
-        return apply(*pending.pop(blob), blob)
-
-    def apply(x: str, steps: List, blob: str) -> str:
+    def apply(self, x: str, steps: List, blob: str) -> str:
         """X . Uw^T first (the cheaper order when h < w: about 80 against 100 MFLOP at 240x320), then Uh . that."""
-        uh = axis_matrix(x, 2, steps, blob + "_Uh", False)
-        uwt = axis_matrix(x, 3, steps, blob + "_UwT", True)
+        uh = self.axis_matrix(x, 2, steps, blob + "_Uh", False)
+        uwt = self.axis_matrix(x, 3, steps, blob + "_UwT", True)
         y = x
         if uwt is not None:
-            y = emit("MatMul", [y, uwt], blob + "_w" if uh is not None else blob)
+            y = self.emit("MatMul", [y, uwt], blob + "_w" if uh is not None else blob)
         if uh is not None:
-            y = emit("MatMul", [uh, y], blob)
+            y = self.emit("MatMul", [uh, y], blob)
         return y
 
-    def softmax_of_recipe(blob: str, top: str) -> None:
+    def softmax_of_recipe(self, blob: str, top: str) -> None:
         """Caffe's channel Softmax of a recipe whose matrices are >= 0 (bilinear), shifted at low resolution.
 
         Why: softmax is the same for any per-pixel shift, and the max over channels at
@@ -242,17 +251,18 @@ def build_model(deploy: str, caffemodel: str):
         an If runs the exact max-subtracted softmax instead (the numbers then equal
         Caffe's as in the plain translation).
         """
-        x, steps = pending[blob]                     # the blob itself stays a recipe for any other reader
+        helper, emit = self.helper, self.emit
+        x, steps = self.pending[blob]               # the blob itself stays a recipe for any other reader
         peak = emit("ReduceMax", [x], blob + "_lowmax", axes=[1], keepdims=1)
-        y = apply(emit("Sub", [x, peak], blob + "_lowshift"), steps, blob + "_shifted")
+        y = self.apply(emit("Sub", [x, peak], blob + "_lowshift"), steps, blob + "_shifted")
         ex = emit("Exp", [y], top + "_exp")
-        axis = i64(top + "_axis", [1])
+        axis = self.i64(top + "_axis", [1])
         total = emit("ReduceSum", [ex, axis], top + "_sum", keepdims=1)
         low = emit("Less", [emit("ReduceMin", [total], top + "_minsum", keepdims=0),
-                            const(top + "_tiny", np.array(UNDERFLOW_SUM, np.float32))], top + "_underflow")
+                            self.const(top + "_tiny", np.array(UNDERFLOW_SUM, np.float32))], top + "_underflow")
 
         def branch(body: List, out: str):
-            return helper.make_graph(body, out, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+            return helper.make_graph(body, out, [], [helper.make_tensor_value_info(out, self.TensorProto.FLOAT, None)])
         t = top + "_exact"
         exact = [helper.make_node("ReduceMax", [y], [t + "_max"], axes=[1], keepdims=1, name=t + "_max"),
                  helper.make_node("Sub", [y, t + "_max"], [t + "_shift"], name=t + "_shift"),
@@ -260,159 +270,192 @@ def build_model(deploy: str, caffemodel: str):
                  helper.make_node("ReduceSum", [t + "_exp", axis], [t + "_sum"], keepdims=1, name=t + "_sum"),
                  helper.make_node("Div", [t + "_exp", t + "_sum"], [t], name=t)]
         fast = [helper.make_node("Div", [ex, total], [top + "_fast"], name=top + "_fast")]
-        nodes.append(helper.make_node("If", [low], [top], name=top, then_branch=branch(exact, t),
-                                      else_branch=branch(fast, top + "_fast")))
+        self.nodes.append(helper.make_node("If", [low], [top], name=top, then_branch=branch(exact, t),
+                                           else_branch=branch(fast, top + "_fast")))
 
-    def src(blob: str, where: str) -> str:
-        if blob in pending:
-            current[blob] = materialize(blob)
-        if blob not in current:
+    def src(self, blob: str, where: str) -> str:
+        """The tensor holding `blob` (a recipe is turned into one first)."""
+        if blob in self.pending:
+            self.current[blob] = self.apply(*self.pending.pop(blob), blob)
+        if blob not in self.current:
             raise ExportError("%s: bottom %r is produced by no earlier layer" % (where, blob))
-        return current[blob]
+        return self.current[blob]
 
-    pool_method = pb2.PoolingParameter.PoolMethod
-    for layer in net_param.layer:
-        where = "%s: layer %r (%s)" % (deploy, layer.name, layer.type)
-        if any(r.phase == pb2.TRAIN for r in layer.include):
-            continue                            # not part of the TEST net
-        t = layer.type
-        if t not in SUPPORTED:
-            raise ExportError("%s: type %s is not exported (supported: %s)" % (where, t, ", ".join(SUPPORTED)))
-        if t == "Input":
-            shape = list(layer.input_param.shape[0].dim) if layer.input_param.shape else [1, 3, 0, 0]
-            for top in layer.top:
-                name = fresh(top)
-                dims = ["N", int(shape[1]), "H", "W"]
-                inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
-                current[top] = name
-            continue
-        if t == "Deconvolution" and len(layer.bottom) == 1 and len(layer.top) == 1 and params.get(layer.name):
+    def deferred(self, layer, where: str) -> bool:
+        """Keep a fixed separable Deconvolution, a Crop of a recipe, or a Softmax of a recipe
+        as recipe steps; False for every other layer (translated as it stands)."""
+        t, pending = layer.type, self.pending
+        if t == "Deconvolution" and len(layer.bottom) == 1 and len(layer.top) == 1 and self.params.get(layer.name):
             cp = layer.convolution_param
             attrs = _conv_attrs(cp, where)
-            blobs = params[layer.name]
+            blobs = self.params[layer.name]
             ab = separable_kernel(blobs[0], int(cp.num_output), attrs["group"],
                                   blobs[1] if cp.bias_term and len(blobs) > 1 else None)
-            if ab is not None:
-                b = layer.bottom[0]
-                x, steps = pending[b] if b in pending else (src(b, where), [])
-                per_axis = {2 + i: (ab[i], attrs["strides"][i], attrs["pads"][i], attrs["dilations"][i])
-                            for i in (0, 1)}
-                pending[layer.top[0]] = (x, steps + [("deconv", per_axis, None)])
-                current.pop(layer.top[0], None)
-                continue
+            if ab is None:
+                return False
+            b = layer.bottom[0]
+            x, steps = pending[b] if b in pending else (self.src(b, where), [])
+            per_axis = {2 + i: (ab[i], attrs["strides"][i], attrs["pads"][i], attrs["dilations"][i])
+                        for i in (0, 1)}
+            pending[layer.top[0]] = (x, steps + [("deconv", per_axis, None)])
+            self.current.pop(layer.top[0], None)
+            return True
         if t == "Crop" and len(layer.bottom) == 2 and layer.bottom[0] in pending \
                 and int(layer.crop_param.axis) % 4 >= 2:
             axis = int(layer.crop_param.axis) % 4
             offs = list(layer.crop_param.offset) or [0]
             per_axis = {i: int(offs[i - axis] if len(offs) > 1 else offs[0]) for i in range(axis, 4)}
             x, steps = pending[layer.bottom[0]]
-            pending[layer.top[0]] = (x, steps + [("crop", per_axis, src(layer.bottom[1], where))])
-            current.pop(layer.top[0], None)
-            continue
+            pending[layer.top[0]] = (x, steps + [("crop", per_axis, self.src(layer.bottom[1], where))])
+            self.current.pop(layer.top[0], None)
+            return True
         if t == "Softmax" and len(layer.bottom) == 1 and len(layer.top) == 1 and layer.bottom[0] in pending \
                 and (int(layer.softmax_param.axis) if layer.softmax_param.HasField("axis") else 1) % 4 == 1 \
                 and all(np.all(v[0] >= 0) for kind, per_axis, _ in pending[layer.bottom[0]][1] if kind == "deconv"
                         for v in per_axis.values()):
-            top = fresh(layer.top[0])
-            softmax_of_recipe(layer.bottom[0], top)
-            current[layer.top[0]] = top
+            top = self.fresh(layer.top[0])
+            self.softmax_of_recipe(layer.bottom[0], top)
+            self.current[layer.top[0]] = top
             pending.pop(layer.top[0], None)
-            continue
-        bottoms = [src(b, where) for b in layer.bottom]
-        tops = [fresh(tp) for tp in layer.top]
-        if t in ("Convolution", "Deconvolution"):
-            cp = layer.convolution_param
-            attrs = _conv_attrs(cp, where)
-            blobs = params.get(layer.name)
-            if not blobs:
-                raise ExportError("%s: no weights in %s" % (where, caffemodel))
-            w = blobs[0].astype(np.float32)
-            ins = [bottoms[0], const(layer.name + "_W", w)]
-            if cp.bias_term and len(blobs) > 1:
-                ins.append(const(layer.name + "_B", blobs[1].astype(np.float32).reshape(-1)))
-            op = "Conv" if t == "Convolution" else "ConvTranspose"
-            nodes.append(helper.make_node(op, ins, tops[:1], name=tops[0], **attrs))
-        elif t == "ReLU":
-            slope = float(layer.relu_param.negative_slope)
-            if slope:
-                nodes.append(helper.make_node("LeakyRelu", bottoms[:1], tops[:1], alpha=slope, name=tops[0]))
-            else:
-                nodes.append(helper.make_node("Relu", bottoms[:1], tops[:1], name=tops[0]))
-        elif t == "Pooling":
-            pp = layer.pooling_param
-            if pp.global_pooling:
-                op = "GlobalMaxPool" if pp.pool == pool_method.Value("MAX") else "GlobalAveragePool"
-                nodes.append(helper.make_node(op, bottoms[:1], tops[:1], name=tops[0]))
-            else:
-                kh, kw = _pair(pp, "kernel_size", 0)
-                sh, sw = _pair(pp, "stride", 1)
-                ph, pw = _pair(pp, "pad", 0)
-                if pp.pool == pool_method.Value("MAX"):
-                    op = "MaxPool"
-                elif pp.pool == pool_method.Value("AVE") and not (ph or pw):
-                    op = "AveragePool"          # with padding Caffe's divisor differs from ONNX's
-                else:
-                    raise ExportError("%s: only MAX pooling, or AVE without padding, is exported" % where)
-                # Caffe rounds the output size up (ceil_mode); with pad < kernel its last
-                # window always starts inside the input, as ONNX's ceil_mode assumes.
-                nodes.append(helper.make_node(op, bottoms[:1], tops[:1], kernel_shape=[kh, kw], strides=[sh, sw],
-                                              pads=[ph, pw, ph, pw], ceil_mode=1, name=tops[0]))
-        elif t == "Concat":
-            axis = int(layer.concat_param.axis) if layer.concat_param.HasField("axis") else \
-                int(layer.concat_param.concat_dim) if layer.concat_param.HasField("concat_dim") else 1
-            nodes.append(helper.make_node("Concat", bottoms, tops[:1], axis=axis, name=tops[0]))
-        elif t == "Dropout":
-            nodes.append(helper.make_node("Identity", bottoms[:1], tops[:1], name=tops[0]))  # TEST phase
-        elif t == "Crop":
-            axis = int(layer.crop_param.axis) % 4
-            offs = list(layer.crop_param.offset) or [0]
-            offsets = [int(offs[i - axis] if len(offs) > 1 else offs[0]) for i in range(axis, 4)]
-            # ends = offsets + shape(reference)[axis:]: the input size stays symbolic.
-            shape = fresh(tops[0] + "_refshape")
-            nodes.append(helper.make_node("Shape", [bottoms[1]], [shape], name=shape))
-            size = fresh(tops[0] + "_size")
-            nodes.append(helper.make_node("Slice", [shape, const(tops[0] + "_a0", np.array([axis], np.int64)),
-                                                    const(tops[0] + "_a1", np.array([4], np.int64))],
-                                          [size], name=size))
-            starts = const(tops[0] + "_starts", np.array(offsets, np.int64))
-            ends = fresh(tops[0] + "_ends")
-            nodes.append(helper.make_node("Add", [starts, size], [ends], name=ends))
-            axes = const(tops[0] + "_axes", np.arange(axis, 4, dtype=np.int64))
-            nodes.append(helper.make_node("Slice", [bottoms[0], starts, ends, axes], tops[:1], name=tops[0]))
-        elif t == "Softmax":
-            axis = int(layer.softmax_param.axis) if layer.softmax_param.HasField("axis") else 1
-            # As max / subtract / exp / sum / divide over the axis rather than the Softmax op:
-            # ONNX Runtime's Softmax over the channel axis of NCHW was measured at about 2/3 of
-            # the whole net's time (it is written for the last axis); these element-wise
-            # ops run at memory speed. Same arithmetic as Caffe's SoftmaxLayer.
-            peak, shifted, ex, total = (fresh(tops[0] + suffix) for suffix in ("_max", "_shift", "_exp", "_sum"))
-            nodes.append(helper.make_node("ReduceMax", bottoms[:1], [peak], axes=[axis], keepdims=1, name=peak))
-            nodes.append(helper.make_node("Sub", [bottoms[0], peak], [shifted], name=shifted))
-            nodes.append(helper.make_node("Exp", [shifted], [ex], name=ex))
-            nodes.append(helper.make_node("ReduceSum", [ex, const(tops[0] + "_axis", np.array([axis], np.int64))],
-                                          [total], keepdims=1, name=total))
-            nodes.append(helper.make_node("Div", [ex, total], tops[:1], name=tops[0]))
-        for top, name in zip(layer.top, tops):
-            current[top] = name
-            pending.pop(top, None)
-    if not inputs:
-        raise ExportError("%s: no Input layer (the deploy net must start with Input `data`)" % deploy)
-    from thermalnet.inference import OUTPUT_BLOB
-    if OUTPUT_BLOB not in current and OUTPUT_BLOB not in pending:
-        raise ExportError("%s: no blob %r (the deploy net must end in Softmax `prob`)" % (deploy, OUTPUT_BLOB))
-    # The graph's output is called `prob` whatever tensor last wrote that blob.
-    last = src(OUTPUT_BLOB, deploy)
-    if last != OUTPUT_BLOB:
-        nodes.append(helper.make_node("Identity", [last], [OUTPUT_BLOB], name="prob_out"))
-    q = int(net.blobs[OUTPUT_BLOB].data.shape[1])
-    outputs = [helper.make_tensor_value_info(OUTPUT_BLOB, TensorProto.FLOAT, ["N", q, "H", "W"])]
-    graph = helper.make_graph(nodes, net_param.name or "thermalnet", inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="thermalnet-kit thermalnet.onnx_export",
-                              doc_string="from %s + %s" % (os.path.basename(deploy), os.path.basename(caffemodel)))
-    model.ir_version = min(model.ir_version, 8)    # readable by ONNX Runtime releases from 1.10 on
-    onnx.checker.check_model(model)
-    return model
+            return True
+        return False
+
+    # -- one method per layer type: (layer, bottom tensors, top tensors, where) -------------
+
+    def input(self, layer) -> None:
+        shape = list(layer.input_param.shape[0].dim) if layer.input_param.shape else [1, 3, 0, 0]
+        for top in layer.top:
+            name = self.fresh(top)
+            dims = ["N", int(shape[1]), "H", "W"]
+            self.inputs.append(self.helper.make_tensor_value_info(name, self.TensorProto.FLOAT, dims))
+            self.current[top] = name
+
+    def convolution(self, layer, bottoms: List[str], tops: List[str], where: str) -> None:
+        cp = layer.convolution_param
+        attrs = _conv_attrs(cp, where)
+        blobs = self.params.get(layer.name)
+        if not blobs:
+            raise ExportError("%s: no weights in %s" % (where, self.caffemodel))
+        ins = [bottoms[0], self.const(layer.name + "_W", blobs[0].astype(np.float32))]
+        if cp.bias_term and len(blobs) > 1:
+            ins.append(self.const(layer.name + "_B", blobs[1].astype(np.float32).reshape(-1)))
+        self.node("Conv" if layer.type == "Convolution" else "ConvTranspose", ins, tops[:1], **attrs)
+
+    deconvolution = convolution
+
+    def relu(self, layer, bottoms: List[str], tops: List[str], where: str) -> None:
+        slope = float(layer.relu_param.negative_slope)
+        if slope:
+            self.node("LeakyRelu", bottoms[:1], tops[:1], alpha=slope)
+        else:
+            self.node("Relu", bottoms[:1], tops[:1])
+
+    def pooling(self, layer, bottoms: List[str], tops: List[str], where: str) -> None:
+        pp = layer.pooling_param
+        pool_method = self.pb2.PoolingParameter.PoolMethod
+        if pp.global_pooling:
+            self.node("GlobalMaxPool" if pp.pool == pool_method.Value("MAX") else "GlobalAveragePool",
+                      bottoms[:1], tops[:1])
+            return
+        kh, kw = _pair(pp, "kernel_size", 0)
+        sh, sw = _pair(pp, "stride", 1)
+        ph, pw = _pair(pp, "pad", 0)
+        if pp.pool == pool_method.Value("MAX"):
+            op = "MaxPool"
+        elif pp.pool == pool_method.Value("AVE") and not (ph or pw):
+            op = "AveragePool"          # with padding Caffe's divisor differs from ONNX's
+        else:
+            raise ExportError("%s: only MAX pooling, or AVE without padding, is exported" % where)
+        # Caffe rounds the output size up (ceil_mode); with pad < kernel its last
+        # window always starts inside the input, as ONNX's ceil_mode assumes.
+        self.node(op, bottoms[:1], tops[:1], kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw],
+                  ceil_mode=1)
+
+    def concat(self, layer, bottoms: List[str], tops: List[str], where: str) -> None:
+        axis = int(layer.concat_param.axis) if layer.concat_param.HasField("axis") else \
+            int(layer.concat_param.concat_dim) if layer.concat_param.HasField("concat_dim") else 1
+        self.node("Concat", bottoms, tops[:1], axis=axis)
+
+    def dropout(self, layer, bottoms: List[str], tops: List[str], where: str) -> None:
+        self.node("Identity", bottoms[:1], tops[:1])       # TEST phase
+
+    def crop(self, layer, bottoms: List[str], tops: List[str], where: str) -> None:
+        axis = int(layer.crop_param.axis) % 4
+        offs = list(layer.crop_param.offset) or [0]
+        offsets = [int(offs[i - axis] if len(offs) > 1 else offs[0]) for i in range(axis, 4)]
+        # ends = offsets + shape(reference)[axis:]: the input size stays symbolic.
+        shape = self.fresh(tops[0] + "_refshape")
+        self.node("Shape", [bottoms[1]], [shape])
+        size = self.fresh(tops[0] + "_size")
+        self.node("Slice", [shape, self.const(tops[0] + "_a0", np.array([axis], np.int64)),
+                            self.const(tops[0] + "_a1", np.array([4], np.int64))], [size])
+        starts = self.const(tops[0] + "_starts", np.array(offsets, np.int64))
+        ends = self.fresh(tops[0] + "_ends")
+        self.node("Add", [starts, size], [ends])
+        axes = self.const(tops[0] + "_axes", np.arange(axis, 4, dtype=np.int64))
+        self.node("Slice", [bottoms[0], starts, ends, axes], tops[:1])
+
+    def softmax(self, layer, bottoms: List[str], tops: List[str], where: str) -> None:
+        axis = int(layer.softmax_param.axis) if layer.softmax_param.HasField("axis") else 1
+        # As max / subtract / exp / sum / divide over the axis rather than the Softmax op:
+        # ONNX Runtime's Softmax over the channel axis of NCHW was measured at about 2/3 of
+        # the whole net's time (it is written for the last axis); these element-wise
+        # ops run at memory speed. Same arithmetic as Caffe's SoftmaxLayer.
+        peak, shifted, ex, total = (self.fresh(tops[0] + suffix) for suffix in ("_max", "_shift", "_exp", "_sum"))
+        self.node("ReduceMax", bottoms[:1], [peak], axes=[axis], keepdims=1)
+        self.node("Sub", [bottoms[0], peak], [shifted])
+        self.node("Exp", [shifted], [ex])
+        self.node("ReduceSum", [ex, self.const(tops[0] + "_axis", np.array([axis], np.int64))], [total], keepdims=1)
+        self.node("Div", [ex, total], tops[:1])
+
+    # -- the whole net -----------------------------------------------------------------------
+
+    def build(self):
+        import onnx
+        helper, pb2 = self.helper, self.pb2
+        for layer in self.net_param.layer:
+            where = "%s: layer %r (%s)" % (self.deploy, layer.name, layer.type)
+            if any(r.phase == pb2.TRAIN for r in layer.include):
+                continue                            # not part of the TEST net
+            if layer.type not in SUPPORTED:
+                raise ExportError("%s: type %s is not exported (supported: %s)"
+                                  % (where, layer.type, ", ".join(SUPPORTED)))
+            if layer.type == "Input":
+                self.input(layer)
+                continue
+            if self.deferred(layer, where):
+                continue
+            bottoms = [self.src(b, where) for b in layer.bottom]
+            tops = [self.fresh(tp) for tp in layer.top]
+            getattr(self, layer.type.lower())(layer, bottoms, tops, where)
+            for top, name in zip(layer.top, tops):
+                self.current[top] = name
+                self.pending.pop(top, None)
+        if not self.inputs:
+            raise ExportError("%s: no Input layer (the deploy net must start with Input `data`)" % self.deploy)
+        from thermalnet.inference import OUTPUT_BLOB
+        if OUTPUT_BLOB not in self.current and OUTPUT_BLOB not in self.pending:
+            raise ExportError("%s: no blob %r (the deploy net must end in Softmax `prob`)" % (self.deploy, OUTPUT_BLOB))
+        # The graph's output is called `prob` whatever tensor last wrote that blob.
+        last = self.src(OUTPUT_BLOB, self.deploy)
+        if last != OUTPUT_BLOB:
+            self.nodes.append(helper.make_node("Identity", [last], [OUTPUT_BLOB], name="prob_out"))
+        q = int(self.net.blobs[OUTPUT_BLOB].data.shape[1])
+        outputs = [helper.make_tensor_value_info(OUTPUT_BLOB, self.TensorProto.FLOAT, ["N", q, "H", "W"])]
+        graph = helper.make_graph(self.nodes, self.net_param.name or "thermalnet", self.inputs, outputs,
+                                  initializer=self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="thermalnet-kit thermalnet.onnx_export",
+                                  doc_string="from %s + %s" % (os.path.basename(self.deploy),
+                                                               os.path.basename(self.caffemodel)))
+        model.ir_version = min(model.ir_version, 8)    # readable by ONNX Runtime releases from 1.10 on
+        onnx.checker.check_model(model)
+        return model
+
+
+def build_model(deploy: str, caffemodel: str):
+    """Translate the deploy net + weights into an onnx.ModelProto (checked by onnx.checker)."""
+    return _Translator(deploy, caffemodel).build()
 
 
 def session_options(threads: Optional[int] = None):
