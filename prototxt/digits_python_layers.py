@@ -226,6 +226,7 @@ class WeightedSoftmaxLoss(_WeightedPixelLoss):
     """
 
     LOG_Z_BOUND = 30.0      # |log Z| above this: the max-shifted softmax
+    Z_BOUND = float(np.exp(LOG_Z_BOUND))
 
     def forward(self, bottom, top):
         x = bottom[0].data
@@ -235,8 +236,7 @@ class WeightedSoftmaxLoss(_WeightedPixelLoss):
         with np.errstate(over="ignore", under="ignore"):
             np.exp(x, out=e)
         np.sum(e, axis=1, out=total)
-        bound = np.exp(self.LOG_Z_BOUND)
-        shifted = not (total.min() >= 1.0 / bound and total.max() <= bound)   # NaN fails both
+        shifted = not (total.min() >= 1.0 / self.Z_BOUND and total.max() <= self.Z_BOUND)   # NaN fails both
         if shifted:
             np.amax(x, axis=1, out=shift)                     # stable softmax
             np.subtract(x, shift[:, np.newaxis], out=e)

@@ -83,3 +83,21 @@ def require_kit_patch(switch: str, what: str) -> None:
         warnings.warn(why)
         pytest.skip(why)
     pytest.fail(why)
+
+
+def layer_pass(net, layer: str, x, wt, b, g, diff_blob: str = "x"):
+    """One forward + backward through a test net with input blob `x`, output blob `y` and
+    the weighted layer `layer` (weights wt, bias b or None), top diff g. Returns the output,
+    the gradient in `diff_blob`, and the layer's weight and bias gradients (None without bias)."""
+    net.blobs["x"].data[...] = x
+    net.params[layer][0].data[...] = wt
+    if b is not None:
+        net.params[layer][1].data[...] = b
+    net.forward()
+    y = net.blobs["y"].data.copy()
+    for prm in net.params[layer]:
+        prm.diff[...] = 0
+    net.blobs["y"].diff[...] = g
+    net.backward()
+    return y, net.blobs[diff_blob].diff.copy(), net.params[layer][0].diff.copy(), \
+        (net.params[layer][1].diff.copy() if b is not None else None)

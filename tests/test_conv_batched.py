@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import require_kit_patch
+from tests.conftest import layer_pass, require_kit_patch
 from thermalnet import nets
 from thermalnet.caffe_env import BATCHED_CONV_ENV
 
@@ -70,21 +70,6 @@ def _numpy_conv(x, wt, b, g, k, s, p, d):
     return y, dxpad[:, :, ph:ph + h, pw:pw + w], dw, g.sum(axis=(0, 2, 3))
 
 
-def _run(net, x, wt, b, g):
-    net.blobs["x"].data[...] = x
-    net.params["conv"][0].data[...] = wt
-    if b is not None:
-        net.params["conv"][1].data[...] = b
-    net.forward()
-    y = net.blobs["y"].data.copy()
-    for prm in net.params["conv"]:
-        prm.diff[...] = 0
-    net.blobs["y"].diff[...] = g
-    net.backward()
-    return y, net.blobs["x"].diff.copy(), net.params["conv"][0].diff.copy(), \
-        (net.params["conv"][1].diff.copy() if b is not None else None)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 def test_convolution_both_paths_match_numpy(caffe, tmp_path, monkeypatch, case):
     n, c, h, w, m, k, s, p, d, bias = case
@@ -98,7 +83,7 @@ def test_convolution_both_paths_match_numpy(caffe, tmp_path, monkeypatch, case):
             wt = rng.randn(*net.params["conv"][0].data.shape).astype(np.float32)
             b = rng.randn(m).astype(np.float32) if bias else None
             g = rng.randn(*net.blobs["y"].data.shape).astype(np.float32)
-        results[batched] = _run(net, x, wt, b, g)
+        results[batched] = layer_pass(net, "conv", x, wt, b, g)
     ref = _numpy_conv(x.astype(np.float64), wt.astype(np.float64), None if b is None else b.astype(np.float64),
                       g.astype(np.float64), k, s, p, d)
     for name, got, want in zip(("output", "input gradient", "weight gradient", "bias gradient"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import require_kit_patch
+from tests.conftest import layer_pass, require_kit_patch
 from thermalnet.caffe_env import DECONV_ENV
 
 CASES = [  # channels, H, W, kernel, stride, pad, dilation, learned weights, bias
@@ -55,18 +55,7 @@ def _run(net, x, wt, b, g):
     """Forward and backward with the input set through the identity 1x1 `pre` layer."""
     c = x.shape[1]
     net.params["pre"][0].data[...] = np.eye(c, dtype=np.float32).reshape(c, c, 1, 1)
-    net.blobs["x"].data[...] = x
-    net.params["up"][0].data[...] = wt
-    if b is not None:
-        net.params["up"][1].data[...] = b
-    net.forward()
-    y = net.blobs["y"].data.copy()
-    for p in net.params["up"]:
-        p.diff[...] = 0
-    net.blobs["y"].diff[...] = g
-    net.backward()
-    return y, net.blobs["pre"].diff.copy(), net.params["up"][0].diff.copy(), \
-        (net.params["up"][1].diff.copy() if b is not None else None)
+    return layer_pass(net, "up", x, wt, b, g, diff_blob="pre")
 
 
 @pytest.mark.parametrize("case", CASES)

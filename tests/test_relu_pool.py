@@ -57,11 +57,11 @@ def test_relu_forward_backward_match_numpy(caffe, tmp_path, slope, in_place, loo
 
 @pytest.mark.parametrize("kernel,stride,pad,hw,top_mask", [
     (3, 2, 0, (59, 79), False),     # pool1 at 120x160: every window inside, the last one ceil-rounded to the edge
-    (3, 2, 1, (14, 19), False),     # padding: the first and last outputs of a row take the per-output loop
+    (3, 2, 1, (14, 19), False),     # padding: the first and last windows of a row reach outside the image
     (2, 2, 0, (7, 9), False),       # ceil rounding clips the last window of a row
     (3, 1, 0, (5, 6), False),
     (2, 3, 0, (8, 11), True),       # stride > kernel (skipped columns); mask as a second top
-    (3, 2, 1, (9, 2), True),        # a row with no inside window at all
+    (3, 2, 1, (9, 2), True),        # narrower than the kernel: every window of a row is clipped
 ])
 def test_max_pooling_matches_numpy(caffe, tmp_path, kernel, stride, pad, hw, top_mask, loops):
     shape = (2, 3) + hw
