@@ -3,7 +3,7 @@
 On a machine without a GPU these check what can be checked: the build links the CUDA
 runtime, cuBLAS and cuRAND from the wheels' folder, pycaffe imports from it and runs in
 CPU mode, and asking for a GPU fails with one clear line instead of an abort. The build
-takes long (see README), so `make test` does not compile it: these tests use the newest
+takes long (see docs/gpu.md), so `make test` does not compile it: these tests use the newest
 GPU build in the cache (`make gpu-build`; THERMALNET_GPU_CAFFE=/path names another) and are
 skipped, with that command, without one.
 Tests marked `gpu` need a real device and are skipped without one.
@@ -21,7 +21,7 @@ from thermalnet import caffe_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL = os.path.join(REPO, "tools", "install_caffe.sh")
-NO_GPU_BUILD = ("NO GPU CAFFE BUILD in the cache: `make gpu-build` compiles one (long: see README; "
+NO_GPU_BUILD = ("NO GPU CAFFE BUILD in the cache: `make gpu-build` compiles one (long: see docs/gpu.md; "
                 "`make gpu-build CUDA_ARCH=\"-gencode arch=compute_80,code=sm_80\"` builds one architecture)")
 
 

@@ -15,7 +15,7 @@ ANNEAL_T = 0.38
 DECODINGS = ("mmse", "expectation", "argmax", "annealed")
 # One default everywhere (evaluate, demo, run_flir, augment, ablate, the DIGITS client): mmse, eq. 1's
 # rebalancing divided out, then the mean -- the minimum-RMS estimate, and the best decoding on every
-# metric in the kit's ablations (README "Ablations"). It needs the training class weights; a tool
+# metric in the kit's ablations (docs/ablations.md). It needs the training class weights; a tool
 # that may run without the dataset (augment, the DIGITS client) falls back to the plain expectation.
 DEFAULT_DECODING = "mmse"
 FALLBACK_DECODING = "expectation"

@@ -8,7 +8,7 @@ every generator and builder setting, so changing one builds a new one. The pipel
 (run_pipeline) is the same one tools.run_flir runs on a user's FLIR folder.
 
 Settings of the full demo, chosen by measurement on the 2-core build machine (SYNTHETIC
-1000/100, README "What make demo gives"): batch 4 (a lower validation loss per epoch than
+1000/100, docs/demo.md): batch 4 (a lower validation loss per epoch than
 batch 8 at the same img/s), Adam at 1e-3 (2e-3 was worse per epoch). Input 240x320 (the
 kit's paper scale) rather than the builder's 120x160 default: the stride-16 score map is
 then 15x20 instead of 8x10, and in the ablation at the same 2000 iterations it scored RMS

@@ -19,7 +19,7 @@ measurement behind the choice), NOT RUN (cannot be checked from these artifacts,
 
 REGISTER is the one table to extend: add an Item and, if it needs a new check, a
 function `check_<name>(ctx) -> (status, evidence)`. The "behind" text of assumptions
-says what measurement (README "Ablations", results/ablate/) or reason supports the choice.
+says what measurement (docs/ablations.md, results/ablate/) or reason supports the choice.
 """
 from __future__ import annotations
 
@@ -77,15 +77,15 @@ REGISTER: Tuple[Item, ...] = (
          "Sec. 3.4, 5.2", "thermalnet/gatys.py; tools/evaluate.py --vgg-weights", "gatys", ""),
     # ---- assumptions of the kit ---------------------------------------------------------------
     Item("q_bins", "assumption", "Q thermal bins (the paper does not give Q)", "—",
-         "thermalnet/spec.py NUM_BINS; score layer num_output", "q_bins", "Q = 32: the quantisation alone costs 8/sqrt(12) = 2.3 RMS; measured Q 16 / 32 / 64: 26.3 / 26.0 / 25.7 RMS (SSIM 0.816 / 0.822 / 0.820), SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations')"),
+         "thermalnet/spec.py NUM_BINS; score layer num_output", "q_bins", "Q = 32: the quantisation alone costs 8/sqrt(12) = 2.3 RMS; measured Q 16 / 32 / 64: 26.3 / 26.0 / 25.7 RMS (SSIM 0.816 / 0.822 / 0.820), SYNTHETIC 1100 pairs, 2000 iterations each (docs/ablations.md)"),
     Item("lambda", "assumption", "v(Y): Zhang et al.'s rebalancing, lambda (paper: v(Y) without values)", "—",
-         "thermalnet/spec.py REBALANCE_LAMBDA; dataset.json lambda", "rebalance_lambda", "lambda 0.5 (Zhang et al.'s value); measured lambda 0 / 0.5 / 1: 26.6 / 26.0 / 26.2 RMS (SSIM 0.826 / 0.822 / 0.819), SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations'); the mmse decoding divides v(Y) back out"),
+         "thermalnet/spec.py REBALANCE_LAMBDA; dataset.json lambda", "rebalance_lambda", "lambda 0.5 (Zhang et al.'s value); measured lambda 0 / 0.5 / 1: 26.6 / 26.0 / 26.2 RMS (SSIM 0.826 / 0.822 / 0.819), SYNTHETIC 1100 pairs, 2000 iterations each (docs/ablations.md); the mmse decoding divides v(Y) back out"),
     Item("input_size", "assumption", "Network input size (the paper does not give it)", "—",
          "thermalnet/spec.py DEFAULT_HEIGHT/WIDTH, PAPER_HEIGHT/WIDTH; dataset.json", "input_size", "datasets 120x160 by default (FLIR ONE's IR resolution, Table 1; about a third of the cost of 240x320 per image); make demo at 240x320 (tools/demo.py DEMO_HEIGHT/WIDTH): measured at 2000 iterations 26.0 (120x160) against 23.5 RMS (240x320), SSIM above every baseline in every class at 240x320, and the objects' shapes drawn (results/ablate/size-240x320/)"),
     Item("squeezenet_version", "assumption", "SqueezeNet version (the paper does not say v1.0 or v1.1)", "—",
          "prototxt/thermalnet_v1_1.prototxt, thermalnet_v1_0.prototxt", "squeezenet_version", "v1.1 by default: 2.4x less computation than v1.0 at SqueezeNet's published accuracy; v1.0 at 240x320 is the paper-scale network (--paper-scale); not compared in an ablation here"),
     Item("deconv_learned", "assumption", "Deconvolutions fixed bilinear or learned; kernel and stride", "—",
-         "prototxt/thermalnet_*.prototxt Deconvolution param lr_mult", "deconv_kind", "fixed bilinear (lr_mult 0): measured fixed / learned per bin / learned mixing bins: 26.0 / 26.3 / 28.8 RMS, SSIM 0.822 / 0.815 / 0.816, SYNTHETIC 1100 pairs, 2000 iterations each (README 'Ablations'); none of them shows the paper's high-frequency components at this budget"),
+         "prototxt/thermalnet_*.prototxt Deconvolution param lr_mult", "deconv_kind", "fixed bilinear (lr_mult 0): measured fixed / learned per bin / learned mixing bins: 26.0 / 26.3 / 28.8 RMS, SSIM 0.822 / 0.815 / 0.816, SYNTHETIC 1100 pairs, 2000 iterations each (docs/ablations.md); none of them shows the paper's high-frequency components at this budget"),
     Item("crop", "assumption", "Crop back to the input size and its offset", "—",
          "prototxt/thermalnet_*.prototxt Crop (offset derived in the file's header)", "crop", "offset derived from Caffe's coordinate mapping in each prototxt header and checked by an impulse test (tests/test_prototxt.py); not a measured choice"),
     Item("loss_normalisation", "assumption", "Loss normalised by the number of pixels (paper: 'unnormalised')",
@@ -104,7 +104,7 @@ REGISTER: Tuple[Item, ...] = (
     Item("val_is_test", "assumption", "Validation loss (Fig. 8) computed on the test split", "Fig. 8",
          "dataset_builder/build.py (val_db = test split)", "val_is_test", "DIGITS' validation set is the paper's 100 test pairs (the paper has no third split): best-snapshot numbers are chosen on the pairs they are scored on and are optimistic; last-snapshot numbers are not"),
     Item("decoding", "assumption", "Decoding of the per-pixel distribution into brightness", "—",
-         "thermalnet/spec.py decode; tools/evaluate.py --decoding", "decoding", "mmse: measured on the default arm's model, mmse / expectation / argmax / annealed: 26.0 / 28.4 / 35.2 / 28.2 RMS, SSIM 0.822 / 0.783 / 0.718 / 0.782, SYNTHETIC 1100 pairs, 2000 iterations (README 'Ablations')"),
+         "thermalnet/spec.py decode; tools/evaluate.py --decoding", "decoding", "mmse: measured on the default arm's model, mmse / expectation / argmax / annealed: 26.0 / 28.4 / 35.2 / 28.2 RMS, SSIM 0.822 / 0.783 / 0.718 / 0.782, SYNTHETIC 1100 pairs, 2000 iterations (docs/ablations.md)"),
     Item("gs_sigma", "assumption", "TN + GS sigma (the paper gives only 3x3)", "—",
          "thermalnet/postprocess.py GAUSSIAN_SIGMA", "gs_sigma", "sigma 0.8 (the paper gives only 3x3); not ablated: TN + GS differs from TN by under 0.3 RMS in every run here"),
     Item("snapshot", "assumption", "Which snapshot is evaluated (final or best validation loss)", "—",

@@ -189,7 +189,7 @@ if built; then
   echo "$ROOT"; exit 0
 fi
 [ "$GPU" = 0 ] || say "GPU build for $(echo "$CUDA_ARCH" | grep -o 'code=[a-z_0-9]*' | cut -d= -f2 | tr '\n' ' ')\
-(nvcc compiles every .cu file once per entry: far longer than the CPU build; README: measured times)"
+(nvcc compiles every .cu file once per entry: far longer than the CPU build; docs/gpu.md: measured times)"
 
 # --- 4. fetch, configure, build (into a temporary folder, renamed when done) -----
 avail_kb=$(df -Pk "$CACHE" | awk 'NR==2{print $4}')
