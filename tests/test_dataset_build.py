@@ -331,34 +331,35 @@ def test_strict_exit_code_and_nothing_written(bad_pairs, tmp_path, capsys):
     assert rc == 0 and os.path.isfile(os.path.join(out, layout.DATASET_INFO_FILE))
 
 
-def test_flir_folder_build(flir_samples, tmp_path, capsys):
-    """Real FLIR files: the three with a visible photo become pairs, the rest are named and skipped."""
+def test_flir_folder_build(flir_written, tmp_path, capsys):
+    """A folder of FLIR files (written from known numbers): the three with a visible photo
+    become pairs, the rest are named and skipped."""
+    from tests import flir_writer as W
+
+    written, info = flir_written
     src = str(tmp_path / "flir")
-    shutil.copytree(flir_samples, src)
-    for p in glob.glob(os.path.join(src, "*")):
-        os.chmod(p, 0o644)
+    shutil.copytree(written, src)
     Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(os.path.join(src, "holiday.jpg"))
-    data = open(os.path.join(flir_samples, "flir_one_mug.jpg"), "rb").read()
+    data = open(os.path.join(written, "written_portrait.jpg"), "rb").read()
     with open(os.path.join(src, "mug_cut.jpg"), "wb") as f:
         f.write(data[: len(data) // 2])
     with open(os.path.join(src, "classes.csv"), "w") as f:
-        f.write("flir_one_mug,mug\n")
+        f.write("written_portrait,mug\n")
     out = str(tmp_path / "ds")
     rc = cli_main(["build", "--flir", src, "--out", out, "--classes", os.path.join(src, "classes.csv"), "--quiet"])
     assert rc == 0
     err = capsys.readouterr().err
-    for name, why in (("flir_e60_car_thermal_only.jpg", "thermal only"), ("flir_i7_ducks_thermal_only.jpg",
-                                                                          "thermal only"),
-                      ("dji_zenmuse_xtr_no_visible.jpg", "thermal only"), ("holiday.jpg", "not a radiometric"),
-                      ("mug_cut.jpg", "truncated")):
+    for name, why in [(n, "thermal only") for n in W.THERMAL_ONLY] + [("holiday.jpg", "not a radiometric"),
+                                                                      ("mug_cut.jpg", "truncated")]:
         line = [l for l in err.splitlines() if os.path.join(src, name) in l]
         assert len(line) == 1 and why in line[0], (name, err)
     rows = {r["id"]: r for r in _manifest(out)}
-    assert set(rows) == {"flir_one_mug", "flir_ax8", "flir_b60_aqua_tower"}
-    assert rows["flir_one_mug"]["object_class"] == "mug" and rows["flir_ax8"]["object_class"] == "unknown"
-    m = rows["flir_one_mug"]
-    assert (m["vis_h"], m["vis_w"], m["ir_h"], m["ir_w"]) == ("456", "342", "320", "240")
-    assert m["source"] == "flir:flir_one_mug.jpg"
+    assert set(rows) == {os.path.splitext(n)[0] for n in W.WITH_PHOTO}
+    assert rows["written_portrait"]["object_class"] == "mug" and rows["written_letterbox"]["object_class"] == "unknown"
+    m = rows["written_portrait"]
+    # 160x120 portrait IR, 3 photo px per IR pixel, centred 14 px right and 14 px up of the 480x640 photo
+    assert (m["vis_h"], m["vis_w"], m["ir_h"], m["ir_w"]) == ("480", "360", "160", "120")
+    assert m["source"] == "flir:written_portrait.jpg"
     with open(os.path.join(out, layout.DATASET_INFO_FILE)) as f:
         meta = json.load(f)
     assert meta["synthetic"] is False and meta["counts"] == {"train": 2, "test": 1, "skipped": 5, "train_entries": 2}
@@ -367,36 +368,41 @@ def test_flir_folder_build(flir_samples, tmp_path, capsys):
     with open(os.path.join(out, B.ALIGNMENT_FILE), newline="") as f:
         align = {r["id"]: r for r in csv.DictReader(f)}
     assert set(align) == set(rows)
-    a = align["flir_one_mug"]
-    assert (a["offset_x"], a["offset_y"], a["shift_x"], a["shift_y"]) == ("14", "-14", "0", "0")
-    assert (a["vis_x0"], a["vis_x1"], a["ir_u1"], a["ir_v1"]) == ("83", "425", "240", "320")
+    a = align["written_portrait"]
+    assert (a["model"], a["offset_x"], a["offset_y"], a["shift_x"], a["shift_y"]) == (W.MODEL, "14", "-14", "0", "0")
+    assert (a["vis_x0"], a["vis_x1"], a["ir_u1"], a["ir_v1"]) == ("74", "434", "120", "160")
     assert a["edge_agreement"] == a["edge_agreement_tags"]        # no refinement: before == after
 
 
-def test_flir_refined_alignment(flir_samples, tmp_path):
-    """--refine-alignment on every FLIR sample with a photo: alignment.csv says, per pair, the
-    residual shift the edge search found and the edge agreement before (tags alone) and after
-    (the crop kept). The residuals themselves are pinned in test_dataset_flir.py."""
+def test_flir_refined_alignment(flir_dirs, tmp_path):
+    """--refine-alignment on every FLIR file with a photo (written; real too where present):
+    alignment.csv says, per pair, the residual shift the edge search found and the edge
+    agreement before (tags alone) and after (the crop kept). The residuals themselves are
+    pinned in test_dataset_flir.py (the written files': the ones planted)."""
+    from conftest import flir_cases, flir_path
     from dataset_builder import flir
+    from tests import flir_writer as W
 
     out = str(tmp_path / "ds")
-    names = ("flir_one_mug", "flir_ax8", "flir_b60_aqua_tower")
-    rc = cli_main(["build", "--flir"] + [os.path.join(flir_samples, n + ".jpg") for n in names] +
-                  ["--out", out, "--refine-alignment", "24", "--quiet"])
+    paths = [flir_path(flir_dirs, c.values[0]) for c in
+             flir_cases(W.WITH_PHOTO, ("flir_one_mug.jpg", "flir_ax8.jpg", "flir_b60_aqua_tower.jpg"))]
+    rc = cli_main(["build", "--flir"] + paths + ["--out", out, "--refine-alignment", "24", "--quiet"])
     assert rc == 0
     with open(os.path.join(out, flir.ALIGNMENT_FILE), newline="") as f:
         assert tuple(next(csv.reader(f))) == flir.ALIGNMENT_COLUMNS
         f.seek(0)
         rows = {r["id"]: r for r in csv.DictReader(f)}
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     assert sorted(rows) == sorted(names)
-    for n in names:
+    for n, p in zip(names, paths):
         a = rows[n]
-        m = flir.read_flir(os.path.join(flir_samples, n + ".jpg"), refine_px=24).meta
+        m = flir.read_flir(p, refine_px=24).meta
         assert [int(a["shift_x"]), int(a["shift_y"])] == m["shift"] != [0, 0]
         assert float(a["edge_agreement_tags"]) == pytest.approx(m["edge_agreement_tags"], abs=1e-4)
         assert float(a["edge_agreement"]) == pytest.approx(m["edge_agreement"], abs=1e-4)
         assert float(a["edge_agreement"]) > float(a["edge_agreement_tags"]) + 0.1, a
-    assert float(rows["flir_one_mug"]["edge_agreement"]) > 0.45
+    if "flir_one_mug" in rows:
+        assert float(rows["flir_one_mug"]["edge_agreement"]) > 0.45
 
 
 def test_refuses_to_replace_foreign_folder(syn_pairs, tmp_path):
