@@ -22,6 +22,7 @@ from PIL import Image
 
 from dataset_builder import build as B
 from thermalnet import layout, spec
+from dataset_builder import splits as S
 from dataset_builder import synthetic
 from thermalnet.atomic import OutputExists
 from dataset_builder.cli import main as cli_main
@@ -157,23 +158,23 @@ def test_window_is_train_percentiles(syn_pairs, syn_ds):
 
 def test_split_rules():
     classes = [spec.OBJECT_CLASSES[i % 3] for i in range(1100)]
-    train, test = B.split_indices(classes, seed=1)
+    train, test = S.split_indices(classes, seed=1)
     assert (len(train), len(test)) == (spec.PAPER_TRAIN, spec.PAPER_TEST)
     assert not set(train) & set(test) and len(set(train) | set(test)) == 1100
     per = {c: sum(classes[i] == c for i in test) for c in spec.OBJECT_CLASSES}
     assert sorted(per.values()) == [33, 33, 34]
-    assert B.split_indices(classes, seed=1) == (train, test)          # seeded
-    assert B.split_indices(classes, seed=2)[1] != test
+    assert S.split_indices(classes, seed=1) == (train, test)          # seeded
+    assert S.split_indices(classes, seed=2)[1] != test
     # 2000 pairs: the paper's 100 test pairs, the rest trains
-    assert len(B.split_indices(["a"] * 2000)[1]) == 100
+    assert len(S.split_indices(["a"] * 2000)[1]) == 100
     # fewer than 1100: the stated fraction, at least one test pair, at least one train pair
-    assert len(B.split_indices(["a"] * 110)[1]) == 10
-    assert [len(x) for x in B.split_indices(["a", "b"])] == [1, 1]
+    assert len(S.split_indices(["a"] * 110)[1]) == 10
+    assert [len(x) for x in S.split_indices(["a", "b"])] == [1, 1]
     skew = ["human"] * 90 + ["computer"] * 20
-    _, t = B.split_indices(skew, test_count=11)
+    _, t = S.split_indices(skew, test_count=11)
     assert sum(skew[i] == "computer" for i in t) == 2
-    with pytest.raises(B.BuildError):
-        B.split_indices(["a"])
+    with pytest.raises(S.SplitError):
+        S.split_indices(["a"])
 
 
 def test_window_modes_image_and_fixed(syn_pairs, tmp_path):
@@ -225,12 +226,13 @@ def test_pair_layouts(tmp_path):
     feats, labels = _lmdb(out, layout.TRAIN_DB, layout.FEATURES), _lmdb(out, layout.TRAIN_DB, layout.LABELS)
     np.testing.assert_array_equal(labels[:, 0], spec.brightness_to_bins(feats[:, 0].astype(np.float64)))
     kaist = str(tmp_path / "kaist")
-    for s in ("set00/V000", "set00/V001"):
+    for s in ("set00/V000", "set00/V001", "set06/V000"):
         _grey_pairs(os.path.join(kaist, s), "visible", "lwir", 3)
     info = B.build(str(tmp_path / "ds_kaist"), pair_roots=[kaist],
                    cfg=B.BuildConfig(height=24, width=32, workers=1, progress=False))
-    ids = {r["id"] for r in _manifest(str(tmp_path / "ds_kaist"))}
-    assert len(ids) == 6 and "set00_V001_I00002" in ids
+    rows = _manifest(str(tmp_path / "ds_kaist"))
+    assert len(rows) == 9 and "set00_V001_I00002" in {r["id"] for r in rows}
+    assert {r["id"] for r in rows if r["split"] == "test"} == {"set06_V000_I%05d" % k for k in range(3)}
     llvip = str(tmp_path / "llvip")
     _grey_pairs(llvip, "visible", "infrared", 4, ext=".jpg", ir_rgb=True)
     with open(os.path.join(llvip, "classes.csv"), "w") as f:
