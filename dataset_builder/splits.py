@@ -34,9 +34,9 @@ KAIST_TEST_SETS = range(6, 12)          # KAIST's official split: sets 00-05 tra
 SEQUENCE_GAP_FACTOR = 2                 # a frame number more than 2 usual steps on starts a new run
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
-SOURCE_PAPER = "paper: seeded, stratified by object class"
+SOURCE_PAPER = "paper: seeded and stratified by object class"
 SOURCE_FOLDERS = "folders: train/ and test/ on the path (val/ joins train)"
-SOURCE_KAIST = "KAIST sets: set00-05 train, set06-11 test"
+SOURCE_KAIST = "KAIST sets: set00-05 train; set06-11 test"
 SOURCE_RANDOM = "random by sequence (folder + run of numbered frames)"
 SOURCE_FILE = "split file"
 
