@@ -38,7 +38,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                         "at random, so neighbouring frames never straddle train and test; paper: the paper's "
                         "split even where the data carries one")
     p.add_argument("--split-file", metavar="FILE",
-                   help="lines 'name,split' (name: pair id, relative path or stem; split: train|test|val): "
+                   help="lines 'name,split' (name: pair id, relative path, file name or stem; split: train|test|val): "
                         "overrides --split; pairs it does not list are skipped")
     p.add_argument("--fit", choices=("crop", "stretch", "rotate"), default="crop",
                    help="sources of another aspect/orientation (portrait FLIR ONE): centre crop (default), "

@@ -3,8 +3,8 @@
 Public sets of visible/thermal pairs are frames of videos: a frame and its neighbour
 are nearly the same picture, so a split drawn frame by frame puts almost every test
 scene in training too. What is honoured, in this order of say:
-  * --split-file: lines `name,split` (or `name split`), name = pair id, relative path
-    or stem (any case), split = train|test|val;
+  * --split-file: lines `name,split` (or `name split`), name = pair id, relative path,
+    file name or stem (any case), split = train|test|val;
   * --split random: drawn here, by SEQUENCE, never by frame: a sequence is the frames
     of one folder whose numbers run on (a gap of more than SEQUENCE_GAP_FACTOR times the
     folder's usual step starts a new one), so neighbouring frames stay on one side;
@@ -145,7 +145,7 @@ def random_by_sequence(seqs: Sequence[int], seed: int = spec.SEED, test_count: O
 
 
 def read_split_file(path: str) -> Dict[str, str]:
-    """name (lower case) -> train|test from lines `name,split` or `name split` (# comments)."""
+    """name (lower case) -> train|test|val from lines `name,split` or `name split` (# comments)."""
     out = {}
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -199,7 +199,7 @@ def choose(items: Sequence, mode: str = "auto", split_file: Optional[str] = None
         for i, it in enumerate(items):
             rel = it.source.split(":", 1)[-1]
             stem = os.path.splitext(os.path.basename(rel))[0]
-            s = _file_split(table, (it.id, rel, os.path.splitext(rel)[0], stem))
+            s = _file_split(table, (it.id, rel, os.path.splitext(rel)[0], os.path.basename(rel), stem))
             if s is None:
                 left.append((i, "not in the split file %s" % os.path.basename(split_file)))
             else:

@@ -106,11 +106,25 @@ def test_m3fd_vis_ir_with_a_split_file(tmp_path):
     rows, info = _build(tmp_path, root)
     assert info["split"]["source"] == S.SOURCE_PAPER and SPLIT_SOURCE_COLUMN not in rows[0]
     lst = tmp_path / "m3fd_split.csv"
-    lst.write_text("name,split\n00000,train\n00001,train\n00002,train\n00003,val\n00004,train\n"
+    lst.write_text("name,split\n00000,train\n00001,train\n00002,train\n00003,val\n00004.PNG train\n"
                    "Vis/00005.png,test\n00006,TEST\n")
     rows, info = _build(tmp_path, root, "--split-file", str(lst))
     assert _test_ids(rows) == ["00005", "00006"] and len(rows) == 7
     assert info["split"]["source"] == "%s m3fd_split.csv" % S.SOURCE_FILE and info["counts"]["skipped"] == 1
+
+
+def test_a_bad_split_file_is_one_line(tmp_path, capsys):
+    root = tmp_path / "M3FD"
+    for k in range(3):
+        _pair(str(root / "Vis" / ("%05d.png" % k)), str(root / "Ir" / ("%05d.png" % k)), k)
+    lst = tmp_path / "split.txt"
+    for text, why in (("00000 train\n00001 holdout\n", "line 2: split 'holdout' is not train, test or val"),
+                      ("00000 train\n00001 train\n", "gives 2 train and 0 test pairs")):
+        lst.write_text(text)
+        assert cli_main(["build", "--pairs", str(root), "--out", str(tmp_path / "ds"), "--split-file", str(lst)]
+                        + SIZE) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("error: %s" % lst) and why in err, err
 
 
 def test_tno_vis_ir_and_roadscene(tmp_path):
