@@ -24,7 +24,7 @@ import numpy as np
 from thermalnet import layout, spec
 from thermalnet.atomic import atomic_output_dir, write_text
 
-from . import flir, pairs
+from . import flir, pairs, splits
 from thermalnet.imageio import (ImageReadError, check_ir_values, read_ir, read_rgb, resize_ir, resize_visible, write_npy,
                       write_png)
 from .parallel import make_pool
@@ -32,6 +32,8 @@ from .parallel import make_pool
 FITS = ("crop", "stretch", "rotate")
 MANIFEST_COLUMNS = ("id", "source", "object_class", "split", "t_min", "t_max", "vis_h", "vis_w", "ir_h", "ir_w",
                     "height", "width")
+# Where the split is not the paper's (splits.py), each manifest row also says what drew it.
+SPLIT_SOURCE_COLUMN = "split_source"
 SKIPPED_FILE = "skipped.csv"
 ALIGNMENT_FILE = flir.ALIGNMENT_FILE         # FLIR inputs only; its columns: flir.ALIGNMENT_COLUMNS
 ALIGNMENT_COLUMNS = flir.ALIGNMENT_COLUMNS
@@ -56,6 +58,8 @@ class BuildConfig:
     test_count: Optional[int] = None
     test_fraction: float = spec.DEFAULT_TEST_FRACTION
     seed: int = spec.SEED
+    split: str = "auto"                   # splits.SPLIT_MODES: the data's own split, else the paper's
+    split_file: Optional[str] = None      # name,split lines: overrides both
     fit: str = "crop"                     # non-4:3 or portrait sources: centre crop / stretch / rotate+crop
     refine_px: int = 0                    # FLIR: extra edge-based alignment search radius (visible px)
     strict: bool = False
@@ -82,6 +86,10 @@ class BuildConfig:
             raise BuildError("IR range %r: the high end must exceed the low end" % (self.ir_range,))
         if self.fit not in FITS:
             raise BuildError("fit %r not one of %s" % (self.fit, ", ".join(FITS)))
+        if self.split not in splits.SPLIT_MODES:
+            raise BuildError("split %r not one of %s" % (self.split, ", ".join(splits.SPLIT_MODES)))
+        if self.split_file is not None and not os.path.isfile(self.split_file):
+            raise BuildError("%s: no such split file" % self.split_file)
         if not 0 < self.test_fraction < 1:
             raise BuildError("test fraction must be in (0, 1), got %r" % self.test_fraction)
         if not 2 <= self.num_bins <= spec.BRIGHTNESS_LEVELS:
@@ -100,6 +108,7 @@ class Item:
     ir: Optional[str]
     source: str               # manifest 'source': kind:relative path (SYNTHETIC: for generated data)
     object_class: str = pairs.UNKNOWN_CLASS
+    folders: Tuple[str, ...] = ()   # folders from the input root to the file: the split they carry
 
 
 # -- gathering inputs ------------------------------------------------------------------------
@@ -123,7 +132,9 @@ def gather(flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] = (),
         for f in files:
             stem = os.path.splitext(os.path.basename(f))[0]
             cls = (classes or {}).get(stem, pairs.UNKNOWN_CLASS)
-            items.append(Item(pairs._safe(stem), "flir", f, None, "flir:" + os.path.relpath(f, root), cls))
+            rel = os.path.relpath(f, root)
+            items.append(Item(pairs._safe(stem), "flir", f, None, "flir:" + rel, cls,
+                              tuple(os.path.dirname(rel).split(os.sep))))
             facts["flir"] += 1
     for root in pair_roots:
         try:
@@ -141,7 +152,7 @@ def gather(flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] = (),
             facts.setdefault("declared_units", set()).add(meta["ir_units"])
         tag = "SYNTHETIC:" if synthetic else "pairs:"
         for p in found:
-            items.append(Item(p.id, "pair", p.visible, p.ir, tag + p.rel, p.object_class))
+            items.append(Item(p.id, "pair", p.visible, p.ir, tag + p.rel, p.object_class, p.folders))
             facts["pairs"] += 1
     seen: Counter = Counter()
     for it in items:                      # unique ids across inputs
@@ -238,30 +249,6 @@ def _load_chunk(args):
 
 
 # -- split and window ---------------------------------------------------------------------------
-
-def split_indices(classes: Sequence[str], seed: int = spec.SEED, test_count: Optional[int] = None,
-                  test_fraction: float = spec.DEFAULT_TEST_FRACTION) -> Tuple[List[int], List[int]]:
-    """Seeded split stratified by object class: the paper's 100 test pairs when there are
-    >= 1100 (1000/100 at exactly 1100), else a fraction (at least one test pair)."""
-    n = len(classes)
-    if n < 2:
-        raise BuildError("need at least 2 usable pairs (1 train + 1 test), got %d" % n)
-    if test_count is None:
-        test_count = spec.PAPER_TEST if n >= spec.PAPER_TRAIN + spec.PAPER_TEST else \
-            max(1, int(round(n * test_fraction)))
-    test_count = int(min(max(1, test_count), n - 1))
-    rng = np.random.default_rng(seed)
-    groups = {c: rng.permutation([i for i, k in enumerate(classes) if k == c]).tolist() for c in sorted(set(classes))}
-    exact = {c: len(g) * test_count / float(n) for c, g in groups.items()}
-    quota = {c: int(np.floor(v)) for c, v in exact.items()}
-    rest = test_count - sum(quota.values())
-    for c in sorted(groups, key=lambda c: (-(exact[c] - quota[c]), c))[:rest]:
-        quota[c] += 1
-    test = sorted(i for c, g in groups.items() for i in g[:quota[c]])
-    test_set = set(test)
-    train = [i for i in rng.permutation(n).tolist() if i not in test_set]   # shuffled: mixed mini-batches
-    return train, test
-
 
 def dataset_window(ir_stack, train: Sequence[int]) -> Tuple[float, float]:
     """One window from the training split's temperature percentiles (spec)."""
@@ -364,9 +351,17 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
 
         # kept items in input order
         kept = [it for it in items if it.id in loaded]
+        try:
+            train, test, split_sources, split_info, left = splits.choose(
+                kept, cfg.split, cfg.split_file, cfg.seed, cfg.test_count, cfg.test_fraction)
+        except splits.SplitError as exc:
+            raise BuildError(str(exc)) from exc
+        for k, reason in left:
+            skipped.append((kept[k].ir or kept[k].path, reason))
+            log("skip: %s: %s" % skipped[-1])
         cls = [it.object_class for it in kept]
-        train, test = split_indices(cls, cfg.seed, cfg.test_count, cfg.test_fraction)
         slots = [loaded[it.id][0] for it in kept]
+        with_source = split_info["source"] != splits.SOURCE_PAPER
 
         mode = cfg.window_mode
         window = cfg.window
@@ -415,7 +410,8 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
                         write_png(os.path.join(td, "ir", it.id + ".png"), np.round(bright).astype(np.uint8))
                         write_npy(os.path.join(td, "ir_degC", it.id + ".npy"), ir.astype(np.float32))
                     manifest_rows.append([it.id, it.source, it.object_class, split, "%.4f" % lo, "%.4f" % hi,
-                                          meta["vis_h"], meta["vis_w"], meta["ir_h"], meta["ir_w"], h, w])
+                                          meta["vis_h"], meta["vis_w"], meta["ir_h"], meta["ir_w"], h, w] +
+                                         ([split_sources[k]] if with_source else []))
         n_train_entries = len(train) * (2 if cfg.mirror else 1)
         write_mean_binaryproto((mean_sum / n_train_entries).astype(np.float32),
                                os.path.join(tmp, layout.TRAIN_DB, layout.MEAN_FILE))
@@ -425,7 +421,7 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
                    fmt="%.8f")
         buf = io.StringIO()
         wr = csv.writer(buf, lineterminator="\n")
-        wr.writerow(MANIFEST_COLUMNS)
+        wr.writerow(MANIFEST_COLUMNS + ((SPLIT_SOURCE_COLUMN,) if with_source else ()))
         wr.writerows(manifest_rows)
         write_text(os.path.join(tmp, layout.MANIFEST_FILE), buf.getvalue())
         buf = io.StringIO()
@@ -458,6 +454,7 @@ def build(out: str, flir_inputs: Sequence[str] = (), pair_roots: Sequence[str] =
             "temperature_range": t_all, "fit": cfg.fit, "refine_px": cfg.refine_px, "seed": cfg.seed,
             "window_percentiles": list(spec.DATASET_WINDOW_PERCENTILES) if mode == "dataset" else None,
             "inputs": {"flir_files": facts["flir"], "pairs": facts["pairs"]},
+            "split": split_info,
         }
         del vis_mm, ir_mm
         shutil.rmtree(stage)
@@ -476,6 +473,8 @@ def format_summary(info: Dict, out: str = "") -> str:
         cc = info["class_counts"][split]
         lines.append("  %-5s classes: %s" % (split, ", ".join("%s %d" % (k, cc[k]) for k in sorted(cc))))
     win = info["window"]
+    if "split" in info:
+        lines.append("  split: %s" % info["split"]["source"])
     lines.append("  window (%s): %s %s; IR range %.1f .. %.1f %s"
                  % (info["window_mode"], "per image" if win is None else "%.2f .. %.2f" % tuple(win),
                     info["ir_units"] if win is not None else "", info["temperature_range"][0],

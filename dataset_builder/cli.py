@@ -8,6 +8,9 @@ from typing import List, Optional
 
 from thermalnet import cli, spec
 
+from . import splits
+from .pairs import LAYOUT_TABLE
+
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
@@ -28,6 +31,15 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                    help="test share below %d pairs (default %.3f)" % (spec.PAPER_TRAIN + spec.PAPER_TEST,
                                                                    spec.DEFAULT_TEST_FRACTION))
     p.add_argument("--seed", type=int, default=spec.SEED, help="split seed (default %d)" % spec.SEED)
+    p.add_argument("--split", choices=splits.SPLIT_MODES, default="auto",
+                   help="auto (default): the split the data carries (train/ test/ folders anywhere on the path, "
+                        "val/ joins train; KAIST set00-05 train, set06-11 test), else the paper's (seeded, "
+                        "stratified by class); random: whole sequences (a folder's run of numbered frames) drawn "
+                        "at random, so neighbouring frames never straddle train and test; paper: the paper's "
+                        "split even where the data carries one")
+    p.add_argument("--split-file", metavar="FILE",
+                   help="lines 'name,split' (name: pair id, relative path, file name or stem; split: train|test|val): "
+                        "overrides --split; pairs it does not list are skipped")
     p.add_argument("--fit", choices=("crop", "stretch", "rotate"), default="crop",
                    help="sources of another aspect/orientation (portrait FLIR ONE): centre crop (default), "
                         "stretch, or rotate to landscape then crop")
@@ -57,7 +69,7 @@ def _config(a):
                       (spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH))
     return BuildConfig(height=h, width=w, window_mode=a.window_mode, window=tuple(a.window) if a.window else None,
                        ir_range=tuple(a.ir_range) if a.ir_range else None, test_count=a.test_count,
-                       test_fraction=a.test_fraction, seed=a.seed, fit=a.fit, refine_px=a.refine_alignment,
+                       test_fraction=a.test_fraction, seed=a.seed, split=a.split, split_file=a.split_file, fit=a.fit, refine_px=a.refine_alignment,
                        strict=a.strict, workers=a.workers, progress=not a.quiet, num_bins=a.bins,
                        rebalance_lambda=a.rebalance_lambda, mirror=a.mirror)
 
@@ -77,11 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None)
     cli.add_quiet(s)
 
-    b = sub.add_parser("build", help="build a dataset folder (LMDBs, manifest, weights, test files)")
+    layouts = "pairs folder layouts read (a folder holding both subfolders, any depth, any case):\n" + \
+        "\n".join("  %-34s %s" % ("%s/ + %s/" % (v, i), who) for v, i, who in LAYOUT_TABLE)
+    b = sub.add_parser("build", help="build a dataset folder (LMDBs, manifest, weights, test files)",
+                       epilog=layouts, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("--out", required=True, help="dataset folder (built beside it, then swapped in)")
     b.add_argument("--flir", nargs="+", default=[], metavar="PATH", help="FLIR radiometric JPEGs or folders of them")
     b.add_argument("--pairs", nargs="+", default=[], metavar="DIR",
-                   help="folders of aligned pairs (tv/+ir/, visible/+lwir/, visible/+infrared/, visible/+ir/)")
+                   help="folders of aligned pairs, matched by relative folder and stem without regard to case "
+                        "(layouts: see below)")
     b.add_argument("--classes", help="CSV stem,object_class (default: classes.csv inside a pairs folder)")
     _add_build_args(b)
 

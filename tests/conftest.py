@@ -25,11 +25,36 @@ def caffe():
     return mod
 
 
+# The real FLIR files are an extra check where they are present: a test over FLIR files
+# runs on the files tests/flir_writer.py writes in every clone, and on the real ones too
+# when ../shared/samples/flir is beside the checkout (never a skip either way).
+REAL_FLIR = os.path.isdir(SAMPLES)
+
+
+def flir_cases(written, real=()):
+    """pytest parameters ("written"|"real", file name): the written files always, the real
+    samples only where they are present."""
+    return [pytest.param(("written", n), id=n) for n in written] + \
+        ([pytest.param(("real", n), id=n) for n in real] if REAL_FLIR else [])
+
+
 @pytest.fixture(scope="session")
-def flir_samples():
-    if not os.path.isdir(SAMPLES):
-        pytest.skip("../shared/samples/flir not beside the checkout")
-    return SAMPLES
+def flir_written(tmp_path_factory):
+    """(folder, {name: what was written}) of the FLIR files written from known numbers."""
+    from tests.flir_writer import write_samples
+
+    folder = str(tmp_path_factory.mktemp("flir_written"))
+    return folder, write_samples(folder)
+
+
+@pytest.fixture(scope="session")
+def flir_dirs(flir_written):
+    """{"written": folder, "real": folder or None}: where flir_cases' files lie."""
+    return {"written": flir_written[0], "real": SAMPLES if REAL_FLIR else None}
+
+
+def flir_path(dirs, case):
+    return os.path.join(dirs[case[0]], case[1])
 
 
 def make_tiny_dataset(root, n_train=6, n_val=4, height=spec.DEFAULT_HEIGHT, width=spec.DEFAULT_WIDTH,

@@ -92,7 +92,7 @@ def test_bad_bins_or_lambda_is_one_line_error(few_pairs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("vis,ir", [("crop_LR_visible", "cropinfrared"), ("vi", "ir"), ("Visible", "Infrared"),
-                                    ("visible", "infrared")])
+                                    ("visible", "infrared"), ("Vis", "Ir"), ("VIS", "IR")])
 def test_public_pair_layouts_are_found(tmp_path, vis, ir):
     root = tmp_path / "set"
     (root / vis).mkdir(parents=True)

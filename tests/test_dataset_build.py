@@ -22,6 +22,7 @@ from PIL import Image
 
 from dataset_builder import build as B
 from thermalnet import layout, spec
+from dataset_builder import splits as S
 from dataset_builder import synthetic
 from thermalnet.atomic import OutputExists
 from dataset_builder.cli import main as cli_main
@@ -157,23 +158,23 @@ def test_window_is_train_percentiles(syn_pairs, syn_ds):
 
 def test_split_rules():
     classes = [spec.OBJECT_CLASSES[i % 3] for i in range(1100)]
-    train, test = B.split_indices(classes, seed=1)
+    train, test = S.split_indices(classes, seed=1)
     assert (len(train), len(test)) == (spec.PAPER_TRAIN, spec.PAPER_TEST)
     assert not set(train) & set(test) and len(set(train) | set(test)) == 1100
     per = {c: sum(classes[i] == c for i in test) for c in spec.OBJECT_CLASSES}
     assert sorted(per.values()) == [33, 33, 34]
-    assert B.split_indices(classes, seed=1) == (train, test)          # seeded
-    assert B.split_indices(classes, seed=2)[1] != test
+    assert S.split_indices(classes, seed=1) == (train, test)          # seeded
+    assert S.split_indices(classes, seed=2)[1] != test
     # 2000 pairs: the paper's 100 test pairs, the rest trains
-    assert len(B.split_indices(["a"] * 2000)[1]) == 100
+    assert len(S.split_indices(["a"] * 2000)[1]) == 100
     # fewer than 1100: the stated fraction, at least one test pair, at least one train pair
-    assert len(B.split_indices(["a"] * 110)[1]) == 10
-    assert [len(x) for x in B.split_indices(["a", "b"])] == [1, 1]
+    assert len(S.split_indices(["a"] * 110)[1]) == 10
+    assert [len(x) for x in S.split_indices(["a", "b"])] == [1, 1]
     skew = ["human"] * 90 + ["computer"] * 20
-    _, t = B.split_indices(skew, test_count=11)
+    _, t = S.split_indices(skew, test_count=11)
     assert sum(skew[i] == "computer" for i in t) == 2
-    with pytest.raises(B.BuildError):
-        B.split_indices(["a"])
+    with pytest.raises(S.SplitError):
+        S.split_indices(["a"])
 
 
 def test_window_modes_image_and_fixed(syn_pairs, tmp_path):
@@ -225,12 +226,13 @@ def test_pair_layouts(tmp_path):
     feats, labels = _lmdb(out, layout.TRAIN_DB, layout.FEATURES), _lmdb(out, layout.TRAIN_DB, layout.LABELS)
     np.testing.assert_array_equal(labels[:, 0], spec.brightness_to_bins(feats[:, 0].astype(np.float64)))
     kaist = str(tmp_path / "kaist")
-    for s in ("set00/V000", "set00/V001"):
+    for s in ("set00/V000", "set00/V001", "set06/V000"):
         _grey_pairs(os.path.join(kaist, s), "visible", "lwir", 3)
     info = B.build(str(tmp_path / "ds_kaist"), pair_roots=[kaist],
                    cfg=B.BuildConfig(height=24, width=32, workers=1, progress=False))
-    ids = {r["id"] for r in _manifest(str(tmp_path / "ds_kaist"))}
-    assert len(ids) == 6 and "set00_V001_I00002" in ids
+    rows = _manifest(str(tmp_path / "ds_kaist"))
+    assert len(rows) == 9 and "set00_V001_I00002" in {r["id"] for r in rows}
+    assert {r["id"] for r in rows if r["split"] == "test"} == {"set06_V000_I%05d" % k for k in range(3)}
     llvip = str(tmp_path / "llvip")
     _grey_pairs(llvip, "visible", "infrared", 4, ext=".jpg", ir_rgb=True)
     with open(os.path.join(llvip, "classes.csv"), "w") as f:
@@ -331,34 +333,35 @@ def test_strict_exit_code_and_nothing_written(bad_pairs, tmp_path, capsys):
     assert rc == 0 and os.path.isfile(os.path.join(out, layout.DATASET_INFO_FILE))
 
 
-def test_flir_folder_build(flir_samples, tmp_path, capsys):
-    """Real FLIR files: the three with a visible photo become pairs, the rest are named and skipped."""
+def test_flir_folder_build(flir_written, tmp_path, capsys):
+    """A folder of FLIR files (written from known numbers): the three with a visible photo
+    become pairs, the rest are named and skipped."""
+    from tests import flir_writer as W
+
+    written, info = flir_written
     src = str(tmp_path / "flir")
-    shutil.copytree(flir_samples, src)
-    for p in glob.glob(os.path.join(src, "*")):
-        os.chmod(p, 0o644)
+    shutil.copytree(written, src)
     Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(os.path.join(src, "holiday.jpg"))
-    data = open(os.path.join(flir_samples, "flir_one_mug.jpg"), "rb").read()
+    data = open(os.path.join(written, "written_portrait.jpg"), "rb").read()
     with open(os.path.join(src, "mug_cut.jpg"), "wb") as f:
         f.write(data[: len(data) // 2])
     with open(os.path.join(src, "classes.csv"), "w") as f:
-        f.write("flir_one_mug,mug\n")
+        f.write("written_portrait,mug\n")
     out = str(tmp_path / "ds")
     rc = cli_main(["build", "--flir", src, "--out", out, "--classes", os.path.join(src, "classes.csv"), "--quiet"])
     assert rc == 0
     err = capsys.readouterr().err
-    for name, why in (("flir_e60_car_thermal_only.jpg", "thermal only"), ("flir_i7_ducks_thermal_only.jpg",
-                                                                          "thermal only"),
-                      ("dji_zenmuse_xtr_no_visible.jpg", "thermal only"), ("holiday.jpg", "not a radiometric"),
-                      ("mug_cut.jpg", "truncated")):
+    for name, why in [(n, "thermal only") for n in W.THERMAL_ONLY] + [("holiday.jpg", "not a radiometric"),
+                                                                      ("mug_cut.jpg", "truncated")]:
         line = [l for l in err.splitlines() if os.path.join(src, name) in l]
         assert len(line) == 1 and why in line[0], (name, err)
     rows = {r["id"]: r for r in _manifest(out)}
-    assert set(rows) == {"flir_one_mug", "flir_ax8", "flir_b60_aqua_tower"}
-    assert rows["flir_one_mug"]["object_class"] == "mug" and rows["flir_ax8"]["object_class"] == "unknown"
-    m = rows["flir_one_mug"]
-    assert (m["vis_h"], m["vis_w"], m["ir_h"], m["ir_w"]) == ("456", "342", "320", "240")
-    assert m["source"] == "flir:flir_one_mug.jpg"
+    assert set(rows) == {os.path.splitext(n)[0] for n in W.WITH_PHOTO}
+    assert rows["written_portrait"]["object_class"] == "mug" and rows["written_letterbox"]["object_class"] == "unknown"
+    m = rows["written_portrait"]
+    # 160x120 portrait IR, 3 photo px per IR pixel, centred 14 px right and 14 px up of the 480x640 photo
+    assert (m["vis_h"], m["vis_w"], m["ir_h"], m["ir_w"]) == ("480", "360", "160", "120")
+    assert m["source"] == "flir:written_portrait.jpg"
     with open(os.path.join(out, layout.DATASET_INFO_FILE)) as f:
         meta = json.load(f)
     assert meta["synthetic"] is False and meta["counts"] == {"train": 2, "test": 1, "skipped": 5, "train_entries": 2}
@@ -367,36 +370,41 @@ def test_flir_folder_build(flir_samples, tmp_path, capsys):
     with open(os.path.join(out, B.ALIGNMENT_FILE), newline="") as f:
         align = {r["id"]: r for r in csv.DictReader(f)}
     assert set(align) == set(rows)
-    a = align["flir_one_mug"]
-    assert (a["offset_x"], a["offset_y"], a["shift_x"], a["shift_y"]) == ("14", "-14", "0", "0")
-    assert (a["vis_x0"], a["vis_x1"], a["ir_u1"], a["ir_v1"]) == ("83", "425", "240", "320")
+    a = align["written_portrait"]
+    assert (a["model"], a["offset_x"], a["offset_y"], a["shift_x"], a["shift_y"]) == (W.MODEL, "14", "-14", "0", "0")
+    assert (a["vis_x0"], a["vis_x1"], a["ir_u1"], a["ir_v1"]) == ("74", "434", "120", "160")
     assert a["edge_agreement"] == a["edge_agreement_tags"]        # no refinement: before == after
 
 
-def test_flir_refined_alignment(flir_samples, tmp_path):
-    """--refine-alignment on every FLIR sample with a photo: alignment.csv says, per pair, the
-    residual shift the edge search found and the edge agreement before (tags alone) and after
-    (the crop kept). The residuals themselves are pinned in test_dataset_flir.py."""
+def test_flir_refined_alignment(flir_dirs, tmp_path):
+    """--refine-alignment on every FLIR file with a photo (written; real too where present):
+    alignment.csv says, per pair, the residual shift the edge search found and the edge
+    agreement before (tags alone) and after (the crop kept). The residuals themselves are
+    pinned in test_dataset_flir.py (the written files': the ones planted)."""
+    from conftest import flir_cases, flir_path
     from dataset_builder import flir
+    from tests import flir_writer as W
 
     out = str(tmp_path / "ds")
-    names = ("flir_one_mug", "flir_ax8", "flir_b60_aqua_tower")
-    rc = cli_main(["build", "--flir"] + [os.path.join(flir_samples, n + ".jpg") for n in names] +
-                  ["--out", out, "--refine-alignment", "24", "--quiet"])
+    paths = [flir_path(flir_dirs, c.values[0]) for c in
+             flir_cases(W.WITH_PHOTO, ("flir_one_mug.jpg", "flir_ax8.jpg", "flir_b60_aqua_tower.jpg"))]
+    rc = cli_main(["build", "--flir"] + paths + ["--out", out, "--refine-alignment", "24", "--quiet"])
     assert rc == 0
     with open(os.path.join(out, flir.ALIGNMENT_FILE), newline="") as f:
         assert tuple(next(csv.reader(f))) == flir.ALIGNMENT_COLUMNS
         f.seek(0)
         rows = {r["id"]: r for r in csv.DictReader(f)}
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     assert sorted(rows) == sorted(names)
-    for n in names:
+    for n, p in zip(names, paths):
         a = rows[n]
-        m = flir.read_flir(os.path.join(flir_samples, n + ".jpg"), refine_px=24).meta
+        m = flir.read_flir(p, refine_px=24).meta
         assert [int(a["shift_x"]), int(a["shift_y"])] == m["shift"] != [0, 0]
         assert float(a["edge_agreement_tags"]) == pytest.approx(m["edge_agreement_tags"], abs=1e-4)
         assert float(a["edge_agreement"]) == pytest.approx(m["edge_agreement"], abs=1e-4)
         assert float(a["edge_agreement"]) > float(a["edge_agreement_tags"]) + 0.1, a
-    assert float(rows["flir_one_mug"]["edge_agreement"]) > 0.45
+    if "flir_one_mug" in rows:
+        assert float(rows["flir_one_mug"]["edge_agreement"]) > 0.45
 
 
 def test_refuses_to_replace_foreign_folder(syn_pairs, tmp_path):

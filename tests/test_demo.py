@@ -101,14 +101,15 @@ def test_demo_help():
     assert p.returncode == 0 and "--quick" in p.stdout and "--minutes" in p.stdout
 
 
-def test_run_flir_on_real_flir_samples(flir_samples, tmp_path):
-    """The documented pipeline on real FLIR radiometric JPEGs (../shared/samples/flir):
-    only the files with an embedded visible photo make pairs; 1 short epoch."""
+def test_run_flir_on_flir_files(flir_written, tmp_path):
+    """The documented pipeline on FLIR radiometric JPEGs (written from known numbers by
+    tests/flir_writer.py): only the files with an embedded visible photo make pairs; 1 short
+    epoch."""
     from tools import run_flir
     classes = tmp_path / "classes.csv"
-    classes.write_text("stem,object_class\nflir_one_mug,computer\n")
+    classes.write_text("stem,object_class\nwritten_portrait,computer\n")
     out = tmp_path / "flir_run"
-    r = run_flir.run_flir([flir_samples], str(out), classes_csv=str(classes), epochs=1, batch_size=2,
+    r = run_flir.run_flir([flir_written[0]], str(out), classes_csv=str(classes), epochs=1, batch_size=2,
                           progress=False)
     table = ev.read_table_csv(str(out / "eval" / "table2.csv"))
     per = ev.read_table_csv(str(out / "eval" / "per_image.csv"))

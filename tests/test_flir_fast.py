@@ -1,32 +1,35 @@
-"""The FLIR reader's fast path: flyr's numbers bit for bit, flyr's decisions where it cannot be sure."""
+"""The FLIR reader's fast path: flyr's numbers bit for bit, flyr's decisions where it cannot be sure.
+
+On the files tests/flir_writer.py writes, and on the real samples too where they are present.
+"""
 from __future__ import annotations
 
 import io
-import math
 import os
 import struct
 
 import numpy as np
 import pytest
 
+from conftest import flir_cases, flir_path
 from dataset_builder import flir
+from tests import flir_writer as W
 
-DECODABLE = ("flir_one_mug.jpg", "flir_b60_aqua_tower.jpg", "flir_ax8.jpg",
-             "flir_e60_car_thermal_only.jpg", "flir_i7_ducks_thermal_only.jpg")
-WITH_PHOTO = DECODABLE[:3]
+REAL_DECODABLE = ("flir_one_mug.jpg", "flir_b60_aqua_tower.jpg", "flir_ax8.jpg",
+                  "flir_e60_car_thermal_only.jpg", "flir_i7_ducks_thermal_only.jpg")
+REAL_WITH_PHOTO = REAL_DECODABLE[:3]
+BIG_ENDIAN_FFF = tuple(n for n, p in W.WRITTEN.items() if p.get("byteorder", ">") == ">")
+PNG_RAW = "written_portrait.jpg"
+LE_RAW = "written_thermal_only_le.jpg"
 
 
-def _path(samples, name):
-    return os.path.join(samples, name)
-
-
-@pytest.mark.parametrize("name", DECODABLE)
-def test_same_numbers_as_flyr(flir_samples, name):
+@pytest.mark.parametrize("case", flir_cases(BIG_ENDIAN_FFF, REAL_DECODABLE))
+def test_same_numbers_as_flyr(flir_dirs, case):
     """Temperatures (float64), photo and PiP record equal flyr's exactly, for PNG raw images
-    (four files) and the unpacked little-endian one (E60)."""
+    and unpacked little-endian ones (written: with and without a photo; real: the E60)."""
     import flyr
 
-    p = _path(flir_samples, name)
+    p = flir_path(flir_dirs, case)
     th = flyr.unpack(p)
     fast = flir.decode_fast(p)
     assert fast.celsius.dtype == np.float64 and np.array_equal(fast.celsius, th.celsius)
@@ -40,10 +43,10 @@ def test_same_numbers_as_flyr(flir_samples, name):
         assert vars(fast.pip_info) == vars(th.pip_info)
 
 
-def test_read_flir_takes_the_fast_path_and_gives_the_old_pairs(flir_samples, monkeypatch):
-    """With flyr's decoder forbidden read_flir still reads every sample with a photo (so it did
+def test_read_flir_takes_the_fast_path_and_gives_the_old_pairs(flir_dirs, monkeypatch):
+    """With flyr's decoder forbidden read_flir still reads every file with a photo (so it did
     not need flyr), and the pairs equal those read through flyr, meta included."""
-    paths = [_path(flir_samples, n) for n in WITH_PHOTO]
+    paths = [flir_path(flir_dirs, c.values[0]) for c in flir_cases(W.WITH_PHOTO, REAL_WITH_PHOTO)]
     tags = flir.read_tags(paths)
     real_decode = flir._decode
 
@@ -64,16 +67,19 @@ def test_read_flir_takes_the_fast_path_and_gives_the_old_pairs(flir_samples, mon
         assert a.meta == b.meta
 
 
-def test_zenmuse_left_to_flyr_at_once(flir_samples):
+@pytest.mark.parametrize("case", flir_cases(("written_fff_little_endian.jpg",), ("dji_zenmuse_xtr_no_visible.jpg",)))
+def test_little_endian_fff_left_to_flyr_at_once(flir_dirs, case):
     """A little-endian record header (DJI) is not where flyr reads it: flyr decides (and with
     exiftool the file is rejected from its tags before any decoding)."""
+    p = flir_path(flir_dirs, case)
     with pytest.raises(flir._NotFast):
-        flir.decode_fast(_path(flir_samples, "dji_zenmuse_xtr_no_visible.jpg"))
+        flir.decode_fast(p)
+    assert "RawThermalImageType" in flir.read_tags([p])[p]        # exiftool reads it
 
 
-def _edit_directory(samples, tmp_path, name, edit):
-    """A copy of a sample whose FLIR record directory entries were changed by edit(entries)."""
-    data = bytearray(open(_path(samples, name), "rb").read())
+def _edit_directory(folder, tmp_path, name, edit):
+    """A copy of a file whose FLIR record directory entries were changed by edit(entries)."""
+    data = bytearray(open(os.path.join(folder, name), "rb").read())
     fff = flir.flir_stream(bytes(data))
     start, count = struct.unpack_from(">II", fff, 0x18)
     entries = [fff[start + 32 * i:start + 32 * (i + 1)] for i in range(count)]
@@ -97,25 +103,26 @@ def _with_subtype(kind, subtype):
     return edit
 
 
-def test_other_byte_orders_left_to_flyr(flir_samples, tmp_path):
+def test_other_byte_orders_left_to_flyr(flir_dirs, tmp_path):
     """A record that says big-endian (subtype 1), or a PNG under 'little-endian' (2): the fast
     path does not guess; flyr reads them as it always did (it ignores the subtype)."""
     import flyr
 
-    e60 = _edit_directory(flir_samples, tmp_path, "flir_e60_car_thermal_only.jpg", _with_subtype(flir.REC_RAW, 1))
+    folder = flir_dirs["written"]
+    le = _edit_directory(folder, tmp_path, LE_RAW, _with_subtype(flir.REC_RAW, 1))
     with pytest.raises(flir._NotFast, match="subtype 1"):
-        flir.decode_fast(e60)
-    mug = _edit_directory(flir_samples, tmp_path, "flir_one_mug.jpg", _with_subtype(flir.REC_RAW, flir.RAW_LE))
+        flir.decode_fast(le)
+    png = _edit_directory(folder, tmp_path, PNG_RAW, _with_subtype(flir.REC_RAW, flir.RAW_LE))
     with pytest.raises(flir._NotFast, match="subtype 2"):
-        flir.decode_fast(mug)
-    pair = flir.read_flir(mug)
-    orig = flyr.unpack(_path(flir_samples, "flir_one_mug.jpg")).celsius.astype(np.float32)
+        flir.decode_fast(png)
+    pair = flir.read_flir(png)
+    orig = flyr.unpack(os.path.join(folder, PNG_RAW)).celsius.astype(np.float32)
     assert pair.meta["raw_ir_shape"] == list(orig.shape)
     x0, y0, x1, y1 = pair.meta["ir_box"]
     assert np.array_equal(pair.celsius, orig[y0:y1, x0:x1])
 
 
-def test_a_record_flyr_cannot_find_is_not_read_either(flir_samples, tmp_path):
+def test_a_record_flyr_cannot_find_is_not_read_either(flir_dirs, tmp_path):
     """flyr looks up the record entries from the stream's first byte, so it misses the
     directory's last two: a raw record moved there makes flyr fail, and the fast path must
     not read the file anyway."""
@@ -124,7 +131,7 @@ def test_a_record_flyr_cannot_find_is_not_read_either(flir_samples, tmp_path):
         entries[i], entries[-1] = entries[-1], entries[i]
         return entries
 
-    p = _edit_directory(flir_samples, tmp_path, "flir_one_mug.jpg", move_raw_last)
+    p = _edit_directory(flir_dirs["written"], tmp_path, PNG_RAW, move_raw_last)
     with pytest.raises(flir._NotFast, match="elsewhere"):
         flir.decode_fast(p)
     with pytest.raises(flir.FlirError) as e:
@@ -132,46 +139,28 @@ def test_a_record_flyr_cannot_find_is_not_read_either(flir_samples, tmp_path):
     assert str(e.value).startswith(p + ": ")
 
 
-def _camera(samples, **changes):
+def _camera(path, **changes):
     from flyr.thermal import parse_camera_info
 
-    fff = flir.flir_stream(open(_path(samples, "flir_one_mug.jpg"), "rb").read())
+    fff = flir.flir_stream(open(path, "rb").read())
     rec = flir.flir_records(fff)[flir.REC_CAMERA]
     cam = parse_camera_info(io.BytesIO(fff), (0, flir.REC_CAMERA, rec[1], rec[2]))
     cam.update(changes)
     return cam
 
 
-def _forward(cam, t_obj):
-    """Counts a camera sees from an object at t_obj kelvin: the radiometric model run forwards
-    (object through air, window, air; plus reflections, air and window emissions)."""
-    def counts(t):
-        return cam["planck_r1"] / (cam["planck_r2"] * (math.exp(cam["planck_b"] / t) - cam["planck_f"])) \
-            - cam["planck_o"]
-
-    ta = cam["atmospheric_temperature"]
-    h2o = cam["relative_humidity"] * math.exp(1.5587 + 0.06939 * (ta - 273.15) - 0.00027816 * (ta - 273.17) ** 2
-                                              + 0.00000068455 * (ta - 273.15) ** 3)
-    root = math.sqrt(cam["object_distance"] / 2)
-    x = cam["atmospheric_trans_x"]
-    tau = x * math.exp(-root * (cam["atmospheric_trans_alpha1"] + cam["atmospheric_trans_beta1"] * math.sqrt(h2o))) \
-        + (1 - x) * math.exp(-root * (cam["atmospheric_trans_alpha2"] + cam["atmospheric_trans_beta2"] * math.sqrt(h2o)))
-    e, w = cam["emissivity"], cam["ir_window_transmission"]
-    before_window = e * tau * counts(t_obj) + (1 - e) * tau * counts(cam["reflected_apparent_temperature"]) \
-        + (1 - tau) * counts(ta)
-    after_window = w * before_window + (1 - w) * counts(cam["ir_window_temperature"])
-    return tau * after_window + (1 - tau) * counts(ta)
-
-
+@pytest.mark.parametrize("case", flir_cases((PNG_RAW,), ("flir_one_mug.jpg",)))
 @pytest.mark.parametrize("changes", [{}, {"emissivity": 0.8, "object_distance": 20.0, "relative_humidity": 0.9,
                                           "atmospheric_temperature": 303.15, "ir_window_transmission": 0.9,
                                           "ir_window_temperature": 283.15, "reflected_apparent_temperature": 263.15}])
-def test_planck_inverts_the_radiometric_model(flir_samples, changes):
-    """planck_celsius undoes the model written forwards on its own: the object temperatures
-    come back to 1e-6 degC, with the mug file's constants and with far, humid, windowed ones."""
-    cam = _camera(flir_samples, **changes)
+def test_planck_inverts_the_radiometric_model(flir_dirs, case, changes):
+    """planck_celsius undoes the model written forwards on its own (flir_writer.planck_counts,
+    which also writes the test files): the object temperatures come back to 1e-6 degC, with
+    the file's constants (the written file's, the mug's where present) and with far, humid,
+    windowed ones."""
+    cam = _camera(flir_path(flir_dirs, case), **changes)
     temps = np.array([-20.0, 0.0, 21.5, 37.0, 60.0, 95.0])
-    raw = np.array([_forward(cam, t + 273.15) for t in temps]).reshape(2, 3)
+    raw = np.array([W.planck_counts(cam, t + 273.15) for t in temps]).reshape(2, 3)
     out = flir.planck_celsius(raw, cam)
     assert out.dtype == np.float64 and np.abs(out - temps.reshape(2, 3)).max() < 1e-6
 
