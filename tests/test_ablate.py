@@ -127,3 +127,56 @@ def test_skip_arm_keeps_output_size_and_starts_as_the_default(caffe, tmp_path, h
 def test_report_only_needs_a_finished_ablation(tmp_path, capsys):
     assert ablate.main(["--report-only", "--out", str(tmp_path)]) == 1
     assert "no ablation.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("h,w", [(120, 160), (240, 320)])
+def test_kernel_equals_stride_arm_keeps_the_output_size(caffe, tmp_path, h, w):
+    """h-deconv-k4s4: the full-resolution deconvolution paints each score pixel as one 4x4 block (kernel =
+    stride), the crop offset moves by (4 - 8) / 2 = -2 to 0, and the output is still H x W."""
+    import numpy as np
+    dep = nets.network(spec.DEFAULT_BASE).deploy
+    out = ablate.edit_net(dep, str(tmp_path / "k.prototxt"), 32, "learned", last_kernel_equals_stride=True)
+    first, last = _deconvs(out)
+    assert list(first.convolution_param.kernel_size) == [8] and list(last.convolution_param.kernel_size) == [4]
+    assert list(last.convolution_param.stride) == [4] and [p.lr_mult for p in last.param] == [1.0]
+    crop = next(l for l in nets.load_net(out).layer if l.type == "Crop")
+    assert list(crop.crop_param.offset) == [0] and [l for l in _deconvs(dep)][1].convolution_param.kernel_size[0] == 8
+    net = caffe.Net(nets.deploy_for_size(out, h, w, str(tmp_path / "kk.prototxt")), caffe.TEST)
+    x = np.random.RandomState(0).randn(1, 3, h, w).astype(np.float32)
+    assert net.forward(data=x)["prob"].shape == (1, 32, h, w)
+    # Caffe's bilinear filler at kernel 4 gives taps 0.25, 0.75, 0.75, 0.25 per axis: no overlap, so the
+    # start is a periodic 4x4 pattern (the checkerboard hypothesis), not an interpolation
+    k = net.params[last.name][0].data[0, 0]
+    np.testing.assert_allclose(k, np.outer([0.25, 0.75, 0.75, 0.25], [0.25, 0.75, 0.75, 0.25]), atol=1e-6)
+
+
+def test_hypothesis_arms_carry_the_papers_relations(caffe, tmp_path):
+    pairs = str(tmp_path / "pairs")
+    synthetic.generate(pairs, count=22, seed=5, workers=1, progress=False)
+    out = str(tmp_path / "abl")
+    assert ablate.plan_arms(["hypotheses"], None)[0]["name"] == "h-sample"
+    rc = ablate.main(["--pairs", pairs, "--out", out, "--iterations", "4", "--batch-size", "2", "--quiet",
+                      "--arms", "default,hypotheses"])
+    assert rc == 0
+    doc = json.load(open(os.path.join(out, "ablation.json")))
+    res = {r["arm"]: r for r in doc["results"]}
+    assert set(res) == {"default", "h-sample", "h-sample-t0.5", "h-digits", "h-argmax-q8", "h-deconv-k4s4",
+                        "h-sigmoid"}
+    for r in res.values():
+        shown = r["snapshots"][r["snapshot_shown"]]
+        overall = shown["table"][-1]
+        assert r["gs_gain_percent"]["overall"] == pytest.approx(
+            100 * (overall["tn"] - overall["tn_gs"]) / overall["tn"]), r["arm"]
+        assert r["hf_ratio"]["overall"] == pytest.approx(overall["tn_hf"] / overall["ir_hf"]), r["arm"]
+        assert set(r["reproduces"]) >= {"gs_gain", "hf", "class_order"}
+    # decoding-only hypotheses reuse the default's model; the others trained what they name
+    assert res["h-sample"]["snapshots"]["last"]["model"] == res["default"]["snapshots"]["last"]["model"]
+    assert res["h-sample"]["temperature"] is None and res["h-sample-t0.5"]["temperature"] == 0.5
+    assert res["h-sample"]["hf_ratio"]["overall"] > res["default"]["hf_ratio"]["overall"]
+    assert res["h-argmax-q8"]["num_bins"] == 8 and res["h-argmax-q8"]["decoding"] == "argmax"
+    assert [l.type for l in nets.load_net(res["h-sigmoid"]["deploy"]).layer][-1] == "Softmax"
+    assert any(l.type == "BNLL" for l in nets.load_net(res["h-sigmoid"]["deploy"]).layer)
+    assert list(_deconvs(res["h-deconv-k4s4"]["deploy"])[1].convolution_param.kernel_size) == [4]
+    md = open(os.path.join(out, "ablation.md")).read()
+    assert "The paper's relations per arm" in md and "| h-sample | sample (T 1) |" in md
+    assert "| h-sample-t0.5 | sample (T 0.5) |" in md

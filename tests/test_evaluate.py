@@ -258,3 +258,33 @@ def test_cli_help():
     assert out.returncode == 0
     for opt in ("--dataset", "--deploy", "--model", "--out", "--backend", "--vgg-weights", "--decoding"):
         assert opt in out.stdout
+
+
+def test_high_frequency_columns_and_relations_recomputed(evaluated, caffe):
+    """ir_hf / tn_hf / tn_gs_hf per image = RMS of image minus the by-hand 3x3 Gaussian; eval.json's relations
+    (GS gain, HF ratio) follow from table2.csv's means."""
+    ds, model, out, summary = evaluated
+    with open(os.path.join(out, "per_image.csv")) as f:
+        per = list(csv.DictReader(f))
+    for row in per[:3]:
+        ir = bl.load_test_pair(ds, row["id"])[1].astype(np.float64)
+        tn = _by_hand_tn(caffe, ds, model, row["id"])
+        gs = _gaussian3x3_by_hand(tn)
+        for key, img in (("ir_hf", ir), ("tn_hf", tn), ("tn_gs_hf", gs)):
+            assert float(row[key]) == pytest.approx(_rms(img, _gaussian3x3_by_hand(img)), rel=1e-4, abs=1e-4), key
+    overall = summary["table"][-1]
+    assert summary["relations"]["overall"]["gs_gain_percent"] == pytest.approx(
+        100 * (overall["tn"] - overall["tn_gs"]) / overall["tn"])
+    assert summary["relations"]["overall"]["hf_ratio"] == pytest.approx(overall["tn_hf"] / overall["ir_hf"])
+    assert np.mean([float(r["tn_hf"]) for r in per]) == pytest.approx(overall["tn_hf"])
+    assert "HF TN / real IR" in open(os.path.join(out, "table2.md")).read()
+
+
+def test_sample_decoding_is_seeded_and_noisier(evaluated, tmp_path):
+    """The 'sample' reading of the paper: same numbers twice, and more high-frequency energy than mmse."""
+    ds, model, out, summary = evaluated
+    a = ev.evaluate(ds, DEPLOY, model, str(tmp_path / "a"), decoding="sample", progress=False, figures_per_class=0)
+    b = ev.evaluate(ds, DEPLOY, model, str(tmp_path / "b"), decoding="sample", progress=False, figures_per_class=0)
+    assert a["table"] == b["table"] and a["temperature"] == 1.0
+    assert a["table"][-1]["tn_hf"] > summary["table"][-1]["tn_hf"]
+    assert "sample (T 1) decoding" in open(str(tmp_path / "a" / "table2.md")).read()

@@ -133,11 +133,13 @@ def test_register_is_one_complete_table():
     keys = [i.key for i in fidelity.REGISTER]
     assert len(keys) == len(set(keys))
     for item in fidelity.REGISTER:
-        assert item.kind in ("claim", "assumption")
+        assert item.kind in ("claim", "assumption", "result")
         assert callable(getattr(fidelity, "check_" + item.check)), item.check
         assert item.where and item.statement
         if item.kind == "assumption":
             assert item.behind, item.key           # what supports the choice (or the marked placeholder)
+        if item.kind == "result":                  # the paper's value, the tolerance, relation or absolute
+            assert item.paper_value and item.tolerance and item.comparable in (fidelity.RELATION, fidelity.ABSOLUTE)
     claims = " ".join(i.statement for i in fidelity.REGISTER if i.kind == "claim")
     for words in ("640x480", "fire modules", "average pooling", "Two deconvolution", "Output size", "Eq. 1",
                   "1000 training pairs", "1000 epochs", "Eq. 2", "3x3 Gaussian", "VGG-16"):

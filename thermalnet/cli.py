@@ -143,6 +143,14 @@ def add_decoding(p: argparse.ArgumentParser, default: Optional[str] = "", help: 
                    help=help or "probabilities -> brightness (default %s; see thermalnet.decoders)" % default)
 
 
+def add_temperature(p: argparse.ArgumentParser) -> None:
+    """--temperature of the decodings that take one (annealed, sample); default: the decoding's own."""
+    from thermalnet import decoders
+    p.add_argument("--temperature", type=float,
+                   help="temperature of the annealed (default %g) and sample (default %g) decodings"
+                   % (decoders.ANNEAL_T, decoders.SAMPLE_T))
+
+
 def add_weights(p: argparse.ArgumentParser, default: Optional[str] = None, help: Optional[str] = None) -> None:
     """--weights: caffemodels copied into the net by layer name, in order (Caffe's -weights)."""
     p.add_argument("--weights", default=default, metavar=WEIGHTS_METAVAR,

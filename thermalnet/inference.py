@@ -298,13 +298,14 @@ class Predictor:
         return results  # type: ignore[return-value]
 
     def predict_brightness(self, images: Sequence[np.ndarray], decoding: str = "expectation",
-                           temperature: float = decoders.ANNEAL_T,
-                           class_weights: Optional[np.ndarray] = None) -> List[np.ndarray]:
+                           temperature: Optional[float] = None,
+                           class_weights: Optional[np.ndarray] = None, rng=None) -> List[np.ndarray]:
         """Per-image HxW brightness 0..255 (float), decoded with decoders.decode
-        ("mmse" needs the training class weights, layout.read_class_weights)."""
+        ("mmse" needs the training class weights, layout.read_class_weights; "sample" draws
+        from `rng`, one numpy Generator for a whole evaluation)."""
         if decoding not in DECODINGS:
             raise ValueError("unknown decoding %r (choose from %s)" % (decoding, ", ".join(DECODINGS)))
-        return [decoders.decode(p, decoding, temperature, class_weights) for p in self.predict_probs(images)]
+        return [decoders.decode(p, decoding, temperature, class_weights, rng) for p in self.predict_probs(images)]
 
 
 def random_caffemodel(deploy_prototxt: str, out_path: str, seed: int = 0, logit_std: float = 4.0) -> str:

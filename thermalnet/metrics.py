@@ -13,6 +13,12 @@
 
 Per-class figures are means of the per-image values (the paper's "average RMS");
 PSNR is averaged in dB, as most image-translation papers report it.
+
+- high_frequency: a property of one image, not of a pair: the RMS of what the paper's
+  TN + GS filter removes, image minus its 3x3 Gaussian (thermalnet.postprocess, sigma 0.8).
+  The paper (Sec. 5.1) saw "high frequency components that were absent on [the] original
+  thermal image"; the ratio of this measure, TN's output over the real IR, says whether a
+  run shows them (> 1), and how much the 3x3 Gaussian can take away.
 """
 from __future__ import annotations
 
@@ -75,6 +81,16 @@ def ssim(y: np.ndarray, y_hat: np.ndarray) -> float:
     from skimage.metrics import structural_similarity
     y, y_hat = _pair(y, y_hat)
     return float(structural_similarity(y, y_hat, **SSIM_OPTIONS))
+
+
+HIGH_FREQUENCY_FILTER = "RMS of image minus its 3x3 Gaussian (sigma 0.8, the TN + GS filter), brightness 0..255"
+
+
+def high_frequency(img: np.ndarray) -> float:
+    """RMS of img - gaussian3x3(img): the pixel-scale detail (or noise) the 3x3 Gaussian removes."""
+    from thermalnet.postprocess import gaussian3x3
+    arr = np.asarray(img, dtype=np.float64)
+    return float(np.sqrt(np.mean((arr - gaussian3x3(arr)) ** 2)))
 
 
 FUNCTIONS = {"rms": rms, "rms_offset_free": rms_offset_free, "ssim": ssim, "psnr": psnr}

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from thermalnet import cli, decoders, layout, spec
+from thermalnet import cli, decoders, findings, layout, metrics, spec
 
 DEFAULT_ITERATIONS = 3000
 DEFAULT_BATCH = 4
@@ -59,9 +59,29 @@ ARMS: Dict[str, Dict] = {
                    "why": "BEYOND THE PAPER: FCN-style skip, stride-4 scores from fire3 added before the second "
                           "deconvolution (zero-initialised: starts as the default) - shows what stride 16 costs"},
     "imagenet": {"weights": True, "why": "body initialised from the ImageNet SqueezeNet caffemodel (--imagenet)"},
-    "decoding": {"decoding": [d for d in decoders.DECODINGS if d != DEFAULT_DECODING],
+    "decoding": {"decoding": [d for d in decoders.ESTIMATES if d != DEFAULT_DECODING],
                  "why": "the default arm's model decoded otherwise"},
+    # ---- hypotheses: what made the paper's outputs noisy (Sec. 5.1), which it does not say --------------------
+    # Each is a reading of the paper's unstated set-up; ablation.json's gs_gain_percent and hf_ratio say whether it
+    # gives Table 2's relations (thermalnet.findings). Decoding-only ones reuse the default arm's model.
+    "h-sample": {"decoding": "sample", "reuse": "default",
+                 "why": "HYPOTHESIS: the image is one draw per pixel from the predicted distribution (T 1), not an "
+                        "estimate"},
+    "h-sample-t0.5": {"decoding": "sample", "temperature": 0.5, "reuse": "default",
+                      "why": "HYPOTHESIS: one draw per pixel from the distribution sharpened by 1/T, T 0.5"},
+    "h-digits": {"decoding": "digits", "reuse": "default",
+                 "why": "HYPOTHESIS: DIGITS 6.1.1's own picture of a Q-channel output (Image Segmentation view: the "
+                        "argmax bin index as grey, stretched to 0..255)"},
+    "h-argmax-q8": {"data": {"num_bins": 8}, "decoding": "argmax",
+                    "why": "HYPOTHESIS: few bins (Q = 8) decoded by argmax: 32-level steps at every bin edge"},
+    "h-deconv-k4s4": {"net": {"deconv": "learned", "last_kernel_equals_stride": True},
+                      "why": "HYPOTHESIS: learned deconvolutions, the full-resolution one with kernel = stride = 4 (no "
+                             "overlap: each score pixel painted as one 4x4 block, bilinear-filler start)"},
+    "h-sigmoid": {"net": {"base": "v1_1_sigmoid"},
+                  "why": "HYPOTHESIS: the sigmoid cross-entropy the paper names as its alternative (Sec. 3.1)"},
 }
+# Names that stand for several arms on the command line.
+ARM_GROUPS = {"hypotheses": [a for a in ARMS if a.startswith("h-")]}
 
 
 def _key(obj) -> str:
@@ -125,8 +145,28 @@ layer { name: "fuse_skip" type: "Eltwise" bottom: "upscore1_crop" bottom: "score
             l.crop_param.offset.append(0)
 
 
+def _kernel_equals_stride(net, deconv) -> None:
+    """The deconvolution's kernel set to its stride (no overlap), the Crop after it moved to match.
+
+    A deconvolution maps x to s*x + (k-1)/2 - p (FCN's coordinate rule, the prototxt headers),
+    so a kernel k' instead of k moves every output coordinate by (k' - k)/2: the crop offset
+    moves by the same amount and the residual stays the file's own (-0.5 px in v1.1).
+    """
+    cp = deconv.convolution_param
+    old, new = int(cp.kernel_size[0]), int(cp.stride[0])
+    del cp.kernel_size[:]
+    cp.kernel_size.append(new)
+    for l in net.layer:
+        if l.type == "Crop" and l.bottom[0] == deconv.top[0]:
+            offset = int(l.crop_param.offset[0]) + (new - old) // 2
+            if offset < 0:
+                raise ValueError("kernel = stride in %s: the crop offset would be %d" % (deconv.name, offset))
+            del l.crop_param.offset[:]
+            l.crop_param.offset.append(offset)
+
+
 def edit_net(net_path: str, out_path: str, num_bins: int, deconv: Optional[str] = None,
-             skip: Optional[str] = None) -> str:
+             skip: Optional[str] = None, last_kernel_equals_stride: bool = False) -> str:
     """Copy of a Thermalnet prototxt with Q outputs and the deconvolutions fixed/learned (None: as is)."""
     from thermalnet import nets
     net = nets.load_net(net_path)
@@ -149,27 +189,35 @@ def edit_net(net_path: str, out_path: str, num_bins: int, deconv: Optional[str] 
             p.lr_mult, p.decay_mult = lr, lr
         cp.group = num_bins if grouped else 1
         cp.weight_filler.type = "bilinear"
+    if last_kernel_equals_stride:
+        _kernel_equals_stride(net, deconvs[-1])
     if skip:
         _add_skip(net, skip, num_bins)
-    nets.save_net(net, out_path, "%s, Q = %d, deconvolutions %s (tools/ablate.py)"
-                  % (os.path.basename(net_path), num_bins, deconv or "as in the file"))
+    nets.save_net(net, out_path, "%s, Q = %d, deconvolutions %s%s (tools/ablate.py)"
+                  % (os.path.basename(net_path), num_bins, deconv or "as in the file",
+                     ", last kernel = stride" if last_kernel_equals_stride else ""))
     return out_path
 
 
 def plan_arms(names: Sequence[str], imagenet: Optional[str]) -> List[Dict]:
     """Expand arm names (decoding -> one arm per decoding) into runnable arms; unknown -> error."""
     arms = []
+    names = [n for name in names for n in ARM_GROUPS.get(name, [name])]
     for name in names:
         if name not in ARMS:
-            raise ValueError("unknown arm %r (known: %s)" % (name, ", ".join(ARMS)))
+            raise ValueError("unknown arm %r (known: %s; groups: %s)" % (name, ", ".join(ARMS), ", ".join(ARM_GROUPS)))
         a = ARMS[name]
-        if "decoding" in a:
+        if isinstance(a.get("decoding"), list):
             for d in a["decoding"]:
                 arms.append({"name": "decoding-%s" % d, "decoding": d, "reuse": "default",
                              "why": "the default arm's model, %s decoding" % d})
             continue
+        if a.get("reuse"):
+            arms.append({"name": name, "decoding": a["decoding"], "temperature": a.get("temperature"),
+                         "reuse": a["reuse"], "why": a["why"]})
+            continue
         arm = {"name": name, "data": a.get("data", {}), "net": a.get("net", {}), "why": a["why"],
-               "decoding": DEFAULT_DECODING}
+               "decoding": a.get("decoding", DEFAULT_DECODING), "temperature": a.get("temperature")}
         if a.get("weights"):
             arm["weights"] = imagenet
             if not imagenet:
@@ -220,9 +268,13 @@ def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes:
     ds = build_variant(pairs, arm["data"], os.path.join(out, "datasets"), progress)
     info = layout.read_dataset_info(ds)
     q = int(info["num_bins"])
-    net = edit_net(net_path, os.path.join(adir, "net.prototxt"), q, arm["net"].get("deconv"), arm["net"].get("skip"))
-    deploy = edit_net(deploy_path, os.path.join(adir, "deploy.prototxt"), q, arm["net"].get("deconv"),
-                      arm["net"].get("skip"))
+    if arm["net"].get("base"):
+        from thermalnet import nets
+        net_path, deploy_path = nets.network(arm["net"]["base"]).net, nets.network(arm["net"]["base"]).deploy
+    edits = {"deconv": arm["net"].get("deconv"), "skip": arm["net"].get("skip"),
+             "last_kernel_equals_stride": bool(arm["net"].get("last_kernel_equals_stride"))}
+    net = edit_net(net_path, os.path.join(adir, "net.prototxt"), q, **edits)
+    deploy = edit_net(deploy_path, os.path.join(adir, "deploy.prototxt"), q, **edits)
     n_train = int(info["counts"].get("train_entries", info["counts"]["train"]))
     per_epoch = int(np.ceil(n_train / float(batch)))
     epochs = (iterations / float(per_epoch)) if iterations else 10000.0
@@ -245,8 +297,8 @@ def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes:
               "num_bins": q, "height": info["height"], "width": info["width"], "iterations": s["iterations"],
               "epochs": s["iterations"] / float(per_epoch),
               "train_seconds": s.get("wall_seconds") if reused else time.time() - t0,
-              "images_per_second": s.get("images_per_second"), "decoding": arm["decoding"], "deploy": deploy,
-              "snapshots": {}}
+              "images_per_second": s.get("images_per_second"), "decoding": arm["decoding"],
+              "temperature": arm.get("temperature"), "deploy": deploy, "snapshots": {}}
     snaps = {"last": s["final_caffemodel"]}
     best = s.get("best") or {}
     if best.get("caffemodel"):
@@ -254,21 +306,46 @@ def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes:
         result["best_iteration"], result["best_val_loss"] = best.get("iteration"), best.get("val_loss")
     for which, model in snaps.items():
         ev = evaluate.evaluate(ds, deploy, model, os.path.join(adir, "eval-%s" % which), decoding=arm["decoding"],
-                               progress=progress, figures_per_class=0, limit=evaluate_limit)
-        result["snapshots"][which] = {"model": model, "table": ev["table"]}
-    return result
+                               temperature=arm.get("temperature"), progress=progress, figures_per_class=0,
+                               limit=evaluate_limit)
+        result["snapshots"][which] = snapshot_result(model, ev["table"])
+    return with_relations(result)
 
 
 def reuse_for_decoding(arm: Dict, base: Dict, out: str, progress: bool = True, evaluate_limit=None) -> Dict:
     from . import evaluate
     adir = os.path.join(out, "arms", arm["name"])
-    result = dict(base, arm=arm["name"], why=arm["why"], decoding=arm["decoding"], snapshots={})
+    result = dict(base, arm=arm["name"], why=arm["why"], decoding=arm["decoding"],
+                  temperature=arm.get("temperature"), snapshots={})
     for which, snap in base["snapshots"].items():
         ev = evaluate.evaluate(base["dataset"], base["deploy"], snap["model"], os.path.join(adir, "eval-%s" % which),
-                               decoding=arm["decoding"], progress=progress, figures_per_class=0,
-                               limit=evaluate_limit)
-        result["snapshots"][which] = {"model": snap["model"], "table": ev["table"]}
-    return result
+                               decoding=arm["decoding"], temperature=arm.get("temperature"), progress=progress,
+                               figures_per_class=0, limit=evaluate_limit)
+        result["snapshots"][which] = snapshot_result(snap["model"], ev["table"])
+    return with_relations(result)
+
+
+def snapshot_result(model: str, table: List[Dict]) -> Dict:
+    """One evaluated snapshot: its table, GS gain % and high-frequency ratio per class, the paper's relations."""
+    rel = findings.relations(table)
+    return {"model": model, "table": table,
+            "gs_gain_percent": {c: v["gs_gain_percent"] for c, v in rel.items()},
+            "hf_ratio": {c: v["hf_ratio"] for c, v in rel.items()},
+            "reproduces": {k: v["status"] for k, v in findings.verdicts(table).items()}}
+
+
+def shown_snapshot(r: Dict) -> str:
+    """The snapshot an arm's headline numbers come from: the best where kept, else the last."""
+    return "best" if "best" in r["snapshots"] else "last"
+
+
+def with_relations(r: Dict) -> Dict:
+    """Copy the shown snapshot's gs_gain_percent / hf_ratio / reproduces to the arm's top level (ablation.json)."""
+    snap = r["snapshots"][shown_snapshot(r)]
+    if "gs_gain_percent" not in snap:                     # an ablation.json written before these existed
+        snap.update(snapshot_result(snap["model"], snap["table"]))
+    return dict(r, snapshot_shown=shown_snapshot(r), gs_gain_percent=snap["gs_gain_percent"],
+                hf_ratio=snap["hf_ratio"], reproduces=snap["reproduces"])
 
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -361,7 +438,45 @@ def markdown(results: List[Dict], meta: Dict) -> str:
         for key, label in BASELINE_ROWS:
             lines.append("| *baseline: %s* | " % label + " | ".join(
                 "%.1f" % t[c][key] if c in t and t[c].get(key) is not None else "—" for c in classes) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + relations_lines(results)) + "\n"
+
+
+def _fmt(v, fmt: str) -> str:
+    return "—" if v is None else fmt % v
+
+
+def relations_lines(results: List[Dict]) -> List[str]:
+    """Per arm: the paper's relations (thermalnet.findings) -- GS gain per class, high-frequency ratio, verdicts."""
+    ran = [with_relations(r) for r in results if not r.get("skip")]
+    if not ran:
+        return []
+    classes = findings.scored_classes(ran[0]["snapshots"][shown_snapshot(ran[0])]["table"])
+    lo, hi = findings.GS_GAIN_RANGE
+    paper = " / ".join("%.1f" % findings.PAPER_GS_GAIN[c] for c in classes if c in findings.PAPER_GS_GAIN)
+    lines = ["The paper's relations per arm (best snapshot where kept; thermalnet.findings). GS gain = how much "
+             "the 3x3 Gaussian lowers TN's RMS, %% (paper%s); HF = TN's high-frequency RMS over the real IR's (%s). "
+             "Table 2 is reproduced when every class gains %g..%g %% (REPRODUCED in the GS column) and Sec. 5.1 "
+             "when HF > %g in every class." % (" " + paper if paper else ": no paper class in these pairs",
+                                                metrics.HIGH_FREQUENCY_FILTER, lo, hi, findings.HF_RATIO_MIN), "",
+             "| arm | decoding | " + " | ".join("GS gain %s" % c for c in classes) + " | HF overall | GS gain "
+             "in range | HF > 1 | class order |",
+             "|---|---|" + "---:|" * (len(classes) + 1) + "---|---|---|"]
+    for r in ran:
+        rep = r["reproduces"]
+        lines.append("| %s | %s | " % (r["arm"], decoding_name(r)) + " | ".join(
+            _fmt(r["gs_gain_percent"].get(c), "%.1f") for c in classes) + " | %s | %s | %s | %s |" % (
+            _fmt(r["hf_ratio"].get("overall"), "%.2f"), rep.get("gs_gain", "—"), rep.get("hf", "—"),
+            rep.get("class_order", "—")))
+    good = [r["arm"] for r in ran if r["reproduces"].get("gs_gain") == findings.REPRODUCED
+            and r["reproduces"].get("hf") == findings.REPRODUCED]
+    lines += ["", "Arms that give both relations (GS gain in range and HF > 1 in every class): %s."
+              % (", ".join(good) if good else "none")]
+    return lines
+
+
+def decoding_name(r: Dict) -> str:
+    from tools.evaluate import decoding_label
+    return decoding_label(r["decoding"], r.get("temperature"))
 
 
 def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Optional[str]:
@@ -389,7 +504,8 @@ def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Opti
         weights = layout.read_class_weights(r["dataset"], int(info["num_bins"])) if r["decoding"] == "mmse" else None
         for j, iid in enumerate(ids):
             vis, ir = bl.load_test_pair(r["dataset"], iid)
-            tn = pred.predict_brightness([vis], r["decoding"], class_weights=weights)[0]
+            tn = pred.predict_brightness([vis], r["decoding"], r.get("temperature"), class_weights=weights,
+                                         rng=np.random.default_rng(decoders.SAMPLE_SEED))[0]
             axes[i + 2][j].imshow(np.clip(tn, 0, 255), cmap="inferno", vmin=0, vmax=255)
         axes[i + 2][0].set_ylabel(r["arm"], fontsize=8)
     for row in axes:
@@ -453,6 +569,7 @@ def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] 
 def write_outputs(out: str, results: List[Dict], meta: Dict) -> Dict:
     """ablation.md, .csv, grid.png and ablation.json (with meta) from the arms' results."""
     from thermalnet.atomic import write_text
+    results = [r if r.get("skip") else with_relations(r) for r in results]
     md = markdown(results, meta)
     rows = table_rows(results)
     fields: List[str] = []

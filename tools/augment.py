@@ -184,7 +184,7 @@ def _chunks(seq: Sequence, n: int) -> Iterable[Sequence]:
 
 
 def run_augment(predictor, inputs: Sequence[Tuple[str, str]], out_dir: str, shard: Tuple[int, int] = (0, 1),
-                decoding: str = "expectation", temperature: float = decoders.ANNEAL_T, window=None,
+                decoding: str = "expectation", temperature: Optional[float] = None, window=None,
                 palette: bool = False, size=None, progress: bool = True, log=None,
                 class_weights=None) -> dict:
     """Predict and write every image of this shard; return a summary dict.
@@ -198,6 +198,7 @@ def run_augment(predictor, inputs: Sequence[Tuple[str, str]], out_dir: str, shar
     os.makedirs(out_dir, exist_ok=True)
     written, skipped = 0, []
     bar = tqdm(total=len(mine), unit="img", desc="augment %d/%d" % (shard[0], shard[1]), disable=not progress)
+    rng = np.random.default_rng(decoders.SAMPLE_SEED)        # one stream of draws for the "sample" decoding
     for chunk in _chunks(mine, max(1, predictor.batch_size)):
         images, names = [], []
         for path, rel in chunk:
@@ -212,7 +213,7 @@ def run_augment(predictor, inputs: Sequence[Tuple[str, str]], out_dir: str, shar
                 skipped.append(path)
         if images:
             for rel, b in zip(names, predictor.predict_brightness(images, decoding, temperature,
-                                                                           class_weights)):
+                                                                           class_weights, rng)):
                 write_outputs(out_dir, stems[rel], b, window=window, palette=palette)
                 written += 1
         bar.update(len(chunk))
@@ -238,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pycaffe (reference), opencv (cv2.dnn) or onnxruntime; make bench prints their speeds")
     cli.add_decoding(p, None,
                      help="mmse (default with --dataset: eq. 1's class weights divided out, the minimum-RMS "
-                          "estimate), expectation (default without), argmax, annealed")
-    p.add_argument("--temperature", type=float, default=decoders.ANNEAL_T, help="annealed-mean temperature")
+                          "estimate), expectation (default without), argmax, annealed; sample and digits model "
+                          "readings of the paper (thermalnet.decoders)")
+    cli.add_temperature(p)
     p.add_argument("--celsius", action="store_true", help="also write degC arrays (.npy float32)")
     p.add_argument("--window", nargs=2, type=float, metavar=("TMIN", "TMAX"),
                    help="degC window of brightness 0..255 (default: from --dataset)")

@@ -31,15 +31,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from thermalnet import baselines as bl, cli, decoders, layout, metrics, spec
+from thermalnet import baselines as bl, cli, decoders, findings, layout, metrics, spec
 from thermalnet.atomic import atomic_file, write_json, write_text
 
-# Table 2 of Kniaz et al. 2017: (TN, TN + PP, TN + GS) average RMS.
-PAPER_TABLE2 = {
-    "human": (9.1, 31.9, 7.5),
-    "microwave_oven": (37.8, 60.4, 29.2),
-    "computer": (16.7, 36.5, 13.5),
-}
+PAPER_TABLE2 = findings.PAPER_TABLE2      # Table 2 of Kniaz et al. 2017: (TN, TN + PP, TN + GS) average RMS
 METHODS = ("tn", "tn_pp", "tn_gs")
 METHOD_LABELS = {"tn": "TN", "tn_pp": "TN + PP", "tn_gs": "TN + GS"}
 REFERENCE_ROWS = bl.BASELINES + ("quantised_gt",)
@@ -62,6 +57,9 @@ def metric_key(row: str, metric: str) -> str:
 
 
 METRIC_KEYS = tuple(metric_key(r, m) for m in METRICS for r in ROWS)
+# metrics.high_frequency of the real IR and of TN and its variants (Sec. 5.1's "high frequency components")
+HF_ROWS = ("ir",) + METHODS
+HF_KEYS = tuple("%s_hf" % r for r in HF_ROWS)
 
 
 def data_label(info: Dict) -> str:
@@ -81,9 +79,10 @@ DECODINGS = decoders.DECODINGS
 unweight = decoders.unweight
 
 
-def decode_batch(predictor, images, decoding: str, class_weights: Optional[np.ndarray]) -> List[np.ndarray]:
+def decode_batch(predictor, images, decoding: str, class_weights: Optional[np.ndarray],
+                 temperature: Optional[float] = None, rng=None) -> List[np.ndarray]:
     """Brightness images for one batch with any of DECODINGS."""
-    return predictor.predict_brightness(images, decoding, class_weights=class_weights)
+    return predictor.predict_brightness(images, decoding, temperature, class_weights=class_weights, rng=rng)
 
 
 def class_label(name: str) -> str:
@@ -119,7 +118,7 @@ def table_rows(per_image: List[Dict], classes: Sequence[str]) -> List[Dict]:
     for cls in order + [OVERALL]:
         sel = per_image if cls == OVERALL else [r for r in per_image if r["object_class"] == cls]
         row = {"object_class": cls, "n": len(sel)}
-        for key in METRIC_KEYS:
+        for key in METRIC_KEYS + HF_KEYS:
             row[key] = _mean([r.get(key) for r in sel])
         paper = PAPER_TABLE2.get(cls)
         for key, v in zip(METHODS, paper or (None, None, None)):
@@ -141,8 +140,8 @@ def nested_metrics(table: List[Dict]) -> Dict[str, Dict]:
 
 RMS_KEYS = METHODS + REFERENCE_ROWS
 TABLE_FIELDS = (("object_class", "n") + METHODS + tuple("paper_" + m for m in METHODS) + REFERENCE_ROWS
-                + tuple(k for k in METRIC_KEYS if k not in RMS_KEYS))
-PER_IMAGE_FIELDS = ("id", "object_class") + METRIC_KEYS
+                + tuple(k for k in METRIC_KEYS if k not in RMS_KEYS) + HF_KEYS)
+PER_IMAGE_FIELDS = ("id", "object_class") + METRIC_KEYS + HF_KEYS
 
 
 def _write_csv(path: str, fields: Sequence[str], rows: List[Dict]) -> str:
@@ -223,13 +222,43 @@ def table_markdown(rows: List[Dict], pp_note: str = "", data: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pct(v: Optional[float]) -> str:
+    return "—" if v is None else "%.1f %%" % v
+
+
+def relations_markdown(table: List[Dict]) -> str:
+    """The paper's relations in this run (thermalnet.findings): GS gain, TN + PP / TN, high-frequency ratio."""
+    rel = findings.relations(table)
+    lines = ["The paper's relations within this run (absolute RMS depends on the data; these do not): GS gain = "
+             "how much TN + GS lowers TN's RMS; HF = %s, TN's over the real IR's (> 1: components the real IR "
+             "lacks, Sec. 5.1)." % metrics.HIGH_FREQUENCY_FILTER, "",
+             "| Object | GS gain | paper GS gain | TN + PP / TN | paper TN + PP / TN | HF TN / real IR |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in table:
+        c = r["object_class"]
+        x = rel[c]
+        pp = findings.PAPER_PP_RATIO.get(c)
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (
+            _name(r), _pct(x["gs_gain_percent"]), _pct(findings.PAPER_GS_GAIN.get(c)),
+            "not run" if x["pp_ratio"] is None else "%.2f" % x["pp_ratio"], "—" if pp is None else "%.2f" % pp,
+            "—" if x["hf_ratio"] is None else "%.2f" % x["hf_ratio"]))
+    return "\n".join(lines) + "\n"
+
+
 def fit_markdown(fit: Dict) -> str:
     return ("Fitted luminance: IR = %.4f * luma + %.2f (least squares over %d pixels of %d training images, "
             "R^2 %.3f), clipped to 0..255." % (fit["a"], fit["b"], fit["pixels"], fit["images"], fit["r2"]))
 
 
+def decoding_label(decoding: str, temperature: Optional[float] = None) -> str:
+    """'sample (T 0.5)' for a decoding that takes a temperature, else the name."""
+    t = temperature if temperature is not None else decoders.DEFAULT_TEMPERATURE.get(decoding)
+    return decoding if t is None else "%s (T %g)" % (decoding, t)
+
+
 def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "pycaffe",
-             vgg_weights: Optional[str] = None, decoding: str = decoders.DEFAULT_DECODING, batch_size: int = 8,
+             vgg_weights: Optional[str] = None, decoding: str = decoders.DEFAULT_DECODING,
+             temperature: Optional[float] = None, batch_size: int = 8,
              gpu: Optional[int] = None, figures_per_class: int = 2, gatys_iterations: Optional[int] = None,
              limit: Optional[int] = None, progress: bool = True,
              baselines: Optional["bl.Baselines"] = None) -> Dict:
@@ -270,6 +299,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
         reconstructor = gatys.StyleReconstructor(vgg_weights, gpu=gpu)
 
     per_image: List[Dict] = []
+    rng = np.random.default_rng(decoders.SAMPLE_SEED)      # the "sample" decoding's draws, seeded per evaluation
     shown: Dict[str, int] = {}
     fig_paths: List[Dict] = []
     trip_dir = os.path.join(out, "triptychs")
@@ -281,17 +311,21 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
             if ir.shape != (int(info["height"]), int(info["width"])) or vis.shape[:2] != ir.shape:
                 raise ValueError("%s: test image %s is %s / IR %s, the dataset says %dx%d"
                                  % (dataset, r["id"], vis.shape[:2], ir.shape, info["height"], info["width"]))
-        preds = decode_batch(predictor, [p[0] for p in pairs], decoding, weights)
+        preds = decode_batch(predictor, [p[0] for p in pairs], decoding, weights, temperature, rng)
         for (vis, ir), r, tn in zip(pairs, chunk, preds):
             cls = r.get("object_class") or "unlabelled"
             res = {"id": r["id"], "object_class": cls}
+            gs = postprocess.gaussian3x3(tn)
             res.update(score_image(ir, tn, "tn"))
-            res.update(score_image(ir, postprocess.gaussian3x3(tn), "tn_gs"))
+            res.update(score_image(ir, gs, "tn_gs"))
             res.update({metric_key("tn_pp", m): None for m in METRICS})
+            res.update(ir_hf=metrics.high_frequency(ir), tn_hf=metrics.high_frequency(tn),
+                       tn_gs_hf=metrics.high_frequency(gs), tn_pp_hf=None)
             if reconstructor is not None:
                 kw = {"iterations": gatys_iterations} if gatys_iterations else {}
                 pp, _ = reconstructor.run(tn, ir, **kw)
                 res.update(score_image(ir, pp, "tn_pp"))
+                res["tn_pp_hf"] = metrics.high_frequency(pp)
             for name in REFERENCE_ROWS:
                 res.update(score_image(ir, base.predict(name, vis, ir), name))
             per_image.append(res)
@@ -311,9 +345,9 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     _write_csv(os.path.join(out, "per_image.csv"), PER_IMAGE_FIELDS, per_image)
     _write_csv(os.path.join(out, "table2.csv"), TABLE_FIELDS, table)
     md = ("%s\n\nTable 2 (%s): average RMS (eq. 2, brightness 0..255 at %dx%d), %s decoding, TN + GS: 3x3 "
-          "Gaussian sigma %.1f.\n\n" % (data_statement(info), data, info["height"], info["width"], decoding,
-                                        postprocess.GAUSSIAN_SIGMA)
-          + table_markdown(table, pp_note, data) + fit_markdown(base.fit) + "\n")
+          "Gaussian sigma %.1f.\n\n" % (data_statement(info), data, info["height"], info["width"],
+                                        decoding_label(decoding, temperature), postprocess.GAUSSIAN_SIGMA)
+          + table_markdown(table, pp_note, data) + fit_markdown(base.fit) + "\n\n" + relations_markdown(table))
     write_text(os.path.join(out, "table2.md"), md)
     groups = [class_label(r["object_class"]) for r in table]
     series = {"TN": [r["tn"] for r in table], "TN + GS": [r["tn_gs"] for r in table]}
@@ -329,6 +363,8 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
                  "source": os.path.join(os.path.abspath(dataset), layout.DATASET_INFO_FILE)},
         "deploy": os.path.abspath(deploy), "model": os.path.abspath(model), "backend": backend,
         "decoding": decoding, "gaussian_sigma": postprocess.GAUSSIAN_SIGMA,
+        "temperature": temperature if temperature is not None else decoders.DEFAULT_TEMPERATURE.get(decoding),
+        "high_frequency_filter": metrics.HIGH_FREQUENCY_FILTER, "relations": findings.relations(table),
         "tn_pp": "run" if reconstructor is not None else "not run", "tn_pp_note": pp_note,
         "height": int(info["height"]), "width": int(info["width"]), "num_bins": int(info["num_bins"]),
         "n_test": len(per_image), "seconds": time.time() - t0,
@@ -359,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gatys-iterations", type=int, help="TN + PP optimisation steps per image")
     cli.add_decoding(p, decoders.DEFAULT_DECODING,
                    help="probabilities -> brightness: mmse (default; mean of the softmax with the class "
-                        "rebalancing of eq. 1 divided out), expectation, argmax, annealed (decoders.decode)")
+                        "rebalancing of eq. 1 divided out), expectation, argmax, annealed; sample (one draw per "
+                        "pixel) and digits (DIGITS' segmentation view) model readings of the paper (decoders.decode)")
+    cli.add_temperature(p)
     cli.add_batch_size(p, 8)
     cli.add_gpu(p)
     p.add_argument("--figures-per-class", type=int, default=2, help="triptych figures per object class")
@@ -373,7 +411,8 @@ def main(argv=None) -> int:
 
     def body():
         s = evaluate(args.dataset, args.deploy, args.model, args.out, backend=args.backend,
-                     vgg_weights=args.vgg_weights, decoding=args.decoding, batch_size=args.batch_size, gpu=args.gpu,
+                     vgg_weights=args.vgg_weights, decoding=args.decoding, temperature=args.temperature,
+                     batch_size=args.batch_size, gpu=args.gpu,
                      figures_per_class=args.figures_per_class, gatys_iterations=args.gatys_iterations,
                      limit=args.limit, progress=not args.quiet)
         with open(os.path.join(args.out, "table2.md")) as f:

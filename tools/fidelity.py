@@ -17,6 +17,12 @@ Status: PASS (the artifact agrees with the paper), FAIL (it does not, with the e
 ASSUMED (the paper is silent; the kit's choice, the value read from the artifact and the
 measurement behind the choice), NOT RUN (cannot be checked from these artifacts, and why).
 
+A third kind of row, `result`, holds the paper's FINDINGS (Table 2's relations, Sec. 5.1's
+high-frequency components, Sec. 5.2, the final loss): the paper's value, the run's value,
+the tolerance written in the row (thermalnet.findings) and REPRODUCED / NOT REPRODUCED /
+NOT RUN / NOT COMPARABLE (a value that depends on the paper's own data or unknown units),
+each saying whether it is a relation within one run or an absolute value.
+
 REGISTER is the one table to extend: add an Item and, if it needs a new check, a
 function `check_<name>(ctx) -> (status, evidence)`. The "behind" text of assumptions
 says what measurement (docs/ablations.md, results/ablate/) or reason supports the choice.
@@ -34,15 +40,28 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from thermalnet import layout, nets, spec
+from thermalnet import findings, layout, nets, spec
 
 PASS, FAIL, ASSUMED, NOT_RUN = "PASS", "FAIL", "ASSUMED", "NOT RUN"
-STATUSES = (PASS, FAIL, ASSUMED, NOT_RUN)
+STATUSES = (PASS, FAIL, ASSUMED, NOT_RUN) + tuple(s for s in findings.STATUSES if s != NOT_RUN)
 
-# kind: "claim" (the paper says so) or "assumption" (the paper is silent; the kit chose).
-# check: name of a function check_<check>(ctx) in this module.
-# behind: for assumptions, the measurement (or reason) behind the choice.
-Item = collections.namedtuple("Item", "key kind statement paper where check behind")
+# kind: "claim" (the paper says so), "assumption" (the paper is silent; the kit chose) or
+# "result" (a finding of the paper, checked against the run's numbers).
+# check: name of a function check_<check>(ctx) in this module; a result's returns
+# (status, evidence, run's value).
+# behind: for assumptions, the measurement (or reason) behind the choice; for results, which
+# reading of the paper gives the finding (README "Ablations").
+# Results only: paper_value, tolerance, comparable ("relation within one run" or "absolute value").
+Item = collections.namedtuple("Item", "key kind statement paper where check behind paper_value tolerance comparable",
+                              defaults=("", "", ""))
+RELATION, ABSOLUTE = "relation within one run", "absolute value"
+
+
+def _paper_values(values: Dict[str, float], fmt: str) -> str:
+    return ", ".join("%s %s" % (c.replace("_", " "), fmt % v) for c, v in values.items())
+
+# Which reading of the paper gives its findings (measured: README "Ablations", results/ablate/).
+GS_GAIN_BEHIND = ("PENDING")
 
 REGISTER: Tuple[Item, ...] = (
     # ---- claims of the paper ----------------------------------------------------------------
@@ -111,6 +130,36 @@ REGISTER: Tuple[Item, ...] = (
          "tools/train.py (train_summary.json 'best'); eval.json model", "snapshot", "the best-validation-loss snapshot (best.caffemodel) in the demo; best and last both in ablations; with few pairs the validation loss turns up (RoadScene: lowest at iteration 1122 of 2500)"),
     Item("gatys_impl", "assumption", "TN + PP in pycaffe with the VGG-16 Caffe model (paper: Torch7)", "Sec. 3.4",
          "thermalnet/gatys.py", "gatys_impl", "pycaffe with the VGG-16 Caffe model, so the kit needs no Torch7; not run here without the VGG-16 weights"),
+    # ---- results of the paper (its findings), checked on the run's numbers -----------------------
+    Item("gs_gain", "result", "TN + GS lowers TN's RMS in every class (3x3 Gaussian gain)", "Table 2",
+         "thermalnet/findings.py GS_GAIN_RANGE; eval.json relations", "result_gs_gain", GS_GAIN_BEHIND,
+         _paper_values(findings.PAPER_GS_GAIN, "%.1f %%"),
+         "gain %g..%g %% in every class" % findings.GS_GAIN_RANGE, RELATION),
+    Item("high_frequency", "result", "TN's output holds high-frequency components absent on the real IR",
+         "Sec. 5.1", "thermalnet/metrics.py high_frequency; eval.json relations", "result_high_frequency",
+         GS_GAIN_BEHIND, "'a significant presence of high frequency components that were absent on [the] original "
+         "thermal image'", "HF(TN) / HF(real IR) > %g in every class; HF = %s" % (
+             findings.HF_RATIO_MIN, "RMS of image minus its 3x3 Gaussian (sigma 0.8)"), RELATION),
+    Item("pp_worse", "result", "TN + PP (style reconstruction) raises TN's RMS in every class", "Table 2",
+         "thermalnet/gatys.py; eval.json relations", "result_pp_worse", "",
+         _paper_values(findings.PAPER_PP_RATIO, "%.2fx"), "TN + PP / TN > %g in every class" % findings.PP_RATIO_MIN,
+         RELATION),
+    Item("pp_smoothness", "result", "Style reconstruction fails to imitate the real IR's smoothness", "Sec. 5.2",
+         "thermalnet/gatys.py; eval.json relations", "result_pp_smoothness", "",
+         "'failed to imitate the smoothness and distortion present in original thermal images'",
+         "HF(TN + PP) / HF(real IR) > %g in every class" % findings.HF_RATIO_MIN, RELATION),
+    Item("class_order", "result", "TN's RMS orders the classes human < computer < microwave oven", "Table 2",
+         "eval.json table", "result_class_order", "", "TN 9.1 < 16.7 < 37.8",
+         "the same order of the three classes' TN RMS", RELATION),
+    Item("table2_absolute", "result", "Table 2's TN RMS per class", "Table 2", "eval.json table",
+         "result_table2_absolute", "", _paper_values({c: v[0] for c, v in findings.PAPER_TABLE2.items()}, "%.1f"),
+         "none: absolute RMS depends on the data (the paper's FLIR ONE pairs are not public)", ABSOLUTE),
+    Item("final_loss", "result", "The final training loss", "Sec. 6", "train_summary.json last_train_loss",
+         "result_final_loss", "", findings.PAPER_FINAL_LOSS, "none: the paper gives no unit or definition",
+         ABSOLUTE),
+    Item("val_curve", "result", "The validation loss over training", "Fig. 8", "val.csv; train_summary.json",
+         "result_val_curve", "", "Fig. 8 (the figure is not in the text the kit has: its shape is unknown)",
+         "none without the figure", RELATION),
 )
 
 
@@ -741,6 +790,115 @@ def check_gatys_impl(ctx):
     return ASSUMED, "thermalnet/gatys.py (%s)" % (gatys.__doc__ or "").strip().splitlines()[0]
 
 
+# ---- results: each returns (status, evidence, the run's value) ------------------------------------
+
+def _eval_data(ctx) -> str:
+    return ctx.eval.get("data", {}).get("label") or ("SYNTHETIC data" if ctx.eval.get("synthetic") else "real pairs")
+
+
+def _verdict(ctx, finding: str, fmt: str, what: str):
+    """A relation of thermalnet.findings on the run's eval.json table: (status, evidence, run's value)."""
+    miss = _need_eval(ctx)
+    if miss:
+        return miss + ("—",)
+    v = findings.verdicts(ctx.eval.get("table") or [])[finding]
+    value = ", ".join("%s %s" % (c.replace("_", " "), "—" if x is None else fmt % x) for c, x in v["values"].items())
+    classes = "the paper's classes" if v["classes"] and v["classes"][0] in findings.PAPER_TABLE2 else \
+        "all test images (no paper class in these pairs)"
+    ev = "%s on %s, %s decoding, %s" % (what, classes, ctx.eval.get("decoding"), _eval_data(ctx))
+    return v["status"], ev, value or "—"
+
+
+def check_result_gs_gain(ctx):
+    return _verdict(ctx, "gs_gain", "%.1f %%", "100 (TN - TN + GS) / TN from table2.csv")
+
+
+def check_result_high_frequency(ctx):
+    st, ev, value = _verdict(ctx, "hf", "%.2f", "HF(TN) / HF(real IR), means over the test images")
+    if st == findings.NOT_RUN and ctx.eval:
+        ev = "eval.json has no high-frequency measure (evaluated before it existed): run tools.evaluate again"
+    return st, ev, value
+
+
+def _pp_missing(ctx):
+    miss = _need_eval(ctx)
+    if miss:
+        return miss + ("—",)
+    if ctx.eval.get("tn_pp") != "run":
+        return NOT_RUN, ctx.eval.get("tn_pp_note") or "TN + PP not run", "—"
+    return None
+
+
+def check_result_pp_worse(ctx):
+    return _pp_missing(ctx) or _verdict(ctx, "pp", "%.2fx", "TN + PP / TN")
+
+
+def check_result_pp_smoothness(ctx):
+    return _pp_missing(ctx) or _verdict(ctx, "pp_hf", "%.2f", "HF(TN + PP) / HF(real IR)")
+
+
+def check_result_class_order(ctx):
+    st, ev, value = _verdict(ctx, "class_order", "%.1f", "TN RMS, lowest first")
+    if st == findings.NOT_RUN and ctx.eval:
+        ev = "the test pairs do not carry the paper's three classes"
+    elif ctx.eval.get("synthetic"):
+        ev += " (on SYNTHETIC data the classes' difficulty is the generator's, not the paper's scenes')"
+    return st, ev, value
+
+
+def check_result_table2_absolute(ctx):
+    miss = _need_eval(ctx)
+    if miss:
+        return miss + ("—",)
+    tn = {r["object_class"]: r.get("tn") for r in ctx.eval.get("table") or [] if r.get("n")}
+    value = ", ".join("%s %.1f" % (c.replace("_", " "), tn[c]) for c in list(findings.PAPER_TABLE2) + ["overall"]
+                      if tn.get(c) is not None)
+    return findings.NOT_COMPARABLE, "%s, not the paper's FLIR ONE pairs: compare the relations above and the " \
+        "baselines of the same run instead" % _eval_data(ctx), value or "—"
+
+
+def _losses(ctx, name: str) -> List[Tuple[int, float]]:
+    import csv
+    path = os.path.join(ctx.run, name) if ctx.run else ""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return [(int(float(r["iteration"])), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def check_result_final_loss(ctx):
+    miss = _need_run(ctx, "the final loss")
+    if miss:
+        return miss + ("—",)
+    last = ctx.summary.get("last_train_loss")
+    if last is None:
+        return NOT_RUN, "train_summary.json has no last_train_loss", "—"
+    value = "%.3f" % last
+    train = _losses(ctx, "train.csv")
+    if train and train[0][1] > 0:
+        value += " (%.0f %% of the first logged loss, %.3f)" % (100.0 * last / train[0][1], train[0][1])
+    return findings.NOT_COMPARABLE, ("the kit's loss is eq. 1's weighted cross-entropy in nats per pixel, "
+                                     "normalised by the pixel count (SoftmaxWithLoss' VALID); the paper's '0.5%%' "
+                                     "names no unit or definition (a loss of 0.005, a percentage of the first loss "
+                                     "and a per-pixel error rate all fit it), and it is a training loss on its own "
+                                     "pairs after 1000 epochs; this run: %d iterations" % ctx.summary.get(
+                                         "iterations", 0)), value
+
+
+def check_result_val_curve(ctx):
+    miss = _need_run(ctx, "the validation loss")
+    if miss:
+        return miss + ("—",)
+    val = _losses(ctx, "val.csv")
+    if not val:
+        return NOT_RUN, "no val.csv in the run folder", "—"
+    best = min(val, key=lambda x: x[1])
+    value = "first %.3f (iteration %d), lowest %.3f (iteration %d), last %.3f (iteration %d)" % (
+        val[0][1], val[0][0], best[1], best[0], val[-1][1], val[-1][0])
+    return findings.NOT_COMPARABLE, ("Fig. 8 is lost from the paper's text, so its shape cannot be compared; the "
+                                     "run's validation set is the test split (val_is_test)"), value
+
+
 # checks that read the dataset folder (NOT RUN when a run's dataset has gone)
 DATASET_CHECKS = frozenset(("table1_sizes", "table2_classes", "eq1_loss", "split", "q_bins", "rebalance_lambda",
                             "input_size", "mirror", "window", "val_is_test", "output_size", "body_params"))
@@ -761,12 +919,17 @@ def check(path: str, net: Optional[str] = None, deploy: Optional[str] = None, ev
             status, evidence = NOT_RUN, "no check function check_%s" % item.check
         else:
             try:
-                status, evidence = fn(ctx)
+                status, evidence, *value = fn(ctx)
             except Exception as exc:  # a check must never hide the others
-                status, evidence = FAIL, "check raised %s: %s" % (type(exc).__name__, exc)
+                status, evidence, value = FAIL, "check raised %s: %s" % (type(exc).__name__, exc), []
         if status not in STATUSES:
             raise ValueError("check_%s returned status %r" % (item.check, status))
         row = dict(item._asdict(), status=status, evidence=evidence)
+        if item.kind == "result":
+            row["run_value"] = value[0] if value else "—"
+        else:
+            for k in ("paper_value", "tolerance", "comparable"):
+                del row[k]
         out.append(row)
     return out
 
@@ -780,20 +943,50 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(rows: List[Dict]) -> str:
-    """The register as a markdown table (claims first, then assumptions)."""
-    lines = ["Claims: %d PASS, %d FAIL, %d NOT RUN; assumptions: %d (%d FAIL)." % (
-        sum(1 for r in rows if r["kind"] == "claim" and r["status"] == PASS),
-        sum(1 for r in rows if r["kind"] == "claim" and r["status"] == FAIL),
-        sum(1 for r in rows if r["kind"] == "claim" and r["status"] == NOT_RUN),
-        sum(1 for r in rows if r["kind"] == "assumption"),
-        sum(1 for r in rows if r["kind"] == "assumption" and r["status"] == FAIL)), "",
-        "| Kind | Statement | Paper | Where | Status | Evidence (from the artifacts) |",
-        "|---|---|---|---|---|---|"]
+REGISTER_COLUMNS = ("Kind", "Statement", "Paper", "Where", "Status", "Evidence (from the artifacts)")
+FINDING_COLUMNS = ("Finding", "Paper", "Paper's value", "This run", "Tolerance", "Compared as", "Status", "Evidence")
+FINDINGS_CAPTION = ("The paper's findings against this run (relations within one run carry over to other data; "
+                    "absolute values do not):")
+
+
+def summary_line(rows: List[Dict]) -> str:
+    kind = lambda k, st=None: sum(1 for r in rows if r["kind"] == k and (st is None or r["status"] == st))  # noqa
+    return ("Claims: %d PASS, %d FAIL, %d NOT RUN; assumptions: %d (%d FAIL); findings: %d REPRODUCED, %d NOT "
+            "REPRODUCED, %d NOT RUN, %d NOT COMPARABLE." % (
+                kind("claim", PASS), kind("claim", FAIL), kind("claim", NOT_RUN), kind("assumption"),
+                kind("assumption", FAIL), kind("result", findings.REPRODUCED), kind("result", findings.NOT_REPRODUCED),
+                kind("result", NOT_RUN), kind("result", findings.NOT_COMPARABLE)))
+
+
+def table_cells(rows: List[Dict]) -> Tuple[List[List[str]], List[List[str]]]:
+    """The cells of the two tables (REGISTER_COLUMNS: claims and assumptions; FINDING_COLUMNS: results)."""
+    register, found = [], []
     for r in rows:
-        ev = r["evidence"] + (". Behind the choice: %s" % r["behind"] if r["behind"] else "")
-        lines.append("| %s | %s | %s | %s | **%s** | %s |" % tuple(_md_cell(x) for x in (
-            r["kind"], r["statement"], r["paper"], r["where"], r["status"], ev)))
+        if r["kind"] == "result":
+            found.append([r["statement"], r["paper"], r["paper_value"], r["run_value"], r["tolerance"],
+                          r["comparable"], r["status"],
+                          r["evidence"] + (". Which reading gives it: %s" % r["behind"] if r["behind"] else "")])
+        else:
+            register.append([r["kind"], r["statement"], r["paper"], r["where"], r["status"],
+                             r["evidence"] + (". Behind the choice: %s" % r["behind"] if r["behind"] else "")])
+    return register, found
+
+
+def _md_table(columns: Sequence[str], cells: List[List[str]]) -> List[str]:
+    status = columns.index("Status")
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in cells:
+        row = [("**%s**" % c) if i == status else c for i, c in enumerate(row)]
+        out.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
+    return out
+
+
+def markdown(rows: List[Dict]) -> str:
+    """The register as markdown: claims and assumptions in one table, then the paper's findings in their own."""
+    register, found = table_cells(rows)
+    lines = [summary_line(rows), ""] + _md_table(REGISTER_COLUMNS, register)
+    if found:
+        lines += ["", FINDINGS_CAPTION, ""] + _md_table(FINDING_COLUMNS, found)
     return "\n".join(lines) + "\n"
 
 

@@ -338,11 +338,12 @@ def render_html(g: Dict) -> str:
     if g["fidelity_error"]:
         parts.append("<p>The register could not be checked: %s</p>" % html.escape(g["fidelity_error"]))
     else:
-        parts.append("<p>%s</p>" % html.escape(fidelity.markdown(g["fidelity"]).splitlines()[0]))
-        parts.append(_html_table(["Kind", "Statement", "Paper", "Where", "Status", "Evidence (from the artifacts)"],
-                                 [[r["kind"], r["statement"], r["paper"], r["where"], r["status"],
-                                   r["evidence"] + (". Behind the choice: %s" % r["behind"] if r["behind"] else "")]
-                                  for r in g["fidelity"]]))
+        register, found = fidelity.table_cells(g["fidelity"])
+        parts.append("<p>%s</p>" % html.escape(fidelity.summary_line(g["fidelity"])))
+        parts.append(_html_table(list(fidelity.REGISTER_COLUMNS), register))
+        if found:
+            parts += ["<p>%s</p>" % html.escape(fidelity.FINDINGS_CAPTION),
+                      _html_table(list(fidelity.FINDING_COLUMNS), found)]
     parts.append("</body></html>")
     return "\n".join(parts)
 
