@@ -150,7 +150,7 @@ def test_tn_gs_is_exactly_the_3x3_gaussian_on_a_sharp_prediction(evaluated, tmp_
     ds, model, _, _ = evaluated
     fake = {}
 
-    def sharp(predictor, images, decoding, class_weights):
+    def sharp(predictor, images, decoding, class_weights, temperature=None, rng=None):
         out = []
         for img in images:
             rng = np.random.RandomState(int(img.sum()) % (2 ** 31))

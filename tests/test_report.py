@@ -112,7 +112,7 @@ def test_fidelity_register_is_in_the_report(reported):
     assert "## Paper-fidelity register (tools.fidelity)" in md
     rows = _md_table(md, "| Kind | Statement | Paper | Where | Status |")
     from tools import fidelity
-    assert len(rows) == len(fidelity.REGISTER)
+    assert len(rows) == sum(1 for i in fidelity.REGISTER if i.kind != "result")
     status = {row[1]: row[4] for row in rows}
     assert status["Two deconvolution layers restore the input resolution"] == "**PASS**"
     assert status["Global average pooling removed"] == "**PASS**"
@@ -120,8 +120,16 @@ def test_fidelity_register_is_in_the_report(reported):
     assert status["Trained for 1000 epochs"] == "**FAIL**"
     assert status["TN + PP: Gatys style reconstruction with VGG-16, the real IR image as style"] == "**NOT RUN**"
     assert all(row[4] in ("**PASS**", "**FAIL**", "**ASSUMED**", "**NOT RUN**") for row in rows)
+    # the paper's findings close the report in their own table, beside the run's values
+    found = _md_table(md, "| Finding | Paper | Paper's value | This run |")
+    assert len(found) == sum(1 for i in fidelity.REGISTER if i.kind == "result") >= 5
+    finding = {row[0]: row for row in found}
+    gs = finding["TN + GS lowers TN's RMS in every class (3x3 Gaussian gain)"]
+    assert gs[2].startswith("human 17.6 %") and gs[6] in ("**REPRODUCED**", "**NOT REPRODUCED**")
+    assert finding["Table 2's TN RMS per class"][6] == "**NOT COMPARABLE**"
     html = open(r["html"]).read()
     assert "Paper-fidelity register" in html and "Output size = input size (H x W)" in html
+    assert "The paper&#x27;s findings against this run" in html and "Paper&#x27;s value" in html
 
 
 def test_weights_and_best_snapshot_from_the_summary(reported, tmp_path):

@@ -95,7 +95,7 @@ def run_pipeline(dataset: str, out: str, net: Optional[str] = None, deploy: Opti
                  max_minutes: Optional[float] = DEMO_MINUTES, decoding: str = DEMO_DECODING,
                  vgg_weights: Optional[str] = None, backend: str = "pycaffe", gpu: Optional[int] = None,
                  progress: bool = True, figures_per_class: int = 2, weights=DEMO_WEIGHTS,
-                 snapshot: str = DEMO_SNAPSHOT) -> Dict:
+                 snapshot: str = DEMO_SNAPSHOT, temperature: Optional[float] = None) -> Dict:
     """Train -> evaluate -> report in `out` (overwritten); returns paths, the verdict and timings.
 
     weights: caffemodel(s) to fine-tune from; snapshot: evaluate the "best" (lowest
@@ -119,7 +119,8 @@ def run_pipeline(dataset: str, out: str, net: Optional[str] = None, deploy: Opti
              "%.4g" % picked["val_loss"] if picked["val_loss"] is not None else "not measured"), flush=True)
     eval_dir = os.path.join(out, "eval")
     evaluate.evaluate(dataset, deploy, picked["caffemodel"], eval_dir, vgg_weights=vgg_weights,
-                      decoding=decoding, gpu=gpu, progress=progress, figures_per_class=figures_per_class)
+                      decoding=decoding, temperature=temperature, gpu=gpu, progress=progress,
+                      figures_per_class=figures_per_class)
     t2 = time.time()
     r = report.write_report(out, eval_dir)
     with open(os.path.join(eval_dir, "table2.md")) as f:
@@ -131,7 +132,7 @@ def demo(out: str = os.path.join("runs", "demo"), quick: bool = False, minutes: 
          count: Optional[int] = None, epochs: Optional[float] = None, batch_size: Optional[int] = None,
          base_lr: float = DEMO_BASE_LR, decoding: str = DEMO_DECODING, vgg_weights: Optional[str] = None,
          data_root: str = DATA_ROOT, seed: int = spec.SEED, progress: bool = True, weights=DEMO_WEIGHTS,
-         snapshot: str = DEMO_SNAPSHOT, mirror: Optional[bool] = None) -> Dict:
+         snapshot: str = DEMO_SNAPSHOT, mirror: Optional[bool] = None, temperature: Optional[float] = None) -> Dict:
     """The whole demo; returns run_pipeline's result plus the dataset path and total wall time."""
     t0 = time.time()
     count = count or (QUICK_COUNT if quick else DEMO_COUNT)
@@ -142,7 +143,8 @@ def demo(out: str = os.path.join("runs", "demo"), quick: bool = False, minutes: 
                        batch_size=batch_size or (QUICK_BATCH if quick else DEMO_BATCH), base_lr=base_lr,
                        max_minutes=minutes if minutes is not None else (None if quick else DEMO_MINUTES),
                        decoding=decoding, vgg_weights=vgg_weights, progress=progress,
-                       figures_per_class=1 if quick else 2, weights=weights, snapshot=snapshot)
+                       figures_per_class=1 if quick else 2, weights=weights, snapshot=snapshot,
+                       temperature=temperature)
     res.update(dataset=ds, wall_seconds=time.time() - t0)
     return res
 
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-lr", type=float, default=DEMO_BASE_LR, help="Adam learning rate (default %g)" % DEMO_BASE_LR)
     cli.add_decoding(p, DEMO_DECODING, help="probabilities -> brightness (default %s, see tools.evaluate)"
                      % DEMO_DECODING)
+    cli.add_temperature(p)
     cli.add_vgg_weights(p)
     p.add_argument("--data-root", default=DATA_ROOT, help="dataset cache folder (default %s)" % DATA_ROOT)
     p.add_argument("--seed", type=int, default=spec.SEED)
@@ -193,7 +196,8 @@ def _main(a) -> None:
     if nets.split_weights(a.weights):
         nets.check_weights(a.weights, DEFAULT_NET)     # before the SYNTHETIC dataset is generated
     r = demo(a.out, a.quick, a.minutes, a.count, a.epochs, a.batch_size, a.base_lr, a.decoding, a.vgg_weights,
-             a.data_root, a.seed, progress=not a.quiet, weights=a.weights, snapshot=a.snapshot, mirror=a.mirror)
+             a.data_root, a.seed, progress=not a.quiet, weights=a.weights, snapshot=a.snapshot, mirror=a.mirror,
+             temperature=a.temperature)
     v = r["verdict"]
     print("[demo] done in %.1f min (training %.1f min). TN overall RMS %.2f vs best baseline %.2f (%s): %s"
           % (r["wall_seconds"] / 60, r["train_seconds"] / 60, v["tn"], v["best_baseline_rms"], v["best_baseline"],
