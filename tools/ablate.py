@@ -484,8 +484,9 @@ def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Opti
     from thermalnet import baselines as bl, plots
     from thermalnet.inference import Predictor
     ran = [r for r in results if not r.get("skip")]
-    if not ran:
-        return None
+    models = [(r["snapshots"].get("best") or r["snapshots"]["last"])["model"] for r in ran]
+    if not ran or not os.path.isdir(ran[0]["dataset"]) or not all(os.path.isfile(m) for m in models):
+        return None                     # a saved ablation whose runs are gone: the tables are redrawn, not this
     plt = plots._plt()
     ds0 = ran[0]["dataset"]
     ids = [row["id"] for row in bl.read_manifest(ds0, "test")][:n_images]
@@ -582,6 +583,8 @@ def write_outputs(out: str, results: List[Dict], meta: Dict) -> Dict:
     write_text(os.path.join(out, "ablation.csv"), buf.getvalue())
     write_text(os.path.join(out, "ablation.md"), md)
     png = grid(results, os.path.join(out, "grid.png"))
+    if png is None and os.path.isfile(os.path.join(out, "grid.png")):
+        png = os.path.join(out, "grid.png")                 # drawn when the models existed
     doc = {"meta": meta, "results": results, "grid": png}
     write_text(os.path.join(out, "ablation.json"), json.dumps(doc, indent=1))
     return dict(doc, markdown=md)
