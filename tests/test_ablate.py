@@ -180,3 +180,4 @@ def test_hypothesis_arms_carry_the_papers_relations(caffe, tmp_path):
     md = open(os.path.join(out, "ablation.md")).read()
     assert "The paper's relations per arm" in md and "| h-sample | sample (T 1) |" in md
     assert "| h-sample-t0.5 | sample (T 0.5) |" in md
+    assert "Split: paper: seeded and stratified by object class." in md       # pairs without a split of their own

@@ -88,19 +88,25 @@ def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def build_variant(pairs: str, data: Dict, root: str, progress: bool = True) -> str:
-    """Dataset built from `pairs` with the arm's settings; cached by a hash of them (and the pairs path)."""
+def build_variant(pairs: str, data: Dict, root: str, progress: bool = True, split: str = "auto") -> str:
+    """Dataset built from `pairs` with the arm's settings; cached by a hash of them (and the pairs path).
+
+    split: dataset_builder's --split (auto: the split the pairs carry, else the paper's).
+    """
     from dataset_builder.build import BuildConfig, build
     settings = {"pairs": os.path.abspath(pairs), "size": data.get("size", [spec.DEFAULT_HEIGHT, spec.DEFAULT_WIDTH]),
                 "num_bins": data.get("num_bins", spec.NUM_BINS),
                 "rebalance_lambda": data.get("rebalance_lambda", spec.REBALANCE_LAMBDA),
                 "mirror": bool(data.get("mirror", False)), "seed": spec.SEED}
+    if split != "auto":
+        settings["split"] = split               # absent for auto: datasets cached before --split keep their key
     out = os.path.join(root, "dataset-%s" % _key(settings))
     if os.path.isfile(os.path.join(out, layout.DATASET_INFO_FILE)):
         return out
     h, w = settings["size"]
     cfg = BuildConfig(height=h, width=w, num_bins=settings["num_bins"], seed=settings["seed"],
-                      rebalance_lambda=settings["rebalance_lambda"], mirror=settings["mirror"], progress=progress)
+                      rebalance_lambda=settings["rebalance_lambda"], mirror=settings["mirror"], progress=progress,
+                      split=split)
     log = cli.DeferredLog()            # skipped pairs: printed on success, the first named in a failure
     build(out, (), [pairs], cfg, log=log)
     log.flush()
@@ -260,12 +266,13 @@ def _finished_run(adir: str, record: Dict) -> Optional[Dict]:
 
 
 def run_arm(arm: Dict, pairs: str, out: str, iterations: Optional[int], minutes: Optional[float], batch: int,
-            base_lr: float, net_path: str, deploy_path: str, progress: bool = True, evaluate_limit=None) -> Dict:
+            base_lr: float, net_path: str, deploy_path: str, progress: bool = True, evaluate_limit=None,
+            split: str = "auto") -> Dict:
     """Build (cached) -> edit net -> train for the budget -> evaluate best and last snapshots."""
     from . import evaluate, train
     adir = os.path.join(out, "arms", arm["name"])
     os.makedirs(adir, exist_ok=True)
-    ds = build_variant(pairs, arm["data"], os.path.join(out, "datasets"), progress)
+    ds = build_variant(pairs, arm["data"], os.path.join(out, "datasets"), progress, split)
     info = layout.read_dataset_info(ds)
     q = int(info["num_bins"])
     if arm["net"].get("base"):
@@ -394,6 +401,8 @@ def markdown(results: List[Dict], meta: Dict) -> str:
              "dataset (Q, mirror, size) has its own."
              % (meta["data"], meta["budget"], meta["batch"], meta["base_lr"], spec.SEED, meta["n_test"]),
              "", "Command: `%s`" % meta["command"], ""]
+    if isinstance(meta.get("split"), dict) and meta["split"].get("source"):
+        lines[-1:-1] = ["Split: %s." % meta["split"]["source"], ""]
     first = next((r for r in results if not r.get("skip")), None)
     if first is None:
         return "\n".join(lines + ["No arm ran."]) + "\n"
@@ -523,7 +532,7 @@ def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Opti
 def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] = DEFAULT_ITERATIONS,
            minutes: Optional[float] = None, batch: int = DEFAULT_BATCH, base_lr: float = DEFAULT_BASE_LR,
            imagenet: Optional[str] = None, title: str = "", progress: bool = True, command: str = "",
-           evaluate_limit: Optional[int] = None) -> Dict:
+           evaluate_limit: Optional[int] = None, split: str = "auto") -> Dict:
     """Run every arm; write ablation.md/.csv/.json and grid.png into `out`; return the JSON's dict."""
     from thermalnet.atomic import write_text
     from thermalnet import nets
@@ -548,7 +557,7 @@ def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] 
             r = reuse_for_decoding(arm, base, out, progress, evaluate_limit)
         else:
             r = run_arm(arm, pairs, out, iterations, minutes, batch, base_lr, default.net, default.deploy,
-                        progress, evaluate_limit)
+                        progress, evaluate_limit, split)
         by_name[arm["name"]] = r
         results.append(r)
         write_text(os.path.join(out, "ablation.json"), json.dumps({"results": results}, indent=1))
@@ -561,7 +570,8 @@ def ablate(pairs: str, out: str, arms: Sequence[str], iterations: Optional[int] 
             "data": ("SYNTHETIC pairs from dataset_builder.synthetic (%s)" if synthetic else "real pairs (%s)")
             % os.path.basename(os.path.abspath(pairs)),
             "budget": ("%d iterations" % iterations) if iterations else ("%g minutes" % minutes),
-            "batch": batch, "base_lr": base_lr, "n_test": evaluate_limit or n_test, "command": command}
+            "batch": batch, "base_lr": base_lr, "n_test": evaluate_limit or n_test, "command": command,
+            "split": layout.read_dataset_info(first["dataset"]).get("split") if first is not None else None}
     doc = write_outputs(out, results, meta)
     print(doc["markdown"])
     return doc
@@ -623,6 +633,10 @@ def build_parser() -> argparse.ArgumentParser:
                    % DEFAULT_BASE_LR)
     p.add_argument("--imagenet", help="ImageNet SqueezeNet v1.1 caffemodel for the imagenet arm")
     p.add_argument("--limit", type=int, help="evaluate only the first N test pairs (quick checks)")
+    from dataset_builder import splits
+    p.add_argument("--split", choices=splits.SPLIT_MODES, default="auto",
+                   help="how the pairs are split (dataset_builder build --split; default auto: the split the "
+                        "pairs carry, else the paper's; random: whole sequences of frames)")
     cli.add_quiet(p)
     return p
 
@@ -652,7 +666,7 @@ def _main(a, argv) -> None:
     iterations = None if a.minutes else (a.iterations or DEFAULT_ITERATIONS)
     ablate(pairs, a.out, arms, iterations, a.minutes, a.batch_size, a.base_lr, a.imagenet,
            progress=not a.quiet, command="python -m tools.ablate " + " ".join(argv or sys.argv[1:]),
-           evaluate_limit=a.limit)
+           evaluate_limit=a.limit, split=a.split)
 
 
 if __name__ == "__main__":
