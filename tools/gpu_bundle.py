@@ -52,9 +52,12 @@ MISSING_WHEELS = ("lmdb",)
 # the clean room that tests/test_gpu_bundle.py runs the bundle in. No lmdb, pyspng or flyr, as there.
 TARGET_PACKAGES = ("numpy==2.5.2", "onnxruntime==1.30.0", "onnx==1.23.1", "scipy", "scikit-image",
                    "opencv-python-headless", "protobuf", "pillow", "tqdm", "six", "matplotlib", "requests", "PyYAML")
-# Parts of the standard library the Python layer never imports.
+# Parts of the standard library the Python layer never imports, and compiled modules (lib-dynload,
+# by prefix) that would bring libraries of their own (Tk, curses, readline, SQLite) or are CPython's tests.
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "turtle.py", "ensurepip", "lib2to3", "pydoc_data",
-               "site-packages", "__pycache__", "venv"}
+               "site-packages", "__pycache__", "venv", "sqlite3", "curses"}
+DYNLOAD_SKIP = ("_tkinter", "_curses", "readline", "_sqlite3", "nis.", "spwd.", "ossaudiodev", "_test", "xx", "_xx",
+                "_ctypes_test", "_crypt")
 
 CAFFE_WRAPPER = r"""#!/bin/sh
 # The bundle's caffe tool: caffe.bin with PYTHONHOME at the bundle's Python %(py)s standard library
@@ -163,7 +166,9 @@ def _python_facts(python: str) -> Dict[str, str]:
 
 def _copy_stdlib(src: str, dest: str) -> None:
     def ignore(folder, names):
-        return [n for n in names if n in STDLIB_SKIP or n.startswith("config-") or n.endswith((".pyc", ".a"))]
+        dynload = os.path.basename(folder) == "lib-dynload"
+        return [n for n in names if n in STDLIB_SKIP or n.startswith("config-") or n.endswith((".pyc", ".a"))
+                or (dynload and n.startswith(DYNLOAD_SKIP))]
     shutil.copytree(src, dest, ignore=ignore, symlinks=False)
 
 
@@ -220,7 +225,10 @@ def stage(caffe_root: str, python: str, dest: str, wheels: Sequence[str] = ()) -
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "test", "imagenet"))
     shutil.copy2(os.path.join(caffe_root, "Makefile.config"), caffe)
     pycaffe = glob.glob(os.path.join(pydir, "caffe", "_caffe*.so"))
-    objects = [tool_src, lib_src] + glob.glob(os.path.join(caffe_root, "python", "caffe", "_caffe*.so"))
+    stdlib = os.path.join(dest, "python", "lib", "python" + facts["version"])
+    _copy_stdlib(facts["stdlib"], stdlib)
+    dynload = sorted(glob.glob(os.path.join(stdlib, "lib-dynload", "*.so")))
+    objects = [tool_src, lib_src] + glob.glob(os.path.join(caffe_root, "python", "caffe", "_caffe*.so")) + dynload
     libs = needed(objects, [cuda_lib, os.path.dirname(lib_src)])
     missing = sorted(k for k, v in libs.items() if v is None and classify(k) != "cuda")
     if missing:
@@ -231,16 +239,16 @@ def stage(caffe_root: str, python: str, dest: str, wheels: Sequence[str] = ()) -
         if kinds[name] == "carry":
             shutil.copy2(os.path.realpath(path), os.path.join(dest, "lib", name))
             carried.append({"soname": name, "from": path, "bytes": os.path.getsize(os.path.join(dest, "lib", name))})
-    elves = [os.path.join(tools, "caffe.bin"), os.path.join(libdir, soname)] + pycaffe + \
+    elves = [os.path.join(tools, "caffe.bin"), os.path.join(libdir, soname)] + pycaffe + dynload + \
         [os.path.join(dest, "lib", c["soname"]) for c in carried]
     subprocess.run(["strip", "--strip-unneeded"] + elves, check=True)
     rpaths = {os.path.join(tools, "caffe.bin"): "$ORIGIN/../lib:$ORIGIN/../../../lib",
               os.path.join(libdir, soname): "$ORIGIN:$ORIGIN/../../../lib"}
     rpaths.update({p: "$ORIGIN/../../build/lib:$ORIGIN/../../../lib" for p in pycaffe})
     rpaths.update({os.path.join(dest, "lib", c["soname"]): "$ORIGIN" for c in carried})
+    rpaths.update({p: "$ORIGIN/../../../../lib" for p in dynload})     # python/lib/python3.X/lib-dynload
     for path, rpath in rpaths.items():
         _patchelf(["--set-rpath", rpath, path])
-    _copy_stdlib(facts["stdlib"], os.path.join(dest, "python", "lib", "python" + facts["version"]))
     for whl in wheels:
         with zipfile.ZipFile(whl) as z:
             z.extractall(os.path.join(dest, "site"))

@@ -35,9 +35,10 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"; : > "$LOG"
 say() { echo "[gpu_check] $*" | tee -a "$LOG" >&2; }
 
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")   # the unpacked bundle and the run folders
+trap 'rm -rf "$WORK"' EXIT
 if [ -n "$BUNDLE" ]; then
   [ -f "$BUNDLE" ] || { echo "error: $BUNDLE: no such bundle (make gpu-bundle)" >&2; exit 1; }
-  WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
   tar xJf "$BUNDLE" -C "$WORK" || { echo "error: $BUNDLE: cannot unpack" >&2; exit 1; }
   PY=${PYTHON:-python3}
   # shellcheck disable=SC1091
@@ -49,7 +50,6 @@ if [ -n "$BUNDLE" ]; then
     [ -z "$miss" ] || say "ldd ${f##*/}: $(echo "$miss" | tr -s ' \n' ' ')"
   done
 else
-  WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
   PY=.venv/bin/python
   if [ "$CPU" = 0 ]; then
     if [ -z "${CUDA_ARCH+set}" ]; then
