@@ -99,6 +99,31 @@ def test_results_file_projects_the_paper_schedule():
     assert "projected at **8.33 hours**" in md
 
 
+def test_paper_schedule_runs_and_projects_its_1000_epochs(tmp_path):
+    """The paper part on the CPU Caffe: v1.0 at 240x320 stops at its budget; the projection is its
+    measured time an epoch times PAPER_EPOCHS."""
+    from conftest import make_tiny_dataset
+    from thermalnet import spec
+    ds, _ = make_tiny_dataset(str(tmp_path / "ds"), n_train=4, n_val=2, height=spec.PAPER_HEIGHT,
+                              width=spec.PAPER_WIDTH)
+    p = gpu_check.run_paper(str(tmp_path / "run"), ds, None, minutes_left=0.01, batch=2)
+    assert p["net"] == os.path.basename(nets_paper()) and p["iters_per_epoch"] == 2 and p["n_train"] == 4
+    assert 1 <= p["iterations"] < gpu_check.PAPER_EPOCHS * 2        # stopped by the budget, not the schedule
+    assert p["seconds_per_epoch"] == pytest.approx(p["wall_seconds"] / p["epochs"])
+    assert p["projected_hours"] == pytest.approx(p["seconds_per_epoch"] * gpu_check.PAPER_EPOCHS / 3600.0)
+
+
+def nets_paper():
+    from thermalnet import nets
+    return nets.network(nets.PAPER_NETWORK).net
+
+
+def test_caffe_time_case_on_the_cpu():
+    t = gpu_check.caffe_time("v1_1", 120, 160, None, iterations=1, batch=2)
+    assert t["exit"] == 0 and t["fb_ms"] > 0 and t["device"] == "CPU", t
+    assert t["img_per_s"] == pytest.approx(2 / (t["fb_ms"] / 1000.0))
+
+
 # -- the bundle itself ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bundle_build():

@@ -35,6 +35,7 @@ PAPER_BATCH = 8                     # nets.solver_schedule: the paper's 1000 pai
 PAPER_EPOCHS = 1000
 DEFAULT_MINUTES = 8.5               # the lent machine's command limit is 10 minutes
 EVAL_RESERVE_MINUTES = 1.5          # kept back from the demo's training for its evaluation and the paper part
+PAPER_RESERVE_MINUTES = 0.5         # kept back from the paper part for its last validation and snapshot
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_DEMO = os.path.join(REPO, "results", "demo")
 # How close the device's demo should come to the CPU demo's TN: the same seed gives the same data
@@ -236,7 +237,8 @@ def check(out: str, gpu: Optional[int] = 0, quick: bool = False, minutes: float 
         else:
             ds = demo.synthetic_dataset(demo.DEMO_COUNT, height=demo.DEMO_HEIGHT, width=demo.DEMO_WIDTH,
                                         progress=False, mirror=demo.DEMO_MIRROR)
-        res["paper"] = run_paper(os.path.join(work, "paper"), ds, gpu, _remaining(started, minutes) - 0.3)
+        res["paper"] = run_paper(os.path.join(work, "paper"), ds, gpu,
+                                 _remaining(started, minutes) - PAPER_RESERVE_MINUTES)
     except Exception as exc:   # noqa: BLE001
         res["paper"] = {"error": cli.one_line(exc)}
     _save(out, res)
