@@ -211,7 +211,7 @@ def test_every_elf_file_of_the_bundle_resolves_inside_it(bundle, bundle_build):
 
 def test_bundle_pycaffe_and_python_layer_in_the_clean_room(bundle, bundle_build, tmp_path):
     """The clean room's Python 3.12 imports the bundle's pycaffe and runs Thermalnet with the eq. 1
-    layer forward and backward on the CPU; every shared object it loaded has an allowed home."""
+    layer forward and backward on the CPU; every shared object that brought in has an allowed home."""
     root, python = bundle_build
     _, _, top = bundle
     from conftest import make_tiny_dataset
@@ -219,13 +219,19 @@ def test_bundle_pycaffe_and_python_layer_in_the_clean_room(bundle, bundle_build,
     ds, _ = make_tiny_dataset(str(tmp_path / "ds"))
     net = str(tmp_path / "v1_1.prototxt")
     nets.materialize(nets.network("v1_1").net, ds, net, batch_size=2)
-    code = ("import json, sys, numpy as np\n"
+    # What the interpreter and the target's packages load on their own comes first (on the target they
+    # bring their own libraries, libz or libssl say); what `import caffe` adds must come from the bundle.
+    code = ("import json, sys, numpy as np, scipy.ndimage, skimage.io, skimage.transform, google.protobuf\n"
+            "import lzma, bz2, ssl, hashlib, ctypes, zlib, uuid, decimal\n"
+            "def maps():\n"
+            "    return {l.split()[-1] for l in open('/proc/self/maps') if '.so' in l and '/' in l}\n"
+            "before = maps()\n"
             "from thermalnet.caffe_env import import_caffe\n"
             "caffe = import_caffe(); caffe.set_mode_cpu()\n"
             "n = caffe.Net(sys.argv[1], caffe.TRAIN, stages=['train'])\n"
-            "loss = float(n.forward()['loss']); n.backward()\n"
+            "loss = n.forward()['loss'].item(); n.backward()\n"
             "g = float(np.abs(n.params['conv1'][0].diff).sum())\n"
-            "maps = sorted({l.split()[-1] for l in open('/proc/self/maps') if '.so' in l and '/' in l})\n"
+            "maps = sorted(maps() - before)\n"
             "print(json.dumps({'loss': loss, 'grad': g, 'maps': maps, 'prefix': sys.base_prefix, "
             "'caffe': caffe.__file__}))\n")
     proc = subprocess.run(["bash", "-c", 'source "$1/env.sh" && cd "$2" && exec python - "$3" <<<"$4"', "_", top, ds,
@@ -235,6 +241,7 @@ def test_bundle_pycaffe_and_python_layer_in_the_clean_room(bundle, bundle_build,
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["caffe"].startswith(top)
     assert out["loss"] > 0 and out["grad"] > 0
+    assert [m for m in out["maps"] if "libcaffe" in m or "_caffe" in m or "boost_python" in m]
     allowed = [top, CLEAN_ROOM, out["prefix"], os.path.join(_cuda_site(root), "nvidia")]
     assert _outside(out["maps"], allowed) == []
 
