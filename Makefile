@@ -9,7 +9,7 @@ GPU_FLAGS := --gpu
 # CUDA_ARCH="-gencode arch=compute_90,code=sm_90" builds one architecture (faster).
 CUDA_ARCH ?=
 
-.PHONY: setup gpu-build gpu-setup cpu-setup demo test bench clean help
+.PHONY: setup gpu-build gpu-setup gpu-bundle cpu-setup demo test bench clean help
 
 help:
 	@echo "make setup  - Debian packages, venv, cached CPU Caffe build (run by demo/test)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench  - benchmarks that print measured ratios"
 	@echo "make gpu-build - only build and cache the GPU Caffe (tests/test_gpu_build.py checks it)"
 	@echo "make gpu-setup - GPU Caffe (CUDA 13 wheels, cached; long compile) linked into the venv instead"
+	@echo "make gpu-bundle - GPU Caffe for Python 3.12 packed for a lent GPU machine (tools/extra/gpu_bundle.sh)"
 	@echo "make cpu-setup - back to the CPU Caffe"
 
 setup:
@@ -28,6 +29,10 @@ gpu-build: setup
 
 gpu-setup:
 	@CAFFE_BUILD_FLAGS="$(GPU_FLAGS)" CUDA_ARCH="$(CUDA_ARCH)" bash tools/setup.sh
+
+# For the lent GPU machine (no package index): sm_90 unless CUDA_ARCH names others.
+gpu-bundle: setup
+	@bash tools/extra/gpu_bundle.sh $(if $(CUDA_ARCH),--cuda-arch "$(CUDA_ARCH)")
 
 cpu-setup:
 	@CAFFE_BUILD_FLAGS= bash tools/setup.sh

@@ -253,6 +253,9 @@ CASES = {
     # tools.demo: weights are checked before the SYNTHETIC dataset is generated
     "demo-empty_weights": ("tools.demo", ["--quick", "--weights", "{empty_model}", "--data-root", "{out}_data",
                                           "--out", OUT], "{empty_model}"),
+    # tools.gpu_bundle: the Caffe build it packs (checked before anything is downloaded)
+    "gpu_bundle-not_a_build": ("tools.gpu_bundle", ["--caffe-root", "{dataset}", "--python", sys.executable,
+                                                    "--out", "{out}.tar.xz"], "{dataset}"),
     # dataset_builder: pairs folders, FLIR files, classes CSV
     "build-empty_pairs": ("dataset_builder build", ["--pairs", "{empty_pairs}", "--out", OUT, "--quiet"],
                           "{empty_pairs}"),
@@ -316,7 +319,7 @@ def test_bad_input_is_one_line_naming_the_file(corpus, tmp_path, case):
     args = [_fill(a, c) for a in argv]
     bad = _fill(bad, c)
     outputs = [p for p in (c["out"], c["out"] + ".onnx", c["out"] + ".json", c["out"] + ".png",
-                           c["out"] + ".prototxt", c["out"] + "_data")]
+                           c["out"] + ".prototxt", c["out"] + "_data", c["out"] + ".tar.xz")]
     inputs = [a for a in args if a.startswith(corpus["root"])]
     before = {p: _state(p) for p in outputs + inputs}
     env = dict(os.environ, PYTHONPATH=REPO)
@@ -338,7 +341,8 @@ def test_bad_input_is_one_line_naming_the_file(corpus, tmp_path, case):
 def test_every_kit_command_is_in_the_corpus():
     """A new launcher must bring its bad inputs here (the benchmark reads none from the user)."""
     launchers = {"tools." + f[:-3] for f in os.listdir(os.path.join(REPO, "tools"))
-                 if f.endswith(".py") and not f.startswith("_") and f not in ("benchmark.py", "bench_old_loss.py")}
+                 if f.endswith(".py") and not f.startswith("_")
+                 and f not in ("benchmark.py", "bench_old_loss.py", "gpu_check.py")}     # (gpu_check: neither)
     covered = {CASES[k][0].split()[0] for k in CASES}
     assert launchers <= covered, sorted(launchers - covered)
     assert {"dataset_builder", "thermalnet.nets", "thermalnet.gatys", "thermalnet.caffe_log",
@@ -377,7 +381,7 @@ def test_cli_run_exit_codes_and_cleanup(tmp_path, capsys):
 COMMAND_MODULES = ["tools.train", "tools.evaluate", "tools.augment", "tools.demo", "tools.run_flir", "tools.ablate",
                    "tools.report", "tools.fidelity", "thermalnet.onnx_export", "tools.benchmark", "dataset_builder.cli",
                    "thermalnet.nets", "thermalnet.gatys", "thermalnet.caffe_log", "thermalnet.plots",
-                   "thermalnet.caffe_env"]
+                   "thermalnet.caffe_env", "tools.gpu_bundle", "tools.gpu_check"]
 
 
 @pytest.mark.parametrize("module", COMMAND_MODULES)

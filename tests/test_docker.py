@@ -176,7 +176,8 @@ def test_yaml_subset_parser_is_strict():
 
 
 # -- Dockerfiles ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.digits", "Dockerfile.bvlc"])
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.gpu-cuda12", "Dockerfile.digits",
+                                  "Dockerfile.bvlc"])
 def test_copy_sources_exist(name):
     instrs = parse_dockerfile(os.path.join(DOCKER, name))
     srcs = copy_sources(instrs)
@@ -199,7 +200,12 @@ def install_script_pins():
     return dict(re.findall(r"\b(nvidia-[a-z0-9-]+)==([0-9.]+)", text))
 
 
-@pytest.mark.parametrize("name,flag", [("Dockerfile.cpu", None), ("Dockerfile.gpu", "--gpu")])
+# The CUDA 12 image builds with its own toolkit (NVIDIA's CUDA 12 wheels have no nvcc).
+CUDA12_TOOLKIT = ["--cuda-home", "/usr/local/cuda"]
+
+
+@pytest.mark.parametrize("name,flag", [("Dockerfile.cpu", None), ("Dockerfile.gpu", "--gpu"),
+                                       ("Dockerfile.gpu-cuda12", "--gpu")])
 def test_caffe_is_built_by_the_ci_script(name, flag):
     instrs = parse_dockerfile(os.path.join(DOCKER, name))
     runs = [rest for ins, rest in instrs if ins == "RUN"]
@@ -212,10 +218,12 @@ def test_caffe_is_built_by_the_ci_script(name, flag):
     if flag:
         # exactly the build of `make gpu-setup` / `make gpu-build`: the Makefile's flags
         flags = arg_defaults(instrs)["CAFFE_GPU_FLAGS"]
-        assert flags == makefile_var("GPU_FLAGS"), "Dockerfile.gpu and the Makefile build different GPU Caffes"
+        extra = CUDA12_TOOLKIT if name.endswith("cuda12") else []
+        assert flags.split() == makefile_var("GPU_FLAGS").split() + extra, \
+            "%s and the Makefile build different GPU Caffes" % name
         assert flags.split()[0] == flag
         script = open(os.path.join(REPO, INSTALL)).read()
-        for f in flags.split():   # every default flag is one the script parses
+        for f in [f for f in flags.split() if f.startswith("-")]:   # every default flag is one the script parses
             assert "    %s)" % f in script, "%s passes %s, which %s does not accept" % (name, f, INSTALL)
         assert all("$CAFFE_GPU_FLAGS" in r and '${CUDA_ARCH:+--cuda-arch "$CUDA_ARCH"}' in r for r in build)
         setup = [r for r in runs if "make gpu-setup" in r]
@@ -230,7 +238,7 @@ def test_caffe_is_built_by_the_ci_script(name, flag):
     # the script really understands the options the Dockerfile passes
     with open(os.path.join(REPO, INSTALL)) as f:
         script = f.read()
-    for opt in ("--deps-only", "--no-apt", "--jobs", "--gpu", "--cuda-arch"):
+    for opt in ("--deps-only", "--no-apt", "--jobs", "--gpu", "--cuda-arch", "--cuda-home"):
         assert re.search(r"^\s*%s\)" % re.escape(opt), script, re.M), opt
 
 
@@ -245,6 +253,10 @@ def test_bases():
     assert ".".join(pins["nvidia-cuda-nvcc"].split(".")[:2]) == cuda
     m = re.fullmatch(r"nvidia/cuda:(\d+\.\d+)\.\d+-base-ubuntu24\.04", base)
     assert m and m.group(1) == cuda, (base, cuda)
+    # CUDA 12: a devel image (nvcc) with cuDNN, on the same Ubuntu as the CUDA 13 image (its packages)
+    cuda12 = parse_dockerfile(os.path.join(DOCKER, "Dockerfile.gpu-cuda12"))
+    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-devel-ubuntu24\.04", arg_defaults(cuda12)["CUDA_IMAGE"])
+    assert [r for i, r in cuda12 if i == "FROM"] == [r for i, r in gpu if i == "FROM"] == ["${CUDA_IMAGE}"]
     dig = parse_dockerfile(os.path.join(DOCKER, "Dockerfile.digits"))
     img = arg_defaults(dig)["DIGITS_IMAGE"]
     assert img.startswith("nvcr.io/nvidia/digits:") and img.endswith("-caffe")
@@ -380,3 +392,30 @@ def test_readme_documents_the_compose_mounts():
                    "docker build -f docker/Dockerfile.gpu", "docker compose", "python -m digits_jobs.client",
                    "Nothing in this folder was run with Docker"):
         assert needle in text, needle
+
+
+def test_cuda12_image_gives_the_toolkit_the_wheels_layout():
+    """install_caffe.sh links and checks the CUDA libraries in $CUDA_HOME/lib (the wheels' layout):
+    the toolkit's lib64 is linked there before the build, and the script checks the toolkit's nvcc."""
+    instrs = parse_dockerfile(os.path.join(DOCKER, "Dockerfile.gpu-cuda12"))
+    runs = [r for i, r in instrs if i == "RUN"]
+    home = CUDA12_TOOLKIT[1]
+    link = [k for k, r in enumerate(runs) if "ln -s lib64 %s/lib" % home in r]
+    build = [k for k, r in enumerate(runs) if INSTALL in r and "--deps-only" not in r]
+    assert link and build and link[0] < build[0], runs
+    script = open(os.path.join(REPO, INSTALL)).read()
+    assert '"$CUDA_TOOLKIT/bin/nvcc"' in script and 'CUDA_DIR=${CUDA_HOME:-/usr/local/cuda}' in script
+    assert "LINKFLAGS += -Wl,-rpath,$CUDA_DIR/lib" in script
+    # the GPU-only build lines are the CUDA 13 image's: one script, two toolkits
+    gpu = [r for i, r in parse_dockerfile(os.path.join(DOCKER, "Dockerfile.gpu")) if i == "RUN"]
+    assert [r for r in runs if INSTALL in r or "make gpu-setup" in r] == [r for r in gpu if INSTALL in r or
+                                                                          "make gpu-setup" in r]
+
+
+def test_install_script_refuses_a_toolkit_without_nvcc(tmp_path):
+    proc = subprocess.run(["bash", os.path.join(REPO, INSTALL), "--gpu", "--cuda-home", str(tmp_path), "--no-apt"],
+                          capture_output=True, text=True, env=dict(os.environ, THERMALNET_CACHE=str(tmp_path), PYTHON=sys.executable))
+    assert proc.returncode == 1 and "has no bin/nvcc" in proc.stderr
+    proc = subprocess.run(["bash", os.path.join(REPO, INSTALL), "--cuda-home", str(tmp_path), "--no-apt"],
+                          capture_output=True, text=True, env=dict(os.environ, THERMALNET_CACHE=str(tmp_path), PYTHON=sys.executable))
+    assert proc.returncode == 1 and "need --gpu" in proc.stderr

@@ -39,13 +39,16 @@ def cached_builds():
 
 @pytest.fixture(scope="module")
 def gpu_root():
-    """THERMALNET_GPU_CAFFE (a GPU build elsewhere, e.g. one finished by hand), else the cache's newest."""
+    """THERMALNET_GPU_CAFFE (a GPU build elsewhere, e.g. one finished by hand), else the cache's newest
+    for this Python."""
     given = os.environ.get("THERMALNET_GPU_CAFFE")
     if given:
         assert os.path.isfile(os.path.join(given, "Makefile.config")), "THERMALNET_GPU_CAFFE=%s: no build" % given
         assert _config(given, "CPU_ONLY") is None, "THERMALNET_GPU_CAFFE=%s is a CPU-only build" % given
         return given
-    roots = [r for r, kind in cached_builds() if kind == "gpu"]
+    # pycaffe is built for one Python: the bundle's build for the lent machine's 3.12 is not this venv's
+    here = "python%d.%d" % sys.version_info[:2]
+    roots = [r for r, kind in cached_builds() if kind == "gpu" and here in (_config(r, "PYTHON_INCLUDE") or "")]
     if not roots:
         pytest.skip(NO_GPU_BUILD)
     return roots[0]

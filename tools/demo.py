@@ -132,8 +132,10 @@ def demo(out: str = os.path.join("runs", "demo"), quick: bool = False, minutes: 
          count: Optional[int] = None, epochs: Optional[float] = None, batch_size: Optional[int] = None,
          base_lr: float = DEMO_BASE_LR, decoding: str = DEMO_DECODING, vgg_weights: Optional[str] = None,
          data_root: str = DATA_ROOT, seed: int = spec.SEED, progress: bool = True, weights=DEMO_WEIGHTS,
-         snapshot: str = DEMO_SNAPSHOT, mirror: Optional[bool] = None, temperature: Optional[float] = None) -> Dict:
-    """The whole demo; returns run_pipeline's result plus the dataset path and total wall time."""
+         snapshot: str = DEMO_SNAPSHOT, mirror: Optional[bool] = None, temperature: Optional[float] = None,
+         gpu: Optional[int] = None) -> Dict:
+    """The whole demo; returns run_pipeline's result plus the dataset path and total wall time.
+    gpu: train and evaluate on that GPU (tools.gpu_check; the CPU demo's numbers are results/demo)."""
     t0 = time.time()
     count = count or (QUICK_COUNT if quick else DEMO_COUNT)
     mirror = (not quick and DEMO_MIRROR) if mirror is None else mirror
@@ -144,7 +146,7 @@ def demo(out: str = os.path.join("runs", "demo"), quick: bool = False, minutes: 
                        max_minutes=minutes if minutes is not None else (None if quick else DEMO_MINUTES),
                        decoding=decoding, vgg_weights=vgg_weights, progress=progress,
                        figures_per_class=1 if quick else 2, weights=weights, snapshot=snapshot,
-                       temperature=temperature)
+                       temperature=temperature, gpu=gpu)
     res.update(dataset=ds, wall_seconds=time.time() - t0)
     return res
 

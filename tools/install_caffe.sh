@@ -5,10 +5,11 @@
 # One script for every place the kit builds Caffe: `make setup` (and so CI) and
 # the Dockerfiles in docker/ all call it, so CI exercises what the images run.
 #
-# Usage: tools/install_caffe.sh [--python PY] [--cache DIR] [--gpu [--no-cudnn]] [--cuda-arch "..."]
-#                               [--deps-only] [--no-apt] [--jobs N] | --list
+# Usage: tools/install_caffe.sh [--python PY] [--cache DIR] [--gpu [--no-cudnn] [--cuda-home DIR]]
+#                               [--cuda-arch "..."] [--deps-only] [--no-apt] [--jobs N] | --list
 # Prints the finished CAFFE_ROOT as its last line of output. --gpu builds against
-# NVIDIA's CUDA 13.0 wheels (compiler and libraries, no GPU needed to build).
+# NVIDIA's CUDA 13.0 wheels (compiler and libraries, no GPU needed to build); with
+# --cuda-home against an installed toolkit instead (a CUDA 12 devel image's /usr/local/cuda).
 # --list prints the finished builds in the cache instead, newest first: "ROOT cpu|gpu".
 set -euo pipefail
 
@@ -22,7 +23,7 @@ APT_PACKAGES=(build-essential pkg-config libprotobuf-dev protobuf-compiler
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}
 CACHE=${THERMALNET_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/thermalnet}
-GPU=0; NO_CUDNN=0; CUDA_ARCH=""; DEPS_ONLY=0; USE_APT=1; LIST=0; JOBS=$(nproc 2>/dev/null || echo 2)
+GPU=0; NO_CUDNN=0; CUDA_ARCH=""; CUDA_TOOLKIT=""; DEPS_ONLY=0; USE_APT=1; LIST=0; JOBS=$(nproc 2>/dev/null || echo 2)
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY=$2; shift 2;;
@@ -30,11 +31,12 @@ while [ $# -gt 0 ]; do
     --gpu) GPU=1; shift;;
     --no-cudnn) NO_CUDNN=1; shift;;
     --cuda-arch) CUDA_ARCH=$2; shift 2;;
+    --cuda-home) CUDA_TOOLKIT=$2; shift 2;;
     --deps-only) DEPS_ONLY=1; shift;;
     --no-apt) USE_APT=0; shift;;
     --jobs) JOBS=$2; shift 2;;
     --list) LIST=1; shift;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
     *) echo "install_caffe.sh: unknown option $1 (see --help)" >&2; exit 2;;
   esac
 done
@@ -90,7 +92,9 @@ if [ "$PY_SHARED" != 1 ] || [ ! -e "$PY_LIBDIR/lib${PY_LIBNAME}.so" ]; then
   [ -e "$PY_LIBDIR/lib${PY_LIBNAME}.so" ] || die "no lib${PY_LIBNAME}.so for the caffe tool; apt-get install lib${PY_LIBNAME}-dev"
 fi
 BOOST_PY="boost_python${PY_VER/./}"
-ls /usr/lib/x86_64-linux-gnu/lib${BOOST_PY}.so >/dev/null 2>&1 \
+# /usr/local/lib: a Boost.Python built for another Python (tools/extra/gpu_bundle.sh's for 3.12),
+# found there by Makefile.config's LIBRARY_DIRS.
+[ -e "/usr/lib/x86_64-linux-gnu/lib${BOOST_PY}.so" ] || [ -e "/usr/local/lib/lib${BOOST_PY}.so" ] \
   || die "no lib${BOOST_PY}.so: Debian's libboost-python-dev targets another Python than $PY ($PY_VER)"
 
 PROTOC_VER=$(protoc --version | awk '{print $2}')
@@ -114,14 +118,26 @@ CUDNN_PKGS=(nvidia-cudnn-cu13==9.13.0.50 nvidia-cuda-nvrtc==13.0.88)
 DEFAULT_CUDA_ARCH="-gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 \
 -gencode arch=compute_86,code=sm_86 -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=sm_90 \
 -gencode arch=compute_100,code=sm_100 -gencode arch=compute_120,code=sm_120 -gencode arch=compute_120,code=compute_120"
-if [ "$GPU" = 1 ]; then
+# --cuda-home DIR: an installed toolkit (NVIDIA's CUDA 12 devel images have nvcc, the CUDA 12 wheels
+# do not). Its own version takes the wheels' place in the cache key; an empty --cuda-arch then
+# takes section 4's list, Pascal (sm_60) to Hopper plus PTX, which CUDA 12 still compiles.
+if [ "$GPU" = 1 ] && [ -n "$CUDA_TOOLKIT" ]; then
+  [ -x "$CUDA_TOOLKIT/bin/nvcc" ] || die "--cuda-home $CUDA_TOOLKIT has no bin/nvcc (a CUDA devel image's toolkit)"
+  CUDA_HOME=$CUDA_TOOLKIT
+  CUDA_PKGS=("toolkit $CUDA_TOOLKIT" "$("$CUDA_TOOLKIT/bin/nvcc" --version | grep -o 'release [0-9.]*, V[0-9.]*')")
+  if [ "$NO_CUDNN" = 0 ]; then
+    for h in "$CUDA_TOOLKIT/include/cudnn_version.h" /usr/include/cudnn_version.h ""; do [ -f "$h" ] && break; done
+    [ -n "$h" ] || die "--cuda-home: no cudnn_version.h (a cudnn-devel image; or build with --no-cudnn)"
+    CUDA_PKGS+=("cudnn $(grep -E '^#define CUDNN_(MAJOR|MINOR|PATCHLEVEL) ' "$h" | awk '{printf "%s.", $3}')")
+  fi
+elif [ "$GPU" = 1 ]; then
   [ "$NO_CUDNN" = 1 ] || CUDA_PKGS+=("${CUDNN_PKGS[@]}")
   [ -n "$CUDA_ARCH" ] || CUDA_ARCH=$DEFAULT_CUDA_ARCH
   CUDA_ROOT="$CACHE/cuda-$(printf '%s\n' "${CUDA_PKGS[@]}" | sha256sum | cut -c1-16)"
   # The build reads CUDA_HOME (section 4): the wheels' folder is a complete CUDA_HOME.
   CUDA_HOME="$CUDA_ROOT/nvidia/cu13"
 else
-  [ "$NO_CUDNN" = 0 ] && [ -z "$CUDA_ARCH" ] || die "--no-cudnn and --cuda-arch need --gpu"
+  [ "$NO_CUDNN" = 0 ] && [ -z "$CUDA_ARCH" ] && [ -z "$CUDA_TOOLKIT" ] || die "--no-cudnn, --cuda-arch and --cuda-home need --gpu"
 fi
 
 # Install the wheels into their own cache folder (never into the venv: they are only
@@ -165,7 +181,7 @@ if [ "$GPU" = 1 ]; then
 fi
 KEY=$(printf '%s' "$key_src" | sha256sum | cut -c1-16)
 ROOT="$CACHE/caffe-$KEY"
-built() { [ -f "$ROOT/.thermalnet-complete" ] && { [ "$GPU" = 0 ] || [ -f "$CUDA_ROOT/.thermalnet-complete" ]; }; }
+built() { [ -f "$ROOT/.thermalnet-complete" ] && { [ "$GPU" = 0 ] || [ -n "$CUDA_TOOLKIT" ] || [ -f "$CUDA_ROOT/.thermalnet-complete" ]; }; }
 if built; then
   say "cached build found ($ROOT)"
   echo "$ROOT"; exit 0
@@ -178,7 +194,7 @@ if ! flock -n 9; then
   say "the same Caffe build is running in $CACHE; waiting for it"
   flock 9
 fi
-if [ "$GPU" = 1 ]; then   # the CUDA wheels are shared by every GPU build: one installer at a time
+if [ "$GPU" = 1 ] && [ -z "$CUDA_TOOLKIT" ]; then   # the CUDA wheels are shared by every GPU build: one installer at a time
   exec 8>"$CACHE/.lock-cuda"
   flock 8
   install_cuda
