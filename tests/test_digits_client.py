@@ -469,15 +469,9 @@ def test_archive_without_info_json_is_refused(standin):
 def test_image_processing_export_matches_the_kits_lmdbs(standin, dataset, tmp_path):
     # export-folders -> DIGITS' image-processing extension -> LMDBs equal to the kit's (stand-in build)
     from thermalnet.lmdb_io import read_lmdb
-    folders = str(tmp_path / "folders")
-    counts = C.export_image_folders(dataset, folders, progress=False)
-    assert counts == {"train": 6, "val": 4}
+    assert C.export_image_folders(dataset, str(tmp_path / "f"), progress=False) == {"train": 6, "val": 4}
     c = make_client(standin.url)
-    c.login()
-    job = jd.load_job(jd.DATASET_IMAGE_PROCESSING)
-    d = c.create(job["route"], jd.form_fields(job, folders=folders, name="t"))
-    st = c.wait("dataset", d["id"])
-    built = os.path.join(st["directory"])
+    built = c.wait("dataset", _image_folder_dataset(c, dataset, tmp_path))["directory"]
     for sub in (layout.TRAIN_DB, layout.VAL_DB):
         for part in (layout.FEATURES, layout.LABELS):
             mine = [a for _, a in read_lmdb(os.path.join(dataset, sub, part))]
@@ -485,6 +479,48 @@ def test_image_processing_export_matches_the_kits_lmdbs(standin, dataset, tmp_pa
             assert len(mine) == len(theirs)
             for a, b in zip(mine, theirs):
                 np.testing.assert_array_equal(a, b)
+
+
+def _image_folder_dataset(client, dataset, tmp_path) -> str:
+    """export-folders, then the shipped image-folders job; returns the new dataset job's id."""
+    folders = str(tmp_path / "folders")
+    C.export_image_folders(dataset, folders, progress=False)
+    client.login()
+    job = jd.load_job(jd.DATASET_IMAGE_PROCESSING)
+    return client.create(job["route"], jd.form_fields(job, folders=folders, name="t"))["id"]
+
+
+def test_wait_rides_out_digits_500_on_a_running_image_folder_dataset(standin, dataset, tmp_path):
+    """DIGITS 6.1.1 answers /datasets/<id>.json with HTTP 500 (TypeError: its json_dict asks the
+    unfinished LMDB for its shape) while an image-folder dataset runs, 200 once it is done;
+    /datasets/<id>/status answers throughout. wait() polls the latter, then reads the details."""
+    import requests
+    c = make_client(standin.url)
+    jid = _image_folder_dataset(c, dataset, tmp_path)
+    r = requests.get(standin.url + jd.ROUTE_DATASET_STATUS % jid, timeout=10)
+    assert r.status_code == 500 and r.json()["error"] == {"message": "object of type 'NoneType' has no len()",
+                                                          "type": "TypeError"}
+    st = c.wait("dataset", jid)
+    assert st["status"] == "Done" and st["id"] == jid
+    polled = [(p, code) for _, p, code in standin.state.log if p.startswith("/datasets/%s" % jid)][1:]
+    assert polled[-1] == (jd.ROUTE_DATASET_STATUS % jid, 200)            # the details, once done
+    assert set(polled[:-1]) == {(jd.ROUTE_DATASET_STATE % jid, 200)}     # every poll before it
+    assert c.state("dataset", jid) == "Done"
+    with pytest.raises(C.DigitsHTTPError, match="Job not found"):
+        c.state("dataset", "20170101-000000-dead")
+
+
+def test_image_folder_dataset_trains_in_the_kits_caffe(standin, dataset, caffe, tmp_path):
+    """The shipped image-folders job's LMDBs, written with its encodings as DIGITS writes them,
+    train in `caffe train` of the Caffe under test (the kit's has no OpenCV for encoded Datums)."""
+    import shutil
+    from conftest import caffe_tool_train
+    c = make_client(standin.url)
+    built = c.wait("dataset", _image_folder_dataset(c, dataset, tmp_path))["directory"]
+    shutil.copy(os.path.join(dataset, layout.CLASS_WEIGHTS_FILE), built)   # the kit's dataset has it
+    out, snap = caffe_tool_train(built, str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert os.path.isfile(snap)
 
 
 def test_unpack_refuses_escaping_members(tmp_path):
