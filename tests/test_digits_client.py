@@ -18,7 +18,6 @@ import os
 import socket
 import subprocess
 import tarfile
-import time
 
 import numpy as np
 import pytest
