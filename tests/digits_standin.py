@@ -600,12 +600,9 @@ class StandinHandler(BaseHTTPRequestHandler):
                     v.parse_net(net_text)
                 except v.DigitsRuleError as exc:
                     _err(errs, "custom_network", "Bad network: %s" % str(exc).split(": ", 1)[-1])
-            # DIGITS 6 validate_custom_network_snapshot: each path (split on os.path.pathsep) must exist.
-            for filename in form.get("custom_network_snapshot").strip().split(os.path.pathsep):
-                if filename and not os.path.exists(filename):
-                    _err(errs, "custom_network_snapshot", 'File "%s" does not exist' % filename)
-                elif filename:
-                    weights_files.append(filename)
+            # DIGITS 6.1.1's validate_custom_network_snapshot checks nothing (its existence check is
+            # commented out): a path the server lacks fails the job when caffe train opens it.
+            weights_files = [f for f in form.get("custom_network_snapshot").strip().split(os.path.pathsep) if f]
         elif method == "pretrained":
             pid = form.get("pretrained_networks")
             pretrained = st.jobs.get(pid)
