@@ -630,6 +630,9 @@ class StandinHandler(BaseHTTPRequestHandler):
         _choice(form, errs, "use_mean", v.USE_MEAN, "image")
         from_client = form.get("python_layer_from_client", "").lower() not in ("", "false")
         upload = form.files.get("python_layer_client_file")
+        if from_client and upload is None:
+            # DIGITS 6.1.1's validate_py_ext reads flask.request.files[...] unguarded: a KeyError, HTTP 400.
+            raise _bad_request("The browser (or proxy) sent a request that this server could not understand.")
         if from_client and upload and upload[0] and os.path.splitext(upload[0])[1] not in (".py", ".pyc"):
             _err(errs, "python_layer_client_file", "Python file, %s, needs .py or .pyc extension." % upload[0])
         if errs:

@@ -265,10 +265,11 @@ def test_bad_network_text_is_a_form_error(server, dataset):
     c.login()
     d = c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
                                                            name="t"))
-    fields = jd.form_fields(jd.load_job(jd.MODEL_DEMO))
+    job = jd.load_job(jd.MODEL_DEMO)
+    fields = jd.form_fields(job)
     fields.update(dataset=d["id"], custom_network="layer { nme: 'x' }")
     with pytest.raises(C.DigitsValidationError, match="custom_network: Bad network"):
-        c.create(jd.ROUTE_MODEL, fields)
+        c.create(jd.ROUTE_MODEL, fields, files=C._model_upload(job))
 
 
 def test_login_refused_and_required(server):
@@ -305,7 +306,7 @@ def test_job_error_state_reports_digits_reason(server, dataset):
     [l for l in net.layer if l.name == "loss"][0].ClearField("exclude")
     fields = jd.form_fields(job)
     fields.update(dataset=d["id"], custom_network=text_format.MessageToString(net))
-    m = c.create(jd.ROUTE_MODEL, fields)
+    m = c.create(jd.ROUTE_MODEL, fields, files=C._model_upload(job))
     with pytest.raises(C.DigitsJobFailed) as ei:
         c.wait("model", m["id"])
     assert "ended Error" in str(ei.value) and "'loss'" in str(ei.value)
@@ -390,13 +391,13 @@ def test_pretrained_weights_that_do_not_fit(server, dataset, squeezenet, tmp_pat
     job = jd.load_job(jd.MODEL_DEMO)
     fields = dict(jd.form_fields(job), dataset=d["id"],
                   custom_network=jd.model_network_text(job, jd.dataset_layout(dataset)["class_weights"]))
-    m = c.create(jd.ROUTE_MODEL, dict(fields, **jd.pretrained_field(v10)))
+    m = c.create(jd.ROUTE_MODEL, dict(fields, **jd.pretrained_field(v10)), files=C._model_upload(job))
     with pytest.raises(C.DigitsJobFailed) as ei:
         c.wait("model", m["id"])
     assert "ended Error" in str(ei.value) and "layer 'conv1'" in str(ei.value)
     # DIGITS 6.1.1 does not check the field's paths: the job fails when Caffe cannot open the file.
     absent = str(tmp_path / "absent.caffemodel")
-    m = c.create(jd.ROUTE_MODEL, dict(fields, custom_network_snapshot=absent))
+    m = c.create(jd.ROUTE_MODEL, dict(fields, custom_network_snapshot=absent), files=C._model_upload(job))
     with pytest.raises(C.DigitsJobFailed) as ei:
         c.wait("model", m["id"])
     assert "ended Error" in str(ei.value) and absent in str(ei.value)
@@ -536,7 +537,8 @@ def test_upload_carries_the_class_weights_and_the_raw_network_fails_the_import(s
     job = jd.load_job(jd.PRETRAINED_UPLOAD)
     fields = dict(jd.form_fields(job, run="raw"), dataset=s["dataset_job"], pretrained_networks=c.find_pretrained(
         info["name"]))
-    m = c.create(job["import_route"], fields)
+    m = c.create(job["import_route"], fields, files=C._model_upload(
+        dict(job, python_layer_file="prototxt/digits_python_layers.py")))
     with pytest.raises(C.DigitsJobFailed, match=r"layer 'loss': class weights file class_weights.txt is not in the job"):
         c.wait("model", m["id"])
 
