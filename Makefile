@@ -9,12 +9,14 @@ GPU_FLAGS := --gpu
 # CUDA_ARCH="-gencode arch=compute_90,code=sm_90" builds one architecture (faster).
 CUDA_ARCH ?=
 
-.PHONY: setup gpu-build gpu-setup gpu-bundle cpu-setup demo test bench clean help
+.PHONY: setup gpu-build gpu-setup gpu-bundle cpu-setup demo test test-digits digits-local bench clean help
 
 help:
 	@echo "make setup  - Debian packages, venv, cached CPU Caffe build (run by demo/test)"
 	@echo "make demo   - build the synthetic dataset, train, evaluate, write runs/demo/report.md"
 	@echo "make test   - the test suite against the real Caffe"
+	@echo "make test-digits DIGITS_ROOT=DIR - the DIGITS client's tests against real DIGITS 6.1.1 (a checkout)"
+	@echo "make digits-local DIGITS_SRC=DIR BOOST_PYTHON_SRC=DIR - build and start DIGITS 6.1.1 on 127.0.0.1"
 	@echo "make bench  - benchmarks that print measured ratios"
 	@echo "make gpu-build - only build and cache the GPU Caffe (tests/test_gpu_build.py checks it)"
 	@echo "make gpu-setup - GPU Caffe (CUDA 13 wheels, cached; long compile) linked into the venv instead"
@@ -42,6 +44,17 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -rs tests $(TEST_ARGS)
+
+# Real DIGITS (tools/extra/digits_local.sh: Python 2.7, the kit's Caffe built for it, 127.0.0.1).
+# The tests start and stop their own server on a free port; without DIGITS_ROOT they skip, saying why.
+test-digits: setup
+	DIGITS_ROOT=$(DIGITS_ROOT) $(PY) -m pytest -q -rs -m real_digits tests/test_digits_client.py $(TEST_ARGS)
+
+DIGITS_PORT ?= 5000
+digits-local:
+	@test -n "$(DIGITS_SRC)" || { echo "make digits-local needs DIGITS_SRC=<DIGITS checkout at v6.1.1>" >&2; exit 2; }
+	bash tools/extra/digits_local.sh setup --digits "$(DIGITS_SRC)" $(if $(BOOST_PYTHON_SRC),--boost-python "$(BOOST_PYTHON_SRC)")
+	bash tools/extra/digits_local.sh start --digits "$(DIGITS_SRC)" --port $(DIGITS_PORT)
 
 bench: setup
 	$(PY) -m tools.benchmark $(BENCH_ARGS)

@@ -281,8 +281,20 @@ class DigitsClient:
         return job
 
     def status(self, kind: str, job_id: str) -> Dict:
+        """The job's details (id, name, status, directory, a model's snapshots)."""
         route = jd.ROUTE_MODEL_STATUS if kind == "model" else jd.ROUTE_DATASET_STATUS
         return self.json("GET", route % job_id)
+
+    def state(self, kind: str, job_id: str) -> str:
+        """The job's state alone ("Running", "Done", ...), from the route DIGITS answers while
+        a job runs (its details route answers 500 for a running image-folder dataset)."""
+        route = jd.ROUTE_MODEL_STATE if kind == "model" else jd.ROUTE_DATASET_STATE
+        d = self.json("GET", route % job_id)
+        if not isinstance(d, dict) or d.get("error") or "status" not in d:
+            # DIGITS answers an unknown job here with HTTP 200 {"error": "Job not found."}.
+            raise DigitsHTTPError("GET", self.url(route % job_id), 404,
+                                  str(d.get("error") if isinstance(d, dict) else d) or "no status in the answer")
+        return str(d["status"])
 
     def job_progress(self, job_id: str) -> Optional[int]:
         """Percent done from the home page's table data (absent in some DIGITS versions: None)."""
@@ -297,19 +309,19 @@ class DigitsClient:
         return int(p) if isinstance(p, (int, float)) else None
 
     def wait(self, kind: str, job_id: str, desc: str = "", max_wait: Optional[float] = None) -> Dict:
-        """Poll until the job is no longer running; tqdm shows DIGITS' percent. Error/Aborted raise."""
+        """Poll the job's state until it is no longer running (tqdm shows DIGITS' percent), then
+        return its details. Error/Aborted raise."""
         from tqdm import tqdm
         if self.dry_run:
             self.echo("  (dry run: would poll GET %s until Done)" % self.url(
-                (jd.ROUTE_MODEL_STATUS if kind == "model" else jd.ROUTE_DATASET_STATUS) % job_id))
+                (jd.ROUTE_MODEL_STATE if kind == "model" else jd.ROUTE_DATASET_STATE) % job_id))
             return self.status(kind, job_id)
         t0 = time.time()
         bar = tqdm(total=100, desc=desc or "%s %s" % (kind, job_id), unit="%", disable=not self.progress)
         track_progress = True
         try:
             while True:
-                st = self.status(kind, job_id)
-                state = st.get("status", "?")
+                state = self.state(kind, job_id)
                 if track_progress:
                     p = self.job_progress(job_id)
                     if p is None:
@@ -335,7 +347,7 @@ class DigitsClient:
                                                                  self.url("/jobs/%s" % job_id), detail))
         if state != "Done":
             raise DigitsError("%s job %s has unknown status %r" % (kind, job_id, state))
-        return st
+        return self.status(kind, job_id)
 
     def fetch_text(self, job_id: str, name: str, missing_ok: bool = False) -> Optional[str]:
         """A file of the job folder through DIGITS' /files/<job_id>/<name> route."""

@@ -30,6 +30,11 @@ ROUTE_DATASET_EXTENSION = "/datasets/generic/create/%s.json"
 ROUTE_MODEL = "/models/images/generic.json"
 ROUTE_DATASET_STATUS = "/datasets/%s.json"
 ROUTE_MODEL_STATUS = "/models/%s.json"
+# The state alone (digits/views.py job_status): answers while a job runs. DIGITS 6.1.1's
+# /datasets/<id>.json answers HTTP 500 for a generic image-folder dataset until its
+# create-db task has logged the feature shape (GenericDatasetJob.get_feature_dims: len(None)).
+ROUTE_DATASET_STATE = "/datasets/%s/status"
+ROUTE_MODEL_STATE = "/models/%s/status"
 ROUTE_JOB_TABLE = "/jobs/%s/table_data.json"
 ROUTE_DOWNLOAD = "/models/%s/download.tar.gz"
 ROUTE_FILES = "/files/%s/%s"

@@ -126,3 +126,20 @@ def layer_pass(net, layer: str, x, wt, b, g, diff_blob: str = "x"):
     net.backward()
     return y, net.blobs[diff_blob].diff.copy(), net.params[layer][0].diff.copy(), \
         (net.params[layer][1].diff.copy() if b is not None else None)
+
+
+def caffe_tool_train(dataset_dir: str, out_dir: str, iters: int = 2):
+    """`caffe train` (the tool DIGITS runs) of the v1_1 net on a dataset folder for `iters`
+    iterations, batch 2: returns (CompletedProcess, path of the last snapshot)."""
+    import subprocess
+    from thermalnet import caffe_env, nets
+    net = nets.materialize(nets.network("v1_1").net, dataset_dir, os.path.join(out_dir, "net.prototxt"),
+                           batch_size=2, val_batch_size=2)
+    schedule = nets.solver_schedule(2, 2, iters, n_val=2, val_batch=2)
+    solver = nets.write_solver(os.path.join(out_dir, "solver.prototxt"), net, schedule, 1e-3,
+                               snapshot_prefix=os.path.join(out_dir, "snap"))
+    env = caffe_env.python_layer_env()
+    env.update(GLOG_minloglevel="0", GLOG_logtostderr="1")
+    out = subprocess.run([caffe_env.caffe_tool(), "train", "--solver", solver], cwd=out_dir, env=env,
+                         capture_output=True, text=True, timeout=300)
+    return out, os.path.join(out_dir, "snap_iter_%d.caffemodel" % iters)

@@ -9,7 +9,11 @@ digits/model/images/generic/views.py, digits/pretrained_model/views.py):
 form errors as HTTP 400 {"errors": {field: [message]}}, other errors as
 {"error": {"message", "type"}}, the `username` cookie from POST /login, job
 states Initialized -> Running -> Done (or Error), progress, snapshots, the model
-tarball, /files/, infer_one/infer_many answers {"outputs": ...}.
+tarball, /files/, infer_one/infer_many answers {"outputs": ...}, and DIGITS 6.1.1's
+faults that a client meets: /datasets/<id>.json answers HTTP 500 (TypeError) for an
+image-folder dataset until it is done, while /<kind>/<id>/status answers throughout;
+the image-processing extension writes PNG/JPEG-encoded Datums when asked to (which a
+Caffe without OpenCV cannot read).
 
 What it really does and does not do:
 * It validates the forms like DIGITS (required fields, folders/files that must
@@ -80,6 +84,7 @@ class Job:
         self.max_iter = 0
         self.submitted = time.time()
         self.pending: List = []        # dataset work done on the first Running step
+        self.extension = False         # a generic (extension) dataset: DIGITS' GenericDatasetJob
 
     def brief(self) -> Dict:
         d = {"id": self.id, "name": self.name, "status": self.status}
@@ -435,10 +440,25 @@ class StandinHandler(BaseHTTPRequestHandler):
             return 200, self._create_extension(m.group(1), form), {}
         if method == "POST" and path == "/models/images/generic.json":
             return 200, self._create_model(form), {}
+        m = re.match(r"^/(models|datasets|jobs)/([\w.-]+)/status$", path)
+        if method == "GET" and m:
+            # digits/views.py job_status: json.dumps (served as text/html), 200 even for an unknown job.
+            job = st.jobs.get(m.group(2))
+            if job is None:
+                return 200, json.dumps({"error": "Job not found."}), {}
+            st.advance(job)
+            return 200, json.dumps({"error": None, "status": job.status, "name": job.name,
+                                    "type": "Dataset" if job.kind == "dataset" else "Model"}), {}
         m = re.match(r"^/(models|datasets)/([\w.-]+)\.json$", path)
         if method == "GET" and m:
             job = self._job(m.group(2))
             st.advance(job)
+            if job.extension and (job.status != "Done" or job.facts is None):
+                # DIGITS 6.1.1: GenericDatasetJob.json_dict -> get_feature_dims -> len(feature_shape),
+                # None until the create-db task logs the shape; the stand-in builds in one step, so
+                # it answers 500 for the whole run.
+                raise _Answer(500, {"error": {"message": "object of type 'NoneType' has no len()",
+                                              "type": "TypeError"}})
             d = job.brief()
             d["directory"] = job.dir
             if job.kind == "model":
@@ -537,8 +557,8 @@ class StandinHandler(BaseHTTPRequestHandler):
         vlab = _folder(form, errs, "validation_label_folder", has_val, msg)
         pct = _int(form, errs, "folder_pct_val", default=10, minimum=0, maximum=100)
         conv = _choice(form, errs, "channel_conversion", ("RGB", "L", "none"), "none")
-        for key, default in (("dsopts_feature_encoding", "png"), ("dsopts_label_encoding", "none")):
-            _choice(form, errs, key, ("none", "png", "jpg"), default)
+        encodings = [_choice(form, errs, key, ("none", "png", "jpg"), default)
+                     for key, default in (("dsopts_feature_encoding", "png"), ("dsopts_label_encoding", "none"))]
         _choice(form, errs, "dsopts_backend", ("lmdb",), "lmdb")
         _int(form, errs, "dsopts_batch_size", default=32, minimum=1)
         _int(form, errs, "dsopts_num_threads", default=4, minimum=1)
@@ -546,10 +566,11 @@ class StandinHandler(BaseHTTPRequestHandler):
         if errs:
             raise _Answer(400, {"errors": errs})
         job = self.state.new_job("dataset", name)
+        job.extension = True
 
         def build():
             job.facts = _build_from_folders(job.dir, feat, lab, vfeat if has_val else None,
-                                            vlab if has_val else None, pct or 0, conv, bool(same))
+                                            vlab if has_val else None, pct or 0, conv, bool(same), *encodings)
         job.pending.append(build)
         return job.brief()
 
@@ -579,12 +600,9 @@ class StandinHandler(BaseHTTPRequestHandler):
                     v.parse_net(net_text)
                 except v.DigitsRuleError as exc:
                     _err(errs, "custom_network", "Bad network: %s" % str(exc).split(": ", 1)[-1])
-            # DIGITS 6 validate_custom_network_snapshot: each path (split on os.path.pathsep) must exist.
-            for filename in form.get("custom_network_snapshot").strip().split(os.path.pathsep):
-                if filename and not os.path.exists(filename):
-                    _err(errs, "custom_network_snapshot", 'File "%s" does not exist' % filename)
-                elif filename:
-                    weights_files.append(filename)
+            # DIGITS 6.1.1's validate_custom_network_snapshot checks nothing (its existence check is
+            # commented out): a path the server lacks fails the job when caffe train opens it.
+            weights_files = [f for f in form.get("custom_network_snapshot").strip().split(os.path.pathsep) if f]
         elif method == "pretrained":
             pid = form.get("pretrained_networks")
             pretrained = st.jobs.get(pid)
@@ -612,6 +630,9 @@ class StandinHandler(BaseHTTPRequestHandler):
         _choice(form, errs, "use_mean", v.USE_MEAN, "image")
         from_client = form.get("python_layer_from_client", "").lower() not in ("", "false")
         upload = form.files.get("python_layer_client_file")
+        if from_client and upload is None:
+            # DIGITS 6.1.1's validate_py_ext reads flask.request.files[...] unguarded: a KeyError, HTTP 400.
+            raise _bad_request("The browser (or proxy) sent a request that this server could not understand.")
         if from_client and upload and upload[0] and os.path.splitext(upload[0])[1] not in (".py", ".pyc"):
             _err(errs, "python_layer_client_file", "Python file, %s, needs .py or .pyc extension." % upload[0])
         if errs:
@@ -787,11 +808,34 @@ def _analyze(train_images, train_labels, val_images, val_labels, mean, same_shap
                           val_images=val_images, val_labels=val_labels, mean_file=mean)
 
 
-def _build_from_folders(job_dir, feat, lab, vfeat, vlab, pct, conversion, same_shape) -> v.DatasetFacts:
-    """The image-processing extension: pair files by stem, LMDBs (BGR features, raw labels), mean."""
+def _encoded_datum(arr: np.ndarray, encoding: str):
+    """digits/tools/create_generic_db.py array_to_datum for png/jpg: the CxHxW array as it was
+    read (RGB, not swapped), encoded by PIL, Datum.encoded set."""
+    from PIL import Image
+    from thermalnet.caffe_env import caffe_pb2
+    hwc = arr.transpose(1, 2, 0)
+    datum = caffe_pb2().Datum()
+    datum.height, datum.width, datum.channels = (int(x) for x in hwc.shape)
+    buf = io.BytesIO()
+    Image.fromarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc).save(
+        buf, **({"format": "PNG"} if encoding == "png" else {"format": "JPEG", "quality": 90}))
+    datum.data, datum.encoded = buf.getvalue(), True
+    return datum
+
+
+def _build_from_folders(job_dir, feat, lab, vfeat, vlab, pct, conversion, same_shape,
+                        feature_encoding="none", label_encoding="none") -> v.DatasetFacts:
+    """The image-processing extension: pair files by stem, LMDBs (raw: BGR features and the labels
+    as read; png/jpg: encoded Datums, as DIGITS writes them), mean."""
     import random
     from PIL import Image
     from thermalnet.lmdb_io import LmdbWriter, write_mean_binaryproto
+
+    def put(writer, arr, encoding):
+        if encoding == "none":
+            writer.put(arr)
+        else:
+            writer.put_datum(_encoded_datum(arr, encoding))
 
     def listing(folder):
         files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(folder) for f in fs
@@ -841,8 +885,8 @@ def _build_from_folders(job_dir, feat, lab, vfeat, vlab, pct, conversion, same_s
                 elif same_shape and (x.shape, y.shape) != shape:
                     raise ValueError("Feature shape mismatch (last:%s, previous:%s)" % (x.shape, shape[0]))
                 xb = x[::-1] if x.shape[0] == 3 else x          # DIGITS stores 3-channel data BGR
-                fw.put(xb)
-                lw.put(y)
+                put(fw, xb if feature_encoding == "none" else x, feature_encoding)
+                put(lw, y, label_encoding)
                 if split == "train_db" and same_shape:
                     total = xb.astype(np.float64) if total is None else total + xb
         facts[split] = (len(items), shape)

@@ -1,9 +1,13 @@
-"""The DIGITS client against the local stand-in for DIGITS' HTTP contract (tests/digits_standin.py).
+"""The DIGITS client against the local stand-in for DIGITS' HTTP contract (tests/digits_standin.py)
+and, with DIGITS_ROOT set (make test-digits), against real DIGITS 6.1.1 as well.
 
 The stand-in is NOT DIGITS: it validates DIGITS' form fields, applies DIGITS' network
 rules (digits_jobs/validate.py) and saves snapshots with the real Caffe, but trains
-nothing (its snapshots hold random or uploaded weights). The dataset here is the
-random SYNTHETIC tiny fixture plus a test split made from its val images.
+nothing (its snapshots hold random or uploaded weights). The `server` fixture runs a test
+against both; tests of fault injection and of the stand-in's request log take `standin`
+only. Real DIGITS runs from the checkout DIGITS_ROOT names, on Python 2.7 against the
+kit's Caffe (tools/extra/digits_local.sh; its `setup` must have run). The dataset here is
+the random SYNTHETIC tiny fixture plus a test split made from its val images.
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import csv
 import io
 import json
 import os
+import socket
+import subprocess
 import tarfile
 
 import numpy as np
@@ -68,28 +74,106 @@ def make_client(url, **kw):
     return c
 
 
+DIGITS_ROOT_ENV = "DIGITS_ROOT"
+DIGITS_LOCAL = os.path.join(jd.REPO_ROOT, "tools", "extra", "digits_local.sh")
+REAL_POLL = 0.5      # s between a real DIGITS' status polls (the stand-in advances per poll: 0)
+
+
+class Server:
+    """A DIGITS to test against: .standin is the stand-in (request log, fault injection) or None
+    for real DIGITS; .poll is the client's --poll for it."""
+
+    def __init__(self, url: str, standin=None):
+        self.url, self.standin = url, standin
+        self.poll = "0" if standin else str(REAL_POLL)
+
+    def client(self, **kw):
+        if self.standin:
+            return make_client(self.url, **kw)
+        kw.setdefault("retries", 3)
+        return C.DigitsClient(self.url, poll=REAL_POLL, progress=False, backoff=0.5, echo=lambda s: None, **kw)
+
+
+@pytest.fixture(scope="session")
+def real_digits(tmp_path_factory):
+    """Real DIGITS 6.1.1 from DIGITS_ROOT on a free port of 127.0.0.1, its jobs in a temporary folder."""
+    root = os.environ.get(DIGITS_ROOT_ENV)
+    if not root:
+        pytest.skip("REAL DIGITS NOT TESTED: %s is not set. `DIGITS_ROOT=<DIGITS v6.1.1 checkout> make test-digits` "
+                    "runs these tests against real DIGITS (tools/extra/digits_local.sh setup first)" % DIGITS_ROOT_ENV)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tmp = tmp_path_factory.mktemp("real_digits")
+    where = ["--digits", root, "--run-dir", str(tmp / "run")]
+    r = subprocess.run(["bash", DIGITS_LOCAL, "start", "--port", str(port), "--jobs-dir", str(tmp / "jobs")] + where,
+                       capture_output=True, text=True)
+    # A DIGITS that was named but does not start is a failure, never a skip.
+    assert r.returncode == 0, "DIGITS from %s did not start: %s" % (root, r.stderr[-3000:])
+    try:
+        yield Server(r.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["bash", DIGITS_LOCAL, "stop"] + where, capture_output=True, text=True)
+
+
+def test_digits_local_cli(tmp_path):
+    """tools/extra/digits_local.sh: --help, usage errors (2), and one ERROR line (1) where a step is
+    missing; nothing of DIGITS is needed for these."""
+    env = dict(os.environ, THERMALNET_CACHE=str(tmp_path / "cache"))
+    run = lambda *a: subprocess.run(["bash", DIGITS_LOCAL] + list(a), capture_output=True, text=True,  # noqa: E731
+                                    env=env, timeout=60)
+    h = run("--help")
+    assert h.returncode == 0 and "setup --digits DIR --boost-python DIR" in h.stdout and "127.0.0.1" in h.stdout
+    assert run("start", "--frobnicate").returncode == 2 and run().returncode == 2
+    st = run("status", "--run-dir", str(tmp_path / "run"))
+    assert st.returncode == 1 and st.stdout.strip() == "stopped"
+    fake = tmp_path / "DIGITS"
+    no = run("start", "--digits", str(fake))
+    assert no.returncode == 1 and no.stderr.strip().splitlines() == [
+        "[digits_local] ERROR: %s: not a DIGITS checkout (no digits/__init__.py)" % fake]
+    (fake / "digits").mkdir(parents=True)
+    (fake / "digits" / "__init__.py").write_text("")
+    no = run("start", "--digits", str(fake), "--run-dir", str(tmp_path / "run"))
+    assert no.returncode == 1 and "no Python 2.7 Caffe yet" in no.stderr and len(no.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(params=["standin", pytest.param("digits", marks=pytest.mark.real_digits, id="real-digits")])
+def server(request):
+    """Each test that takes `server` runs against the stand-in and against real DIGITS."""
+    if request.param == "standin":
+        with StandinServer(steps=3) as s:
+            yield Server(s.url, s)
+    else:
+        yield request.getfixturevalue("real_digits")
+
+
 def routes(s):
     return [(m, p) for m, p, _ in s.state.log]
 
 
 # -- the whole flow ------------------------------------------------------------------------------
-def test_run_flow_creates_trains_fetches_and_evaluates(standin, dataset, caffe, tmp_path):
-    c = make_client(standin.url)
+def test_run_flow_creates_trains_fetches_and_evaluates(server, dataset, caffe, tmp_path):
+    c = server.client()
     out = str(tmp_path / "run")
     s = C.run_flow(c, dataset, dataset_local=dataset, out=out, overrides={"train_epochs": "3"})
-    log = routes(standin)
-    assert log[0] == ("POST", "/login")
-    assert log[1] == ("POST", jd.ROUTE_DATASET_PREBUILT)
-    assert ("POST", jd.ROUTE_MODEL) in log
-    assert log.index(("POST", jd.ROUTE_MODEL)) > log.index(("GET", jd.ROUTE_DATASET_STATUS % s["dataset_job"]))
-    assert ("GET", jd.ROUTE_DOWNLOAD % s["model_job"]) in log
+    if server.standin:
+        log = routes(server.standin)
+        assert log[0] == ("POST", "/login")
+        assert log[1] == ("POST", jd.ROUTE_DATASET_PREBUILT)
+        assert ("POST", jd.ROUTE_MODEL) in log
+        assert log.index(("POST", jd.ROUTE_MODEL)) > log.index(("GET", jd.ROUTE_DATASET_STATUS % s["dataset_job"]))
+        assert ("GET", jd.ROUTE_DOWNLOAD % s["model_job"]) in log
     files = s["files"]
     # what DIGITS' download holds: its own prototxt files, the uploaded loss layer, the snapshot
     for key in ("deploy", "train_val", "solver", "original", "python_layer", "caffemodel", "info", "log"):
         assert os.path.isfile(files[key]), key
     info = json.load(open(files["info"]))
     assert info["snapshot file"] == os.path.basename(files["caffemodel"])
-    assert "not trained" in open(files["log"]).read().lower() or "NOT trained" in open(files["log"]).read()
+    if server.standin:
+        assert "NOT trained" in open(files["log"]).read()
+    else:   # DIGITS ran the caffe tool: its log, parsed by DIGITS (glog without the year) into snapshots
+        assert "Optimization Done." in open(files["log"]).read() and s["snapshots"]
     # DIGITS: max_iter = ceil(N_train / batch) * epochs, with the job's batch and the 6 train pairs
     batch = int(json.load(open(os.path.join(jd.JOBS_DIR, "model_demo.json")))["form"]["batch_size"])
     assert os.path.basename(files["caffemodel"]) == "snapshot_iter_%d.caffemodel" % (-(-6 // batch) * 3)
@@ -163,8 +247,8 @@ def test_unreachable_server():
         c.login()
 
 
-def test_form_errors_are_reported_field_by_field(standin, tmp_path):
-    c = make_client(standin.url)
+def test_form_errors_are_reported_field_by_field(server, tmp_path):
+    c = server.client()
     c.login()
     with pytest.raises(C.DigitsValidationError) as ei:
         c.create(jd.ROUTE_DATASET_PREBUILT, {"method": "prebuilt", "prebuilt_train_images": str(tmp_path / "nope")})
@@ -176,21 +260,22 @@ def test_form_errors_are_reported_field_by_field(standin, tmp_path):
         in str(e)
 
 
-def test_bad_network_text_is_a_form_error(standin, dataset):
-    c = make_client(standin.url)
+def test_bad_network_text_is_a_form_error(server, dataset):
+    c = server.client()
     c.login()
     d = c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
                                                            name="t"))
-    fields = jd.form_fields(jd.load_job(jd.MODEL_DEMO))
+    job = jd.load_job(jd.MODEL_DEMO)
+    fields = jd.form_fields(job)
     fields.update(dataset=d["id"], custom_network="layer { nme: 'x' }")
     with pytest.raises(C.DigitsValidationError, match="custom_network: Bad network"):
-        c.create(jd.ROUTE_MODEL, fields)
+        c.create(jd.ROUTE_MODEL, fields, files=C._model_upload(job))
 
 
-def test_login_refused_and_required(standin):
+def test_login_refused_and_required(server):
     with pytest.raises(C.DigitsLoginError, match="lowercase"):
-        make_client(standin.url, username="Thermal Net")
-    c = make_client(standin.url)
+        server.client(username="Thermal Net")
+    c = server.client()
     c.username = "9lives"            # skip the local check: the server must refuse it too
     with pytest.raises(C.DigitsLoginError, match="did not log in '9lives'"):
         c.login()
@@ -199,19 +284,19 @@ def test_login_refused_and_required(standin):
     assert ei.value.status == 401 and "Unauthorized" in str(ei.value)
 
 
-def test_unknown_job_is_404(standin):
-    c = make_client(standin.url)
+def test_unknown_job_is_404(server):
+    c = server.client()
     with pytest.raises(C.DigitsHTTPError) as ei:
         c.status("model", "20170101-000000-dead")
     assert ei.value.status == 404 and "Job not found" in str(ei.value)
 
 
-def test_job_error_state_reports_digits_reason(standin, dataset):
+def test_job_error_state_reports_digits_reason(server, dataset):
     # A network that breaks DIGITS' rules but parses is accepted by the form and fails when
     # the job starts (DIGITS' before_run): the client must say why.
     from google.protobuf import text_format
     from thermalnet.caffe_env import caffe_pb2
-    c = make_client(standin.url)
+    c = server.client()
     c.login()
     d = c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
                                                            name="t"))
@@ -221,13 +306,13 @@ def test_job_error_state_reports_digits_reason(standin, dataset):
     [l for l in net.layer if l.name == "loss"][0].ClearField("exclude")
     fields = jd.form_fields(job)
     fields.update(dataset=d["id"], custom_network=text_format.MessageToString(net))
-    m = c.create(jd.ROUTE_MODEL, fields)
+    m = c.create(jd.ROUTE_MODEL, fields, files=C._model_upload(job))
     with pytest.raises(C.DigitsJobFailed) as ei:
         c.wait("model", m["id"])
     assert "ended Error" in str(ei.value) and "'loss'" in str(ei.value)
 
 
-def test_preflight_stops_a_broken_network_before_queuing(standin, dataset, tmp_path):
+def test_preflight_stops_a_broken_network_before_queuing(server, dataset, tmp_path):
     bad = dict(jd.load_job(jd.MODEL_DEMO))
     netfile = tmp_path / "bad.prototxt"
     netfile.write_text(open(jd.repo_path(bad["network"])).read().replace(
@@ -235,11 +320,11 @@ def test_preflight_stops_a_broken_network_before_queuing(standin, dataset, tmp_p
     bad["network"] = str(netfile)
     jobfile = tmp_path / "bad_job.json"
     jobfile.write_text(json.dumps(bad))
-    c = make_client(standin.url)
+    c = server.client()
     from digits_jobs.validate import DigitsRuleError
     with pytest.raises(DigitsRuleError, match="'loss'.*digits_python_layers"):
         C.run_flow(c, dataset, model_job=str(jobfile), dataset_local=dataset, out=str(tmp_path / "o"))
-    assert ("POST", jd.ROUTE_MODEL) not in routes(standin)
+    assert server.standin is None or ("POST", jd.ROUTE_MODEL) not in routes(server.standin)
 
 
 # -- fine-tuning: DIGITS' pretrained-model field -------------------------------------------------
@@ -264,16 +349,16 @@ def squeezenet(tmp_path_factory, caffe):
     return out
 
 
-def test_run_flow_sends_pretrained_weights_in_digits_field(standin, dataset, squeezenet, caffe, tmp_path):
-    """--weights goes into custom_network_snapshot; the stand-in's snapshot (Caffe's copy_from,
-    as DIGITS' caffe train --weights) then holds SqueezeNet's blobs, the new layers their fillers."""
+def test_run_flow_sends_pretrained_weights_in_digits_field(server, dataset, squeezenet, caffe, tmp_path):
+    """--weights goes into custom_network_snapshot; the snapshot (the stand-in: Caffe's copy_from;
+    real DIGITS: caffe train --weights, then steps at a learning rate of 1e-30) then holds
+    SqueezeNet's blobs, the new layers their fillers."""
     from thermalnet import nets
     path, src = squeezenet["v1_1"]
-    c = make_client(standin.url)
+    c = server.client()
     s = C.run_flow(c, dataset, dataset_local=dataset, out=str(tmp_path / "ft"), evaluate=False,
-                   overrides={"train_epochs": "1"}, weights=path)
+                   overrides={"train_epochs": "1", "learning_rate": "1e-30"}, weights=path)
     assert s["weights"] == [path]
-    assert standin.state.jobs[s["model_job"]].weights_files == [path]
     assert jd.pretrained_field([path, path]) == {"custom_network_snapshot": path + ":" + path}
     net = caffe.Net(s["files"]["deploy"], s["files"]["caffemodel"], caffe.TEST)
     for k in net.params:
@@ -282,35 +367,42 @@ def test_run_flow_sends_pretrained_weights_in_digits_field(standin, dataset, squ
                 np.testing.assert_array_equal(got.data, want)
     assert [k for k in net.params if k not in src] == [nets.SCORE_LAYER] + list(nets.UPSAMPLE_LAYERS)
     job_log = open(s["files"]["log"]).read()
-    assert "pretrained weights %s: 25 layers copied by name" % path in job_log
+    if server.standin:
+        assert server.standin.state.jobs[s["model_job"]].weights_files == [path]
+        assert "pretrained weights %s: 25 layers copied by name" % path in job_log
+    else:   # the caffe tool read -weights (the kit's Caffe: patch 0008)
+        assert "Finetuning from %s" % path in job_log
 
 
-def test_pretrained_weights_that_do_not_fit(standin, dataset, squeezenet, tmp_path, capsys):
+def test_pretrained_weights_that_do_not_fit(server, dataset, squeezenet, tmp_path, capsys):
     """v1.0 weights for the v1.1 demo job: refused here before queuing (one line naming the
-    layer and both shapes); sent anyway, the job ends in Error as DIGITS' would; a path the
-    server lacks is DIGITS' form error on custom_network_snapshot."""
+    layer and both shapes); sent anyway, the job ends in Error as DIGITS' would; so does a path
+    the server lacks."""
     from thermalnet.nets import WeightsError
     v10 = squeezenet["v1_0"][0]
-    c = make_client(standin.url)
+    c = server.client()
     with pytest.raises(WeightsError, match=r"layer 'conv1' blob 0 \(weights\) has shape 96x3x7x7 in the file "
                                            r"but 64x3x3x3"):
         C.run_flow(c, dataset, dataset_local=dataset, out=str(tmp_path / "x"), evaluate=False, weights=v10)
-    assert ("POST", jd.ROUTE_MODEL) not in routes(standin)
+    assert server.standin is None or ("POST", jd.ROUTE_MODEL) not in routes(server.standin)
     d = c.create(jd.ROUTE_DATASET_PREBUILT, jd.form_fields(jd.load_job(jd.DATASET_PREBUILT), dataset=dataset,
                                                            name="w"))
     c.wait("dataset", d["id"])
     job = jd.load_job(jd.MODEL_DEMO)
     fields = dict(jd.form_fields(job), dataset=d["id"],
                   custom_network=jd.model_network_text(job, jd.dataset_layout(dataset)["class_weights"]))
-    m = c.create(jd.ROUTE_MODEL, dict(fields, **jd.pretrained_field(v10)))
+    m = c.create(jd.ROUTE_MODEL, dict(fields, **jd.pretrained_field(v10)), files=C._model_upload(job))
     with pytest.raises(C.DigitsJobFailed) as ei:
         c.wait("model", m["id"])
     assert "ended Error" in str(ei.value) and "layer 'conv1'" in str(ei.value)
-    with pytest.raises(C.DigitsValidationError) as ei:
-        c.create(jd.ROUTE_MODEL, dict(fields, custom_network_snapshot=str(tmp_path / "absent.caffemodel")))
-    assert ei.value.errors["custom_network_snapshot"] == ['File "%s" does not exist' % (tmp_path / "absent.caffemodel")]
+    # DIGITS 6.1.1 does not check the field's paths: the job fails when Caffe cannot open the file.
+    absent = str(tmp_path / "absent.caffemodel")
+    m = c.create(jd.ROUTE_MODEL, dict(fields, custom_network_snapshot=absent), files=C._model_upload(job))
+    with pytest.raises(C.DigitsJobFailed) as ei:
+        c.wait("model", m["id"])
+    assert "ended Error" in str(ei.value) and absent in str(ei.value)
     capsys.readouterr()
-    r = C.main(["--url", standin.url, "--poll", "0", "run", "--dataset-server", dataset, "--dataset", dataset,
+    r = C.main(["--url", server.url, "--poll", server.poll, "run", "--dataset-server", dataset, "--dataset", dataset,
                 "--dataset-id", d["id"], "--no-eval", "--weights", v10])
     err = capsys.readouterr().err.strip().splitlines()
     assert r == 1 and len(err) == 1 and err[0].startswith("error: %s: layer 'conv1'" % v10), err
@@ -318,8 +410,8 @@ def test_pretrained_weights_that_do_not_fit(standin, dataset, squeezenet, tmp_pa
 
 # -- inference, upload ------------------------------------------------------------------------------
 @pytest.fixture()
-def trained(standin, dataset, tmp_path):
-    c = make_client(standin.url)
+def trained(server, dataset, tmp_path):
+    c = server.client()
     s = C.run_flow(c, dataset, dataset_local=dataset, out=str(tmp_path / "run"), evaluate=False,
                    overrides={"train_epochs": "1"})
     return c, s
@@ -345,7 +437,7 @@ def test_infer_one_decodes_like_the_kits_predictor(trained, dataset, tmp_path):
     assert os.path.isfile(os.path.join(str(tmp_path / "inf"), "t000.png"))
 
 
-def test_infer_cli_decodes_like_the_kits_evaluation(trained, dataset, standin, tmp_path, capsys):
+def test_infer_cli_decodes_like_the_kits_evaluation(trained, dataset, server, tmp_path, capsys):
     """One decoding default: with --dataset the client decodes mmse (class weights divided out), as
     tools.evaluate does; mmse without a dataset is a one-line error."""
     from PIL import Image
@@ -353,7 +445,7 @@ def test_infer_cli_decodes_like_the_kits_evaluation(trained, dataset, standin, t
     c, s = trained
     img = os.path.join(dataset, layout.TEST_DIR, "visible", "t000.png")
     out = str(tmp_path / "inf")
-    assert C.main(["--url", standin.url, "--poll", "0", "infer", "--job-id", s["model_job"], "--dataset", dataset,
+    assert C.main(["--url", server.url, "--poll", server.poll, "infer", "--job-id", s["model_job"], "--dataset", dataset,
                    "--limit", "1", "--out", out]) == 0
     pred = Predictor(s["files"]["deploy"], s["files"]["caffemodel"],
                      mean_file=os.path.join(dataset, layout.TRAIN_DB, layout.MEAN_FILE))
@@ -368,7 +460,7 @@ def test_infer_cli_decodes_like_the_kits_evaluation(trained, dataset, standin, t
     probs = pred.predict_probs([rgb])[0]
     assert not np.allclose(decoders.decode(probs, "mmse", class_weights=weights), other)
     capsys.readouterr()
-    assert C.main(["--url", standin.url, "--poll", "0", "infer", "--job-id", s["model_job"], "--images", img,
+    assert C.main(["--url", server.url, "--poll", server.poll, "infer", "--job-id", s["model_job"], "--images", img,
                    "--decoding", "mmse", "--out", out]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--decoding mmse needs --dataset" in err[0]
@@ -382,19 +474,19 @@ def test_infer_many_with_server_paths(trained, dataset):
     assert np.asarray(out[os.path.join(vis, "t001.png")]["prob"]).shape == (spec.NUM_BINS, H, W)
 
 
-def test_infer_needs_job_id(standin):
-    c = make_client(standin.url)
+def test_infer_needs_job_id(server):
+    c = server.client()
     with pytest.raises(C.DigitsHTTPError, match="job_id is a required field"):
         c.json("POST", jd.ROUTE_INFER_ONE, data={})
 
 
-def test_upload_and_import_keep_the_weights(standin, trained, dataset, caffe, tmp_path):
+def test_upload_and_import_keep_the_weights(server, trained, dataset, caffe, tmp_path):
     c, s = trained
     res = C.upload_flow(c, s["files"]["caffemodel"], jd.repo_path("prototxt/thermalnet_v1_1.prototxt"), "t",
                         dataset_id=s["dataset_job"], import_model=True, dataset_server=dataset)
-    assert ("POST", jd.ROUTE_UPLOAD_ARCHIVE) in routes(standin)
+    assert server.standin is None or ("POST", jd.ROUTE_UPLOAD_ARCHIVE) in routes(server.standin)
     # The imported job's network names the dataset's class weights by their server path (as run does).
-    job_dir = standin.state.jobs[res["model_job"]].dir
+    job_dir = c.status("model", res["model_job"])["directory"]
     with open(os.path.join(job_dir, v.TRAIN_VAL_FILE)) as f:
         assert list(v.class_weights_files(f.read()).values()) == [os.path.join(dataset, layout.CLASS_WEIGHTS_FILE)]
     files = c.download_model(res["model_job"], str(tmp_path / "imported"))
@@ -405,7 +497,7 @@ def test_upload_and_import_keep_the_weights(standin, trained, dataset, caffe, tm
             np.testing.assert_array_equal(pa.data, pb.data)
 
 
-def test_upload_carries_the_class_weights_and_the_raw_network_fails_the_import(standin, trained, dataset,
+def test_upload_carries_the_class_weights_and_the_raw_network_fails_the_import(server, trained, dataset,
                                                                               tmp_path, capsys):
     """The archive holds the dataset's class_weights.txt and a network that names it where DIGITS
     can read it; the raw network (relative class_weights.txt) makes the import job fail, because
@@ -422,11 +514,11 @@ def test_upload_carries_the_class_weights_and_the_raw_network_fails_the_import(s
         assert packed == f.read()
     assert set(v.class_weights_files(original).values()) == {"/srv/data/tiny/" + layout.CLASS_WEIGHTS_FILE}
     # Without the dataset the upload refuses, naming the network and the file, before sending anything.
-    sent = len(standin.state.log)
+    sent = len(server.standin.state.log) if server.standin else None
     with pytest.raises(ValueError, match=r"thermalnet_v1_1.prototxt: layer 'loss' names class_weights.txt"):
         C.upload_flow(c, s["files"]["caffemodel"], net, "cw")
-    assert len(standin.state.log) == sent
-    assert C.main(["--url", standin.url, "--poll", "0", "upload", "--weights", s["files"]["caffemodel"]]) == 1
+    assert sent is None or len(server.standin.state.log) == sent
+    assert C.main(["--url", server.url, "--poll", server.poll, "upload", "--weights", s["files"]["caffemodel"]]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "class_weights.txt" in err[0] and "--dataset-server" in err[0], err
     # The raw network, uploaded as the kit used to: the import job ends in Error naming the file.
@@ -445,7 +537,8 @@ def test_upload_carries_the_class_weights_and_the_raw_network_fails_the_import(s
     job = jd.load_job(jd.PRETRAINED_UPLOAD)
     fields = dict(jd.form_fields(job, run="raw"), dataset=s["dataset_job"], pretrained_networks=c.find_pretrained(
         info["name"]))
-    m = c.create(job["import_route"], fields)
+    m = c.create(job["import_route"], fields, files=C._model_upload(
+        dict(job, python_layer_file="prototxt/digits_python_layers.py")))
     with pytest.raises(C.DigitsJobFailed, match=r"layer 'loss': class weights file class_weights.txt is not in the job"):
         c.wait("model", m["id"])
 
@@ -460,24 +553,18 @@ def _targz(name: str, data: bytes) -> bytes:
     return buf.getvalue()
 
 
-def test_archive_without_info_json_is_refused(standin):
-    c = make_client(standin.url)
+def test_archive_without_info_json_is_refused(server):
+    c = server.client()
     with pytest.raises(C.DigitsHTTPError, match="Missing or Incorrect json file"):
         c.upload_archive(_targz("model.caffemodel", b"abc"))
 
 
-def test_image_processing_export_matches_the_kits_lmdbs(standin, dataset, tmp_path):
+def test_image_processing_export_matches_the_kits_lmdbs(server, dataset, tmp_path):
     # export-folders -> DIGITS' image-processing extension -> LMDBs equal to the kit's (stand-in build)
     from thermalnet.lmdb_io import read_lmdb
-    folders = str(tmp_path / "folders")
-    counts = C.export_image_folders(dataset, folders, progress=False)
-    assert counts == {"train": 6, "val": 4}
-    c = make_client(standin.url)
-    c.login()
-    job = jd.load_job(jd.DATASET_IMAGE_PROCESSING)
-    d = c.create(job["route"], jd.form_fields(job, folders=folders, name="t"))
-    st = c.wait("dataset", d["id"])
-    built = os.path.join(st["directory"])
+    assert C.export_image_folders(dataset, str(tmp_path / "f"), progress=False) == {"train": 6, "val": 4}
+    c = server.client()
+    built = c.wait("dataset", _image_folder_dataset(c, dataset, tmp_path))["directory"]
     for sub in (layout.TRAIN_DB, layout.VAL_DB):
         for part in (layout.FEATURES, layout.LABELS):
             mine = [a for _, a in read_lmdb(os.path.join(dataset, sub, part))]
@@ -485,6 +572,48 @@ def test_image_processing_export_matches_the_kits_lmdbs(standin, dataset, tmp_pa
             assert len(mine) == len(theirs)
             for a, b in zip(mine, theirs):
                 np.testing.assert_array_equal(a, b)
+
+
+def _image_folder_dataset(client, dataset, tmp_path) -> str:
+    """export-folders, then the shipped image-folders job; returns the new dataset job's id."""
+    folders = str(tmp_path / "folders")
+    C.export_image_folders(dataset, folders, progress=False)
+    client.login()
+    job = jd.load_job(jd.DATASET_IMAGE_PROCESSING)
+    return client.create(job["route"], jd.form_fields(job, folders=folders, name="t"))["id"]
+
+
+def test_wait_rides_out_digits_500_on_a_running_image_folder_dataset(standin, dataset, tmp_path):
+    """DIGITS 6.1.1 answers /datasets/<id>.json with HTTP 500 (TypeError: its json_dict asks the
+    unfinished LMDB for its shape) while an image-folder dataset runs, 200 once it is done;
+    /datasets/<id>/status answers throughout. wait() polls the latter, then reads the details."""
+    import requests
+    c = make_client(standin.url)
+    jid = _image_folder_dataset(c, dataset, tmp_path)
+    r = requests.get(standin.url + jd.ROUTE_DATASET_STATUS % jid, timeout=10)
+    assert r.status_code == 500 and r.json()["error"] == {"message": "object of type 'NoneType' has no len()",
+                                                          "type": "TypeError"}
+    st = c.wait("dataset", jid)
+    assert st["status"] == "Done" and st["id"] == jid
+    polled = [(p, code) for _, p, code in standin.state.log if p.startswith("/datasets/%s" % jid)][1:]
+    assert polled[-1] == (jd.ROUTE_DATASET_STATUS % jid, 200)            # the details, once done
+    assert set(polled[:-1]) == {(jd.ROUTE_DATASET_STATE % jid, 200)}     # every poll before it
+    assert c.state("dataset", jid) == "Done"
+    with pytest.raises(C.DigitsHTTPError, match="Job not found"):
+        c.state("dataset", "20170101-000000-dead")
+
+
+def test_image_folder_dataset_trains_in_the_kits_caffe(server, dataset, caffe, tmp_path):
+    """The shipped image-folders job's LMDBs, written with its encodings as DIGITS writes them,
+    train in `caffe train` of the Caffe under test (the kit's has no OpenCV for encoded Datums)."""
+    import shutil
+    from conftest import caffe_tool_train
+    c = server.client()
+    built = c.wait("dataset", _image_folder_dataset(c, dataset, tmp_path))["directory"]
+    shutil.copy(os.path.join(dataset, layout.CLASS_WEIGHTS_FILE), built)   # the kit's dataset has it
+    out, snap = caffe_tool_train(built, str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert os.path.isfile(snap)
 
 
 def test_unpack_refuses_escaping_members(tmp_path):

@@ -233,9 +233,11 @@ def test_wrong_weights_are_one_line_errors_before_anything_is_written(standin, s
         assert not out.exists(), "nothing may be written for a refused run"
 
 
-def test_weights_probe_tells_a_caffe_that_reads_the_flag_from_one_that_ignores_it(tmp_path):
+def test_weights_probe_tells_a_caffe_that_reads_the_flag_from_one_that_ignores_it(tmp_path, small_ds,
+                                                                                   monkeypatch):
     """caffe_tool_reads_weights on two stand-in tools: one fails on the missing file (as BVLC's
-    caffe train does), one trains regardless (as this kit's rc3-lineage build does)."""
+    caffe train does), one trains regardless (as an rc3-lineage build without the kit's patch
+    0008 does); train() refuses --weights with the second before writing anything."""
     reads, ignores = tmp_path / "reads", tmp_path / "ignores"
     reads.write_text('#!/bin/sh\nfor a; do last=$a; done\necho "Failed to parse NetParameter file: $last" >&2\n'
                      'exit 134\n')
@@ -244,6 +246,41 @@ def test_weights_probe_tells_a_caffe_that_reads_the_flag_from_one_that_ignores_i
         f.chmod(0o755)
     assert tr.caffe_tool_reads_weights(str(reads)) is True
     assert tr.caffe_tool_reads_weights(str(ignores)) is False
+    monkeypatch.setattr(tr, "caffe_tool_reads_weights", lambda tool: False)
+    with pytest.raises(ValueError, match="this caffe tool ignores -weights"):
+        tr.train(small_ds, tr.DEFAULT_NET, str(tmp_path / "r"), epochs=1, batch_size=2, progress=False,
+                 backend="caffe", weights=str(reads))
+    assert not (tmp_path / "r").exists()
+
+
+def test_caffe_train_weights_starts_from_the_weights(caffe, tmp_path):
+    """`caffe train -weights A,B` (what DIGITS runs for its pretrained-model field, the kit's
+    client for --weights and --import) copies A, then B, by layer name before the first step:
+    the iteration-0 snapshot holds B's blobs, not the fillers. The kit's rc3-lineage Caffe
+    ignored the flag until patch 0008; BVLC 1.0 and NVCaffe always read it."""
+    from thermalnet.caffe_env import caffe_tool
+    net = tmp_path / "net.prototxt"
+    net.write_text(tr._PROBE_NET.replace("num_output: 1 }", 'num_output: 1 weight_filler { type: "gaussian" '
+                                                             'std: 1 } bias_filler { type: "gaussian" std: 1 } }'))
+    files = []
+    for i, scale in enumerate((3.0, 7.0)):
+        n = caffe.Net(str(net), caffe.TEST)
+        n.params["ip"][0].data[...] = scale * np.array([[1.0, 2.0]])
+        n.params["ip"][1].data[...] = scale
+        files.append(str(tmp_path / ("w%d.caffemodel" % i)))
+        n.save(files[-1])
+        del n
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "%s"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 0\ndisplay: 1\n'
+                      'snapshot_prefix: "%s"\nsolver_mode: CPU\n' % (net, tmp_path / "snap"))
+    r = subprocess.run([caffe_tool(), "train", "-solver", str(solver), "-weights", ",".join(files)],
+                       capture_output=True, text=True, cwd=str(tmp_path),
+                       env=dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Finetuning from %s" % files[0] in r.stderr and "Finetuning from %s" % files[1] in r.stderr
+    got = caffe.Net(str(net), str(tmp_path / "snap_iter_0.caffemodel"), caffe.TEST).params["ip"]
+    np.testing.assert_array_equal(got[0].data, [[7.0, 14.0]])
+    np.testing.assert_array_equal(got[1].data, [7.0])
 
 
 def test_nets_cli_checks_weights(standin, capsys):
@@ -279,15 +316,8 @@ def test_train_with_weights_on_both_backends(standin, small_ds, tmp_path, caffe,
     assert len(s["weights_layers"]["from_weights"]) == 1 + 3 * len(FIRES)
     log = (out / "train.log").read_text()
     if backend == "caffe":
-        from thermalnet.caffe_env import caffe_tool
-        if tr.caffe_tool_reads_weights(caffe_tool()):          # BVLC 1.0, NVCaffe
-            assert "caffe train -solver %s -weights %s" % (out / tr.CAFFE_SOLVER_FILE, model) in log
-        else:                                                   # this kit's rc3-lineage build ignores -weights
-            state = out / "init_iter_0.solverstate"
-            assert "caffe train -solver %s -snapshot %s" % (out / tr.CAFFE_SOLVER_FILE, state) in log
-            assert "This caffe tool ignores -weights" in log and not state.exists()
-    else:
-        assert "Finetuning from %s" % model in log       # the line BVLC's caffe train writes for -weights
+        assert "caffe train -solver %s -weights %s" % (out / tr.CAFFE_SOLVER_FILE, model) in log
+    assert "Finetuning from %s" % model in log       # the line BVLC's caffe train writes for -weights
     net = caffe.Net(nets.network("v1_1").deploy, caffe.TEST, weights=s["final_caffemodel"])
     for k in s["weights_layers"]["from_weights"]:
         for got, want in zip(net.params[k], src[k]):

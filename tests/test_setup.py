@@ -70,6 +70,16 @@ def test_install_script_cli():
     assert bad.returncode == 2 and "unknown option --frobnicate" in bad.stderr
 
 
+def test_install_script_names_a_missing_boost_python():
+    """BOOST_PYTHON_LIBDIR (a Boost.Python built for an interpreter Debian lacks, as
+    tools/extra/digits_local.sh does for Python 2.7) is checked before anything is built."""
+    env = dict(os.environ, BOOST_PYTHON_LIBDIR="/nonexistent-boost")
+    out = subprocess.run(["bash", INSTALL, "--no-apt", "--python", sys.executable], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout == ""
+    assert "[install_caffe] ERROR: no libboost_python%d%d.so in /nonexistent-boost" % sys.version_info[:2] in out.stderr
+
+
 def test_datum_round_trip_agrees_with_caffe_io(caffe):
     rng = np.random.RandomState(1)
     img = rng.randint(0, 256, size=(3, 5, 7)).astype(np.uint8)

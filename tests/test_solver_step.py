@@ -9,12 +9,11 @@ the loss test uses two-colour images whose halves carry two different bins.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import make_tiny_dataset
+from conftest import caffe_tool_train, make_tiny_dataset
 from thermalnet import caffe_env, layout, spec
 from thermalnet.lmdb_io import LmdbWriter, write_mean_binaryproto
 from thermalnet import nets
@@ -134,22 +133,14 @@ def test_write_solver_uses_digits_conventions(caffe, tmp_path):
 def test_caffe_tool_trains_with_the_python_loss(caffe, tmp_path, small_dataset):
     """`caffe train` (what DIGITS runs) must find digits_python_layers and write a snapshot."""
     try:
-        tool = caffe_env.caffe_tool()
+        caffe_env.caffe_tool()
     except caffe_env.CaffeNotFound as exc:
         pytest.skip(str(exc))
-    net = nets.materialize(nets.network("v1_1").net, small_dataset, str(tmp_path / "net.prototxt"),
-                           batch_size=2, val_batch_size=2)
-    schedule = nets.solver_schedule(2, 2, 2, n_val=2, val_batch=2)
-    solver = nets.write_solver(str(tmp_path / "solver.prototxt"), net, schedule, 1e-3,
-                               snapshot_prefix=str(tmp_path / "snap"))
-    env = caffe_env.python_layer_env()
-    env.update(GLOG_minloglevel="0", GLOG_logtostderr="1")
-    out = subprocess.run([tool, "train", "--solver", solver], cwd=str(tmp_path), env=env,
-                         capture_output=True, text=True, timeout=300)
+    out, snap = caffe_tool_train(small_dataset, str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Test net output #1: loss" in out.stderr or "Test net output #0: loss" in out.stderr
-    assert os.path.isfile(str(tmp_path / "snap_iter_2.caffemodel"))
-    trained = caffe.Net(nets.network("v1_1").deploy, str(tmp_path / "snap_iter_2.caffemodel"), caffe.TEST)
+    assert os.path.isfile(snap)
+    trained = caffe.Net(nets.network("v1_1").deploy, snap, caffe.TEST)
     assert trained.params["conv10_thermal"][0].data.std() > 0
 
 

@@ -55,8 +55,12 @@ class LmdbWriter:
         self.count = 0
 
     def put(self, arr: np.ndarray, label: int = 0) -> None:
+        self.put_datum(array_to_datum(arr, label))
+
+    def put_datum(self, datum) -> None:
+        """Append a ready Datum (an encoded one, as DIGITS' png/jpg encodings write)."""
         key = (layout.LMDB_KEY_FORMAT % self.count).encode("ascii")
-        self.pending.append((key, array_to_datum(arr, label).SerializeToString()))
+        self.pending.append((key, datum.SerializeToString()))
         self.count += 1
         if len(self.pending) >= self.commit_every:
             self.flush()

@@ -11,6 +11,10 @@
 # NVIDIA's CUDA 13.0 wheels (compiler and libraries, no GPU needed to build); with
 # --cuda-home against an installed toolkit instead (a CUDA 12 devel image's /usr/local/cuda).
 # --list prints the finished builds in the cache instead, newest first: "ROOT cpu|gpu".
+# For an interpreter Debian has no Boost.Python for (Python 2.7: tools/extra/digits_local.sh
+# builds both), set BOOST_PYTHON_LIBDIR (the folder of libboost_pythonXY.so), PYTHON_PROTOC (the
+# protoc command for caffe_pb2.py, one that interpreter's protobuf reads) and SDIST_PYTHON (a
+# Python 3 whose pip downloads the sdist, which requires Python >= 3.7).
 set -euo pipefail
 
 CAFFE_SDIST="brocolli-caffe==9.0.2"
@@ -36,7 +40,7 @@ while [ $# -gt 0 ]; do
     --no-apt) USE_APT=0; shift;;
     --jobs) JOBS=$2; shift 2;;
     --list) LIST=1; shift;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
     *) echo "install_caffe.sh: unknown option $1 (see --help)" >&2; exit 2;;
   esac
 done
@@ -92,10 +96,13 @@ if [ "$PY_SHARED" != 1 ] || [ ! -e "$PY_LIBDIR/lib${PY_LIBNAME}.so" ]; then
   [ -e "$PY_LIBDIR/lib${PY_LIBNAME}.so" ] || die "no lib${PY_LIBNAME}.so for the caffe tool; apt-get install lib${PY_LIBNAME}-dev"
 fi
 BOOST_PY="boost_python${PY_VER/./}"
-# /usr/local/lib: a Boost.Python built for another Python (tools/extra/gpu_bundle.sh's for 3.12),
-# found there by Makefile.config's LIBRARY_DIRS.
-[ -e "/usr/lib/x86_64-linux-gnu/lib${BOOST_PY}.so" ] || [ -e "/usr/local/lib/lib${BOOST_PY}.so" ] \
-  || die "no lib${BOOST_PY}.so: Debian's libboost-python-dev targets another Python than $PY ($PY_VER)"
+# BOOST_PYTHON_LIBDIR: a Boost.Python Debian does not ship (Python 2.7: tools/extra/digits_local.sh);
+# /usr/local/lib: one built for another Python (tools/extra/gpu_bundle.sh's for 3.12), found there by
+# Makefile.config's LIBRARY_DIRS.
+BOOST_PY_DIR=${BOOST_PYTHON_LIBDIR:-/usr/lib/x86_64-linux-gnu}
+[ -e "$BOOST_PY_DIR/lib${BOOST_PY}.so" ] || { [ -z "${BOOST_PYTHON_LIBDIR:-}" ] && [ -e "/usr/local/lib/lib${BOOST_PY}.so" ]; } \
+  || die "no lib${BOOST_PY}.so in $BOOST_PY_DIR: Debian's libboost-python-dev targets another Python than $PY ($PY_VER); set BOOST_PYTHON_LIBDIR"
+PYTHON_PROTOC=${PYTHON_PROTOC:-protoc}
 
 PROTOC_VER=$(protoc --version | awk '{print $2}')
 LIBPROTO_VER=$(dpkg-query -W -f='${Version}' libprotobuf-dev 2>/dev/null | cut -d- -f1 || echo "?")
@@ -175,7 +182,7 @@ install_cuda() {
 steps=$(sed -n '/^# --- 4/,$p' "$0")
 [ "$GPU" = 1 ] || steps=$(printf '%s\n' "$steps" | sed '/^# >>> GPU only/,/^# <<< GPU only/d')
 key_src=$(printf '%s\n' "$CAFFE_SDIST" "$CAFFE_SDIST_SHA256" "$GPU" "$NO_CUDNN" "$CUDA_ARCH" "$PY_VER" "$NP_MAJOR" \
-  "$PROTOC_VER" "$PY_LIBDIR" "$(cat "$here/caffe/Makefile.config.in" "$here"/caffe/patches/*.patch)" "$steps")
+  "$PROTOC_VER" "$PY_LIBDIR" "$BOOST_PY_DIR" "$PYTHON_PROTOC" "$(cat "$here/caffe/Makefile.config.in" "$here"/caffe/patches/*.patch)" "$steps")
 if [ "$GPU" = 1 ]; then
   key_src=$(printf '%s\n' "$key_src" "${CUDA_PKGS[@]}" "$(cat "$here"/caffe/patches/gpu/*.patch)")
 fi
@@ -217,7 +224,7 @@ trap '[ "${THERMALNET_KEEP_FAILED:-0}" = 1 ] && [ ! -f "$ROOT/.thermalnet-comple
 fail() { say "ERROR: $1 failed; last lines of $LOG:"; tail -n 30 "$LOG" >&2; die "$1 failed (full log: $LOG)"; }
 
 say "downloading $CAFFE_SDIST (source distribution)"
-"$PY" -m pip download --quiet --no-deps --no-binary :all: "$CAFFE_SDIST" -d "$WORK/sdist" >"$LOG" 2>&1 \
+"${SDIST_PYTHON:-$PY}" -m pip download --quiet --no-deps --no-binary :all: "$CAFFE_SDIST" -d "$WORK/sdist" >"$LOG" 2>&1 \
   || fail "pip download of $CAFFE_SDIST (needs the package index; or set CAFFE_ROOT to an existing Caffe)"
 tarball=$(ls "$WORK"/sdist/*.tar.gz)
 echo "$CAFFE_SDIST_SHA256  $tarball" | sha256sum -c --quiet >>"$LOG" 2>&1 || fail "checksum of $tarball"
@@ -253,6 +260,10 @@ sed -e "s|@CPU_ONLY_LINE@|$CPU_LINE|" -e "s|@CUDNN_LINE@|$CUDNN_LINE|" \
     -e "s|@PYTHON_LIBDIR@|$PY_LIBDIR|g" -e "s|@BOOST_PYTHON@|$BOOST_PY|" \
     -e "s|@PYTHON_LIBNAME@|$PY_LIBNAME|" \
     "$here/caffe/Makefile.config.in" > "$src/Makefile.config"
+if [ "$BOOST_PY_DIR" != /usr/lib/x86_64-linux-gnu ]; then   # a Boost.Python built beside Debian's
+  echo "LIBRARY_DIRS += $BOOST_PY_DIR" >> "$src/Makefile.config"
+  echo "LINKFLAGS += -Wl,-rpath,$BOOST_PY_DIR" >> "$src/Makefile.config"
+fi
 # >>> GPU only
 if [ "$GPU" = 1 ]; then
   # The CUDA libraries stay in the wheels' folder: libcaffe.so, the tools and _caffe.so
@@ -271,7 +282,7 @@ say "building Caffe (make -j$JOBS all pycaffe; about 5 minutes on 2 cores; log: 
 # This fork names its build folder .temp_release (link `temp`); pycaffe's rpath and
 # every BVLC recipe expect `build`, so provide that name too.
 [ -e "$src/build" ] || ln -s "$(cd "$src" && readlink temp || echo .temp_release)" "$src/build"
-protoc --proto_path="$src/src/caffe/proto" --python_out="$src/python/caffe/proto" \
+$PYTHON_PROTOC --proto_path="$src/src/caffe/proto" --python_out="$src/python/caffe/proto" \
   "$src/src/caffe/proto/caffe.proto" >>"$LOG" 2>&1 || fail "protoc (caffe_pb2.py)"
 touch "$src/python/caffe/proto/__init__.py"
 # Drop intermediate objects; keep lib, tools, pycaffe and headers.

@@ -702,8 +702,10 @@ _READS_WEIGHTS: Dict[str, bool] = {}
 
 
 def caffe_tool_reads_weights(tool: str) -> bool:
-    """Whether `caffe train -weights` copies the weights (BVLC 1.0, NVCaffe) or silently
-    ignores the flag (this kit's rc3-lineage build: its train() never calls CopyLayers).
+    """Whether `caffe train -weights` copies the weights (BVLC 1.0, NVCaffe, the kit's build
+    with its patch 0008) or silently ignores the flag (an rc3-lineage Caffe without it: its
+    train() never calls CopyLayers), so that --weights with such a tool is refused, not
+    trained from the fillers.
 
     Probe: train 0 iterations of a one-layer net with -weights naming a missing file; a
     Caffe that reads the flag fails on it. About a tenth of a second, once per tool.
@@ -722,63 +724,16 @@ def caffe_tool_reads_weights(tool: str) -> bool:
     return _READS_WEIGHTS[tool]
 
 
-def _init_worker(job_path: str) -> None:
-    """Child-process entry: the solver with --weights copied in, saved as an iteration-0 snapshot."""
-    with open(job_path) as f:
-        job = json.load(f)
-    from thermalnet.caffe_env import use_device
-    caffe = use_device(job["gpu"])
-    solver = caffe.get_solver(job["solver"])
-    for w in job["weights"]:
-        solver.net.copy_from(w)
-    solver.snapshot()
-    sys.stdout.flush()
-    os._exit(0)
-
-
-def _initial_state(plan: Dict, solver_file: str, gpu: Optional[int], log: GlogWriter) -> str:
-    """For a caffe tool that ignores -weights: the weights as a .solverstate at iteration 0
-    (zero optimiser history, like a fresh solver), which every Caffe restores with -snapshot."""
-    from google.protobuf import text_format
-    sp = _solver_param(solver_file)
-    sp.snapshot_prefix = os.path.join(plan["out"], "init")
-    init_solver = os.path.join(plan["out"], "solver_init.prototxt")
-    write_text(init_solver, text_format.MessageToString(sp))
-    job_path = os.path.join(plan["out"], ".init_job.json")
-    write_text(job_path, json.dumps({"solver": init_solver, "weights": plan["weights"], "gpu": gpu}))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    r = subprocess.run([sys.executable, "-c", "import sys; from %s import _init_worker; _init_worker(sys.argv[1])" % _MODULE,
-                        job_path], env=env, cwd=plan["out"], capture_output=True,
-                       text=True)
-    state = os.path.join(plan["out"], "init_iter_0.solverstate")
-    for p in (job_path, init_solver):
-        os.remove(p)
-    if r.returncode != 0 or not os.path.isfile(state):
-        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise TrainingError("could not write the initial state from --weights (exit %d): %s"
-                            % (r.returncode, tail[0]))
-    log("This caffe tool ignores -weights: the weights %s start training as %s (iteration 0, "
-        "zero solver history)" % (",".join(plan["weights"]), state))
-    return state
-
-
 def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: Optional[int],
                       progress: bool, watch: DivergenceWatch) -> Dict:
     from tqdm import tqdm
     from thermalnet.caffe_env import caffe_tool, python_layer_env
     solver_file = _caffe_tool_solver_file(plan)
     cmd = [caffe_tool(), "train", "-solver", solver_file]
-    init_files: List[str] = []
     if resume:
         cmd += ["-snapshot", resume]
     elif plan.get("weights"):
-        if caffe_tool_reads_weights(cmd[0]):
-            cmd += ["-weights", ",".join(plan["weights"])]
-        else:
-            state = _initial_state(plan, solver_file, gpu, log)
-            init_files = [state, state.replace(".solverstate", ".caffemodel")]
-            cmd += ["-snapshot", state]
+        cmd += ["-weights", ",".join(plan["weights"])]     # train() checked that this tool reads it
     if gpu is not None:
         cmd += ["-gpu", str(gpu)]
     env = python_layer_env()
@@ -819,9 +774,6 @@ def _train_caffe_tool(plan: Dict, log: GlogWriter, resume: Optional[str], gpu: O
     proc.wait()
     keeper.finish()
     bar.close()
-    for p in init_files:
-        if os.path.isfile(p):
-            os.remove(p)
     if error:
         log(error, level="E")
         raise TrainingError(error, {"start_iter": start or 0, "iterations": last_iter})
@@ -870,6 +822,12 @@ def train(dataset: str, net: Optional[str] = None, out: str = "runs/train", epoc
     elif os.path.exists(log_path) and not overwrite:
         raise FileExistsError("%s exists: resume with --resume %s/%s_iter_N.solverstate, or pass --overwrite"
                               % (log_path, out, SNAPSHOT_PREFIX))
+    if backend == "caffe" and not resume and nets.split_weights(weights):
+        from thermalnet.caffe_env import caffe_tool
+        if not caffe_tool_reads_weights(caffe_tool()):
+            raise ValueError("%s: this caffe tool ignores -weights (its train() never copies them; the kit's "
+                             "build copies them since its patch 0008): rebuild with `make setup`, or train "
+                             "with --backend pycaffe" % caffe_tool())
     if gpu is not None:
         # Before anything is written, and before `caffe train -gpu` could abort with a stack trace.
         from thermalnet.caffe_env import check_gpu_available
