@@ -211,3 +211,72 @@ def test_every_assumption_says_what_it_rests_on():
     for item in fidelity.REGISTER:
         if item.kind == "assumption":
             assert len(item.behind) > 40 and "placeholder" not in item.behind.lower(), item.key
+
+
+def _v_by_hand(prior, lam):
+    """eq. 1's v(Y) written out again (no kit code): 1 / ((1 - lam) p + lam / Q), then scaled
+    so that the expectation under the prior is 1."""
+    q = len(prior)
+    raw = [1.0 / ((1.0 - lam) * p + lam / q) for p in prior]
+    mean = sum(p * r for p, r in zip(prior, raw))
+    return [r / mean for r in raw]
+
+
+@pytest.mark.parametrize("factor,expect", [(1.0, "PASS"), (2.0, "FAIL"), (1.001, "FAIL"), (0.5, "FAIL")])
+def test_eq1_check_compares_the_weights_with_the_prior(tmp_path, factor, expect):
+    """class_weights.txt written from class_prior.txt by hand (lambda 0.5), then one weight
+    scaled: 100 % too large, 0.1 % too large, halved: each is a FAIL naming the file."""
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4, num_bins=32)[0]
+    prior = [0.0] * 32
+    for b, p in ((0, 0.5), (3, 0.25), (7, 0.125), (31, 0.125)):
+        prior[b] = p
+    v = _v_by_hand(prior, 0.5)
+    # by hand: mixes 0.5 p + 1/64 = 0.265625, 0.140625, 0.078125 (twice), 1/64 for unseen bins;
+    # E[1/mix] = 0.5/0.265625 + 0.25/0.140625 + 0.25/0.078125 = 6.86013; v(unseen) = 64 / 6.86013
+    assert v[1] == pytest.approx(9.329268, abs=1e-6) and v[0] == pytest.approx(0.548780, abs=1e-6)
+    v[7] *= factor
+    with open(os.path.join(ds, "class_prior.txt"), "w") as f:
+        f.write("".join("%.10f\n" % p for p in prior))
+    with open(os.path.join(ds, "class_weights.txt"), "w") as f:
+        f.write("".join("%.10f\n" % x for x in v))
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["eq1_loss"] == expect, _evidence(rows, "eq1_loss")
+    if expect == "FAIL":
+        assert "class_weights.txt differs from v(Y)" in _evidence(rows, "eq1_loss")
+    else:
+        assert "class_weights.txt = v(Y) of class_prior.txt (lambda 0.50, 32 bins" in _evidence(rows, "eq1_loss")
+
+
+def _write_eval(folder, per_image, table):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "eval.json"), "w") as f:
+        f.write('{"synthetic": true}')
+    with open(os.path.join(folder, "per_image.csv"), "w") as f:
+        f.write("id,object_class,tn\n" + "".join("%s,%s,%s\n" % r for r in per_image))
+    with open(os.path.join(folder, "table2.csv"), "w") as f:
+        f.write("object_class,n,tn\n" + "".join("%s,%d,%s\n" % r for r in table))
+
+
+PER_IMAGE = [("a", "human", 10.0), ("b", "human", 20.0), ("c", "computer", 6.0)]
+# class means by hand: human (10 + 20) / 2 = 15, computer 6, overall 36 / 3 = 12
+GOOD_TABLE = [("human", 2, 15.0), ("computer", 1, 6.0), ("overall", 3, 12.0)]
+
+
+@pytest.mark.parametrize("table,bad", [
+    (GOOD_TABLE, None),
+    ([("human", 2, 15.5), ("computer", 1, 6.0), ("overall", 3, 12.0)], "human"),     # a class mean off
+    ([("human", 2, 15.0), ("computer", 1, 6.0), ("overall", 3, 13.0)], "overall"),   # the overall mean off
+    ([("human", 3, 15.0), ("computer", 1, 6.0), ("overall", 3, 12.0)], "human"),     # a count off
+    ([("human", 2, 15.0), ("computer", 1, 6.0), ("overall", 3, 12.002)], "overall"),  # past the 1e-3 tolerance
+])
+def test_eq2_check_compares_table2_with_the_per_image_file(tmp_path, table, bad):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    ev = str(tmp_path / "eval")
+    _write_eval(ev, PER_IMAGE, table)
+    rows = fidelity.check(ds, eval_dir=ev, caffe_check=False)
+    if bad is None:
+        assert _status(rows)["eq2_rms"] == fidelity.PASS, _evidence(rows, "eq2_rms")
+        assert "human 2, computer 1, overall 3; SYNTHETIC data" in _evidence(rows, "eq2_rms")
+    else:
+        assert _status(rows)["eq2_rms"] == fidelity.FAIL
+        assert _evidence(rows, "eq2_rms") == "table2.csv class means differ from per_image.csv for " + bad

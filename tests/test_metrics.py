@@ -89,3 +89,18 @@ def test_all_metrics_and_shape_errors():
         metrics.ssim(ir, pred[:-1])
     with pytest.raises(ValueError, match="equal shape"):
         metrics.rms_offset_free(ir, pred.T)
+
+
+def test_higher_is_better_agrees_with_each_metric_on_a_better_prediction():
+    """The direction of each metric, from the metric itself: a prediction with less noise
+    must score better (errors fall, SSIM and PSNR rise), and the table says which way."""
+    ir, _ = _images(6)
+    rng = np.random.RandomState(6)
+    noise = rng.randn(*ir.shape)
+    # noise with a non-zero mean and structure, so the offset-free RMS moves too
+    close, far = ir + 3.0 * noise + 1.0, ir + 30.0 * noise + 10.0
+    for k in metrics.METRICS:
+        good, bad = metrics.FUNCTIONS[k](ir, close), metrics.FUNCTIONS[k](ir, far)
+        assert good != bad, k
+        assert (good > bad) == metrics.HIGHER_IS_BETTER[k], k
+    assert metrics.HIGHER_IS_BETTER == {"rms": False, "rms_offset_free": False, "ssim": True, "psnr": True}

@@ -48,6 +48,19 @@ def test_decodings():
         decoders.decode(p, "median")
 
 
+def test_annealed_default_is_zhang_et_al_temperature_worked_by_hand():
+    """Q = 2 (bin centres 63.5 and 191.5), p = (0.25, 0.75). Annealed at T: weights p^(1/T)
+    renormalised. By hand at Zhang et al.'s T = 0.38: (1/3)^(1/0.38) = 0.055516, so the
+    first bin keeps 0.055516 / 1.055516 = 0.052596 and the mean is 191.5 - 128 * 0.052596
+    = 184.768; at T = 1 it would be the plain expectation, 159.5."""
+    p = np.array([0.25, 0.75]).reshape(2, 1, 1)
+    assert decoders.ANNEAL_T == 0.38
+    assert float(decoders.decode(p, "annealed")[0, 0]) == pytest.approx(184.768, abs=1e-3)
+    assert float(decoders.decode(p, "annealed", temperature=1.0)[0, 0]) == pytest.approx(159.5, abs=1e-9)
+    assert float(decoders.decode(p, "expectation")[0, 0]) == pytest.approx(159.5, abs=1e-9)
+    assert float(decoders.decode(p, "argmax")[0, 0]) == 191.5
+
+
 def test_mmse_divides_out_the_class_weights():
     rng = np.random.RandomState(1)
     p = _random_probs(rng)
