@@ -136,7 +136,9 @@ def test_caffe_tool_trains_with_the_python_loss(caffe, tmp_path, small_dataset):
     try:
         tool = caffe_env.caffe_tool()
     except caffe_env.CaffeNotFound as exc:
-        pytest.skip(str(exc))
+        if os.environ.get("CAFFE_ROOT"):          # a user's Caffe may be built without its tools
+            pytest.skip(str(exc))
+        pytest.fail("make setup links the `caffe` tool into the venv: %s" % exc)
     net = nets.materialize(nets.network("v1_1").net, small_dataset, str(tmp_path / "net.prototxt"),
                            batch_size=2, val_batch_size=2)
     schedule = nets.solver_schedule(2, 2, 2, n_val=2, val_batch=2)
