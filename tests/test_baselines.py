@@ -86,3 +86,52 @@ def test_unpaired_lmdbs_are_refused(tmp_path):
             lw.put(np.zeros((1, H, W), np.uint8))
     with pytest.raises(ValueError, match="different numbers of entries"):
         bl.Baselines(ds)
+
+
+def test_other_predictions_and_their_errors(tmp_path):
+    ds, rgb, luma, centres = _write_dataset(str(tmp_path / "ds"), n=3)
+    b = bl.Baselines(ds)
+    np.testing.assert_allclose(b.predict("constant", rgb[0][:2, :3]), np.full((2, 3), centres.mean()), atol=1e-9)
+    # Q = 32, bins 8 levels wide, centres 3.5, 11.5, ..., 251.5 (by hand)
+    ir = np.array([[0.0, 7.9, 8.0, 255.0]])
+    np.testing.assert_array_equal(b.predict("quantised_gt", rgb[0][:1, :4], ir), [[3.5, 3.5, 11.5, 251.5]])
+    with pytest.raises(ValueError, match="needs the IR image"):
+        b.predict("quantised_gt", rgb[0])
+    with pytest.raises(ValueError, match="mean training IR image is \\(12, 16\\) but the test image is \\(11, 16\\)"):
+        b.predict("mean_ir", rgb[0][:11])
+    with pytest.raises(ValueError, match="unknown baseline 'median'"):
+        b.predict("median", rgb[0])
+    with pytest.raises(ValueError, match="label (1[6-9]|2[0-9]|3[01]) >= num_bins 16"):
+        bl.train_statistics(ds, num_bins=16)
+    np.testing.assert_array_equal(bl.luminance(np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8)),
+                                  [[0.299 * 255, 0.587 * 255, 0.114 * 255]])
+
+
+def test_flat_visible_images_fit_a_constant(tmp_path):
+    """No luminance spread: slope 0, intercept = the mean label, r2 0 (not a division by zero)."""
+    ds, _, _, centres = _write_dataset(str(tmp_path / "ds"), n=2)
+    from thermalnet.lmdb_io import LmdbWriter
+    import shutil
+    shutil.rmtree(os.path.join(ds, layout.TRAIN_DB, layout.FEATURES))
+    with LmdbWriter(os.path.join(ds, layout.TRAIN_DB, layout.FEATURES)) as fw:
+        for _ in range(2):
+            fw.put(np.full((3, H, W), 100, np.uint8))
+    fit = bl.train_statistics(ds)["fit"]
+    assert fit["a"] == 0.0 and fit["r2"] == 0.0 and fit["b"] == pytest.approx(centres.mean(), abs=1e-9)
+
+
+def test_manifest_and_missing_lmdbs(tmp_path):
+    ds = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="manifest.csv: no such manifest"):
+        bl.read_manifest(ds)
+    with open(os.path.join(ds, layout.MANIFEST_FILE), "w") as f:
+        f.write("id,split,object_class\na,train,human\nb,test,computer\nc,test,human\n")
+    assert [r["id"] for r in bl.read_manifest(ds)] == ["b", "c"]
+    assert [r["id"] for r in bl.read_manifest(ds, "train")] == ["a"]
+    assert [r["id"] for r in bl.read_manifest(ds, None)] == ["a", "b", "c"]
+    with open(os.path.join(ds, layout.MANIFEST_FILE), "w") as f:
+        f.write("name,split\na,test\n")
+    with pytest.raises(ValueError, match="manifest needs columns id and split"):
+        bl.read_manifest(ds)
+    with pytest.raises(FileNotFoundError, match="no LMDB folder"):
+        bl.train_statistics(ds, num_bins=32)
