@@ -89,3 +89,20 @@ def test_equivalent_file_names_only_known_modules():
         assert name in M.TARGETS, name
         for key, why in entries.items():
             assert key.count(" | ") >= 2 and len(why) > 20, key
+
+
+def test_a_survivors_rerun_merges_into_the_earlier_record():
+    t = M.Target("m.py", ("t",))
+    first = M.summarise("m", t, [_job("core/NumberReplacer", 11, "survived"),
+                                 _job("core/ReplaceBinaryOperator_Mul_Add", 12, "killed")], SOURCE, {})
+    assert (first["killed"], first["survived"]) == (1, 1)
+    rerun = M.summarise("m", t, [_job("core/NumberReplacer", 11, "killed")], SOURCE, {})
+    merged = M.merge(first, rerun, t, SOURCE, {})
+    assert (merged["mutants"], merged["killed"], merged["survived"], merged["score"]) == (2, 2, 0, 1.0)
+    # still surviving, then explained: equivalent without running anything again
+    why = {"core/NumberReplacer | b | return 1": "made up: the same for every input here"}
+    again = M.merge(first, M.summarise("m", t, [], SOURCE, {}), t, SOURCE, why)
+    assert (again["survived"], again["equivalent"], again["score"]) == (0, 1, 1.0)
+    # another source: nothing is merged
+    changed = M.summarise("m", t, [_job("core/NumberReplacer", 11, "killed")], SOURCE + "\n", {})
+    assert M.merge(first, changed, t, SOURCE + "\n", {})["mutants"] == 1
