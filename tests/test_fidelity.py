@@ -7,6 +7,7 @@ with their evidence. Networks are built in the real Caffe (in a child process).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -280,3 +281,41 @@ def test_eq2_check_compares_table2_with_the_per_image_file(tmp_path, table, bad)
     else:
         assert _status(rows)["eq2_rms"] == fidelity.FAIL
         assert _evidence(rows, "eq2_rms") == "table2.csv class means differ from per_image.csv for " + bad
+
+
+def _set_info(ds, **kw):
+    path = os.path.join(ds, "dataset.json")
+    with open(path) as f:
+        info = json.load(f)
+    info.update(kw)
+    with open(path, "w") as f:
+        json.dump(info, f)
+
+
+def test_table2_classes_need_every_object_class_in_the_test_split(tmp_path):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    assert _status(fidelity.check(ds, caffe_check=False))["table2_classes"] == fidelity.NOT_RUN
+    _set_info(ds, class_counts={"test": {"human": 2, "microwave_oven": 1, "computer": 3}})
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["table2_classes"] == fidelity.PASS
+    assert _evidence(rows, "table2_classes") == "test split (dataset.json class_counts): computer 3, human 2, " \
+                                                "microwave_oven 1"
+    _set_info(ds, class_counts={"test": {"human": 2, "microwave_oven": 0, "computer": 3}})
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["table2_classes"] == fidelity.FAIL
+    assert _evidence(rows, "table2_classes").startswith("test split has no microwave_oven (")
+
+
+@pytest.mark.parametrize("iterations,per_epoch,expect", [(125000, 125, "PASS"), (124999, 125, "FAIL"),
+                                                         (10, 0, "NOT RUN")])
+def test_epochs_count_iterations_over_iterations_per_epoch(tmp_path, iterations, per_epoch, expect):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_summary.json").write_text(json.dumps({"dataset": ds, "iterations": iterations, "epochs": 1000,
+                                                        "iters_per_epoch": per_epoch, "max_seconds": 600}))
+    rows = fidelity.check(str(run), net=NET, caffe_check=False)
+    assert _status(rows)["epochs_1000"] == expect
+    if per_epoch:
+        assert "%d iterations / 125 per epoch = %.1f epochs (planned 1000, time budget 10 min)" % (
+            iterations, iterations / 125.0) in _evidence(rows, "epochs_1000")

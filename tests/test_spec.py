@@ -154,6 +154,15 @@ def test_unweight_survives_zero_weights_and_zero_probabilities():
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out[:, 0, 0], [1.0, 0.0, 0.0, 0.0], atol=1e-9)   # 0.1 / 1e-12 dominates
     np.testing.assert_array_equal(out[:, 0, 1], 0.0)
+    # annealing takes the log of each probability: a 0 (float32 softmax underflow) is clipped, no
+    # division-by-zero warning, and a pixel of all zeros decodes to the mean bin centre
+    import warnings
+    q = np.zeros((2, 1, 2))
+    q[:, 0, 0] = [0.0, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = decoders.decode(q, "annealed")
+    np.testing.assert_allclose(got[0], [191.5, 127.5], atol=1e-6)
 
 
 def test_paper_numbers_as_the_paper_gives_them():
