@@ -135,3 +135,28 @@ def test_manifest_and_missing_lmdbs(tmp_path):
         bl.read_manifest(ds)
     with pytest.raises(FileNotFoundError, match="no LMDB folder"):
         bl.train_statistics(ds, num_bins=32)
+
+
+def _rewrite(ds, which, arrays, first_key=0):
+    """Replace train_db/<which> by these arrays, keys numbered from first_key."""
+    from thermalnet.lmdb_io import LmdbWriter
+    import shutil
+    shutil.rmtree(os.path.join(ds, layout.TRAIN_DB, which))
+    with LmdbWriter(os.path.join(ds, layout.TRAIN_DB, which)) as w:
+        w.count = first_key
+        for a in arrays:
+            w.put(a)
+
+
+def test_unpaired_or_misshapen_training_entries_are_refused(tmp_path):
+    ds, *_ = _write_dataset(str(tmp_path / "ds"), n=2)
+    _rewrite(ds, layout.LABELS, [np.zeros((1, H, W), np.uint8)] * 2, first_key=5)
+    with pytest.raises(ValueError, match="keys differ \\(000000000 vs 000000005\\)"):
+        bl.train_statistics(ds)
+    _rewrite(ds, layout.LABELS, [np.zeros((1, H, W - 1), np.uint8)] * 2)
+    with pytest.raises(ValueError, match="feature 000000000 is \\(3, 12, 16\\), label is \\(12, 15\\)"):
+        bl.train_statistics(ds)
+    _rewrite(ds, layout.LABELS, [])
+    _rewrite(ds, layout.FEATURES, [])
+    with pytest.raises(ValueError, match="empty training label LMDB"):
+        bl.train_statistics(ds)
