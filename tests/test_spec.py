@@ -48,6 +48,11 @@ def test_decodings():
         decoders.decode(p, "median")
 
 
+def test_default_decoding_needs_the_class_weights():
+    """mmse divides eq. 1's weights out; a tool without the dataset falls back to the plain mean."""
+    assert decoders.default_decoding(True) == "mmse" and decoders.default_decoding(False) == "expectation"
+
+
 def test_annealed_default_is_zhang_et_al_temperature_worked_by_hand():
     """Q = 2 (bin centres 63.5 and 191.5), p = (0.25, 0.75). Annealed at T: weights p^(1/T)
     renormalised. By hand at Zhang et al.'s T = 0.38: (1/3)^(1/0.38) = 0.055516, so the
