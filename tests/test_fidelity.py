@@ -319,3 +319,26 @@ def test_epochs_count_iterations_over_iterations_per_epoch(tmp_path, iterations,
     if per_epoch:
         assert "%d iterations / 125 per epoch = %.1f epochs (planned 1000, time budget 10 min)" % (
             iterations, iterations / 125.0) in _evidence(rows, "epochs_1000")
+
+
+def test_eq1_check_names_another_loss(tmp_path):
+    """A network trained with another loss FAILs eq. 1, naming that loss."""
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+
+    def loss_layers(net):
+        return [l for l in net.layer if l.type == "Python" or l.type.endswith("Loss")]
+
+    def sigmoid(net):
+        loss_layers(net)[0].python_param.layer = "WeightedSigmoidCrossEntropyLoss"
+
+    def caffe_softmax(net):
+        loss_layers(net)[0].type = "SoftmaxWithLoss"
+
+    def no_loss(net):
+        for l in loss_layers(net):
+            net.layer.remove(l)
+
+    for edit, want in ((sigmoid, "loss WeightedSigmoidCrossEntropyLoss is not eq. 1's"),
+                       (caffe_softmax, "loss SoftmaxWithLoss is not eq. 1's"), (no_loss, "no loss layer")):
+        rows = fidelity.check(ds, net=_edited(tmp_path, edit, edit.__name__ + ".prototxt"), caffe_check=False)
+        assert _status(rows)["eq1_loss"] == fidelity.FAIL and want in _evidence(rows, "eq1_loss"), edit.__name__
