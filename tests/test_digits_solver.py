@@ -62,6 +62,7 @@ def test_intervals_truncate_worked_by_hand():
     for every in (3, 3.5):
         assert (S.snapshot_interval(every, 10, 30), S.val_interval(every, 10, 30)) == (0, 30)
     assert S.snapshot_interval(0, 10, 30) == 0            # 0 epochs: DIGITS' "only at the end"
+    assert S.val_interval(0, 10, 30) == 30                # the trainer's 0: validate once, at the end
     # 125 iterations an epoch (1000 pairs, batch 8), 375 in all: 1.27 * 125 = 158.75 -> 158,
     # 0.55 * 125 = 68.75 -> 68
     sched = nets.solver_schedule(spec.PAPER_TRAIN, 8, 3, n_val=spec.PAPER_TEST, val_batch=8,
@@ -83,6 +84,7 @@ def test_iteration_counts_worked_by_hand():
     assert S.display_interval(5, 1, 8) == 1
     # 5000 images at batch 8 = exactly 625 iterations (not 626): min(floor(10^6 / 8) = 125000, 625)
     assert S.display_interval(1000000, 1, 8) == 625
+    assert S.display_interval(10 ** 7, 1, 1) == 5000                   # batch 1: every 5000 iterations
     # momentum 0.9 but for AdaGrad / RMSprop; weight decay = base_lr / 100 (caffe_train.py)
     assert (S.MOMENTUM, S.WEIGHT_DECAY_OVER_LR, S.NO_MOMENTUM) == (0.9, 100.0, ("ADAGRAD", "RMSPROP"))
 

@@ -342,3 +342,17 @@ def test_eq1_check_names_another_loss(tmp_path):
                        (caffe_softmax, "loss SoftmaxWithLoss is not eq. 1's"), (no_loss, "no loss layer")):
         rows = fidelity.check(ds, net=_edited(tmp_path, edit, edit.__name__ + ".prototxt"), caffe_check=False)
         assert _status(rows)["eq1_loss"] == fidelity.FAIL and want in _evidence(rows, "eq1_loss"), edit.__name__
+
+
+def test_eq1_and_eq2_checks_name_a_missing_file(tmp_path):
+    """A missing class_prior.txt or per_image.csv is the check's own FAIL naming the file, not a crash."""
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    os.remove(os.path.join(ds, "class_prior.txt"))
+    ev = str(tmp_path / "eval")
+    _write_eval(ev, PER_IMAGE, GOOD_TABLE)
+    os.remove(os.path.join(ev, "per_image.csv"))
+    rows = fidelity.check(ds, eval_dir=ev, caffe_check=False)
+    assert _status(rows)["eq1_loss"] == _status(rows)["eq2_rms"] == fidelity.FAIL
+    assert _evidence(rows, "eq1_loss").startswith("class weights v(Y) unreadable: ")
+    assert "class_prior.txt" in _evidence(rows, "eq1_loss")
+    assert _evidence(rows, "eq2_rms").endswith("per_image.csv: no such evaluation CSV")
