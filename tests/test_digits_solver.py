@@ -105,6 +105,19 @@ def test_step_sizes_take_the_ceiling_worked_by_hand():
     assert S.lr_fields("inv", {"gamma": 0.3, "power": 0.75}, 300) == {"gamma": pytest.approx(0.1), "power": 0.75}
 
 
+def test_form_defaults_are_digits_forms():
+    """digits/model/forms.py (v6.1.1): lr_step_size 33, lr_step_gamma 0.1, lr_multistep_values "50,85",
+    lr_multistep_gamma 0.5, lr_exp_gamma 0.95, lr_inv_gamma 0.1, lr_inv_power 0.5, lr_poly_power 3,
+    lr_sigmoid_step 50, lr_sigmoid_gamma 0.1 -- copied from the form, not from solver.py."""
+    digits_form = {"lr_step_size": 33, "lr_step_gamma": 0.1, "lr_multistep_values": "50,85",
+                   "lr_multistep_gamma": 0.5, "lr_exp_gamma": 0.95, "lr_inv_gamma": 0.1, "lr_inv_power": 0.5,
+                   "lr_poly_power": 3, "lr_sigmoid_step": 50, "lr_sigmoid_gamma": 0.1}
+    seen = {field: default for fields in S.LR_FORM_FIELDS.values() for _, field, default in fields}
+    assert seen == digits_form
+    assert set(S.LR_FORM_FIELDS) == set(S.LR_POLICIES) == {"fixed", "step", "multistep", "exp", "inv", "poly",
+                                                            "sigmoid"}
+
+
 def test_form_defaults_and_spellings_worked_by_hand():
     assert S.lr_params("step") == {"stepsize": 33.0, "gamma": 0.1}
     assert S.lr_params("step", {"gamma": 0.5, "stepsize": None, "power": 2}) == {"stepsize": 33.0, "gamma": 0.5}
