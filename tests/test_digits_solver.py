@@ -55,7 +55,7 @@ def test_intervals_truncate_worked_by_hand():
     """DIGITS' caffe_train.py: `solver.snapshot = int(snapshot_interval)` for 1 < n < max_iter.
     Products whose fraction is not .5, where truncating, rounding and the ceiling all differ."""
     # 10 iterations an epoch, 30 in all
-    for every, want in ((1.27, 12), (0.19, 1), (2.96, 29), (0.1, 1), (0.14, 1)):
+    for every, want in ((1.27, 12), (0.19, 1), (2.96, 29), (0.1, 1), (0.14, 1), (0.2, 2)):
         assert S.snapshot_interval(every, 10, 30) == want, every
         assert S.val_interval(every, 10, 30) == want, every
     # at or past max_iter: snapshots only at the end (0), validation once at the end (max_iter)
