@@ -359,3 +359,17 @@ def test_eq1_and_eq2_checks_name_a_missing_file(tmp_path):
     assert _evidence(rows, "eq1_loss").startswith("class weights v(Y) unreadable: ")
     assert "class_prior.txt" in _evidence(rows, "eq1_loss")
     assert _evidence(rows, "eq2_rms").endswith("per_image.csv: no such evaluation CSV")
+
+
+def test_eq1_and_eq2_checks_name_a_malformed_file(tmp_path):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    with open(os.path.join(ds, "class_weights.txt"), "w") as f:
+        f.write("1.0\n2.0\n")
+    ev = str(tmp_path / "eval")
+    _write_eval(ev, [("a", "human", "ten")], [("human", 1, 10.0)])
+    rows = fidelity.check(ds, eval_dir=ev, caffe_check=False)
+    assert _evidence(rows, "eq1_loss").startswith("class weights v(Y) unreadable: ")
+    assert "need 32 positive weights, got 2 values" in _evidence(rows, "eq1_loss")
+    assert _status(rows)["eq2_rms"] == fidelity.FAIL
+    assert not _evidence(rows, "eq2_rms").startswith("check raised")
+    assert "could not convert string to float: 'ten'" in _evidence(rows, "eq2_rms")
