@@ -104,8 +104,12 @@ def test_class_prior_and_weights_worked_by_hand():
     # sum_q p_q / mix_q = 8/7 + 16/15 + 8/9 = 976/315, so v = (1/mix) * 315/976 = [45, 63, 315, 105] / 61
     np.testing.assert_allclose(spec.rebalance_weights(prior, 0.25), np.array([45, 63, 315, 105]) / 61.0,
                                rtol=1e-12)
-    # lambda = 0: 1/p = [2, 3, -, 6], the unseen bin takes the largest finite weight (6); sum p w = 3
-    np.testing.assert_allclose(spec.rebalance_weights(prior, 0.0), [2 / 3.0, 1.0, 2.0, 2.0], rtol=1e-12)
+    # lambda = 0: 1/p = [2, 3, -, 6], the unseen bin takes the largest finite weight (6); sum p w = 3;
+    # never a division by zero on the way
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(spec.rebalance_weights(prior, 0.0), [2 / 3.0, 1.0, 2.0, 2.0], rtol=1e-12)
     # lambda = 1: the prior is ignored, every weight is 1
     np.testing.assert_allclose(spec.rebalance_weights(prior, 1.0), np.ones(4), rtol=1e-12)
 
@@ -184,6 +188,8 @@ def test_paper_numbers_as_the_paper_gives_them():
     # bin edges by hand: 8 levels a bin, 255 in the last, centres 3.5 .. 251.5
     np.testing.assert_array_equal(spec.brightness_to_bins([0, 7.99, 8, 255, 300, -4]), [0, 0, 1, 31, 31, 0])
     np.testing.assert_array_equal(spec.bin_centers(4), [31.5, 95.5, 159.5, 223.5])
+    # Q that does not divide 256: 3 bins 85.33 levels wide, centres 42.17, 127.5, 212.83
+    np.testing.assert_allclose(spec.bin_centers(3), [128 / 3.0 - 0.5, 127.5, 640 / 3.0 - 0.5])
     assert spec.bin_centers().dtype == np.float64 and spec.bin_centers()[-1] == 251.5
     # 15..45 C: 30 C is 127.5 (255 / 2), below / above the window clip to 0 / 255
     np.testing.assert_allclose(spec.to_brightness([30.0, 0.0, 60.0], 15.0, 45.0), [127.5, 0.0, 255.0])
