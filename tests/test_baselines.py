@@ -160,3 +160,19 @@ def test_unpaired_or_misshapen_training_entries_are_refused(tmp_path):
     _rewrite(ds, layout.FEATURES, [])
     with pytest.raises(ValueError, match="empty training label LMDB"):
         bl.train_statistics(ds)
+
+
+def test_label_bounds_flat_ir_and_a_one_row_manifest(tmp_path):
+    ds, *_ = _write_dataset(str(tmp_path / "ds"), n=2)
+    from thermalnet.lmdb_io import read_lmdb
+    top = max(int(lab.max()) for _, lab in read_lmdb(os.path.join(ds, layout.TRAIN_DB, layout.LABELS)))
+    with pytest.raises(ValueError, match="label %d >= num_bins %d" % (top, top)):
+        bl.train_statistics(ds, num_bins=top)          # a label equal to Q is out of range
+    # IR of one temperature: no spread to explain, r2 0 and slope 0 (no division by zero)
+    _rewrite(ds, layout.LABELS, [np.full((1, H, W), 5, np.uint8)] * 2)
+    fit = bl.train_statistics(ds)["fit"]
+    assert fit["r2"] == 0.0 and fit["a"] == pytest.approx(0.0, abs=1e-12) and fit["b"] == pytest.approx(43.5)
+    with open(os.path.join(ds, layout.MANIFEST_FILE), "w") as f:
+        f.write("id,object_class\na,human\n")
+    with pytest.raises(ValueError, match="manifest needs columns id and split"):
+        bl.read_manifest(ds)
