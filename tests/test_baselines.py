@@ -172,6 +172,15 @@ def test_label_bounds_flat_ir_and_a_one_row_manifest(tmp_path):
     _rewrite(ds, layout.LABELS, [np.full((1, H, W), 5, np.uint8)] * 2)
     fit = bl.train_statistics(ds)["fit"]
     assert fit["r2"] == 0.0 and fit["a"] == pytest.approx(0.0, abs=1e-12) and fit["b"] == pytest.approx(43.5)
+    # one pixel in one bin up: IR variance 64 * (1/384)(1 - 1/384) = 0.166, still a fit with its r2
+    near = np.full((1, H, W), 5, np.uint8)
+    near[0, 3, 4] = 6
+    _rewrite(ds, layout.LABELS, [near, np.full((1, H, W), 5, np.uint8)])
+    fit = bl.train_statistics(ds)["fit"]
+    luma = np.stack([bl.luminance(f[::-1].transpose(1, 2, 0)) for _, f in
+                     read_lmdb(os.path.join(ds, layout.TRAIN_DB, layout.FEATURES))])
+    ir = np.stack([near[0], np.full((H, W), 5)]) * 8.0 + 3.5
+    assert fit["r2"] > 0 and fit["r2"] == pytest.approx(np.corrcoef(luma.ravel(), ir.ravel())[0, 1] ** 2, rel=1e-9)
     with open(os.path.join(ds, layout.MANIFEST_FILE), "w") as f:
         f.write("id,object_class\na,human\n")
     with pytest.raises(ValueError, match="manifest needs columns id and split"):

@@ -205,9 +205,10 @@ def markdown(records: Sequence[Dict]) -> str:
         where = r["path"] + (" (%s)" % ", ".join(r["functions"]) if r["functions"] else "")
         score = "—" if r["score"] is None else "%.1f %%" % (100 * r["score"])
         met = "—" if r["target_met"] is None else ("met" if r["target_met"] else "**not met**")
-        out.append("| %s | %s | %s | %d | %d | %d | %d | %s | %s | `%s` |" % (
+        out.append("| %s | %s | %s | %d | %d | %d | %d | %s | %s | %s |" % (
             r["module"], where, ", ".join(os.path.basename(t) for t in r["tests"]), r["mutants"], r["killed"],
-            r["survived"], r["equivalent"], score, met, r.get("command") or "?"))
+            r["survived"], r["equivalent"], score, met, "`%s`" % (r.get("command") or "?")
+            + (", then `%s`" % r["survivors_rerun"]["command"] if r.get("survivors_rerun") else "")))
     for r in records:
         rest = [m for m in r["mutant_list"] if m["outcome"] in ("survived", "equivalent")]
         if not rest:
@@ -376,7 +377,8 @@ def _main(args) -> None:
         previous = _previous(args.out, name)
         if args.report:
             rec = report_module(name, bin_dir, work)
-            rec.update(command=previous.get("command") or command, seconds=previous.get("seconds"))
+            rec.update(command=previous.get("command") or command, seconds=previous.get("seconds"),
+                       survivors_rerun=previous.get("survivors_rerun"))
         elif args.survivors:
             if not previous or previous.get("source_sha256") is None:
                 raise ValueError("%s: no earlier run of %s to take the survivors from" % (args.out, name))
