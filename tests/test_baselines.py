@@ -185,3 +185,17 @@ def test_label_bounds_flat_ir_and_a_one_row_manifest(tmp_path):
         f.write("id,object_class\na,human\n")
     with pytest.raises(ValueError, match="manifest needs columns id and split"):
         bl.read_manifest(ds)
+
+
+def test_load_test_pair_reads_the_test_folder(tmp_path):
+    from PIL import Image
+    ds = str(tmp_path)
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    ir = np.array([[0, 100, 255], [7, 8, 9]], np.uint8)
+    for sub, img in (("visible", rgb), ("ir", ir)):
+        os.makedirs(os.path.join(ds, layout.TEST_DIR, sub))
+        Image.fromarray(img).save(os.path.join(ds, layout.TEST_DIR, sub, "p1.png"))
+    vis, got = bl.load_test_pair(ds, "p1")
+    np.testing.assert_array_equal(vis, rgb)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, ir)
