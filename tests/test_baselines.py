@@ -181,6 +181,17 @@ def test_label_bounds_flat_ir_and_a_one_row_manifest(tmp_path):
                      read_lmdb(os.path.join(ds, layout.TRAIN_DB, layout.FEATURES))])
     ir = np.stack([near[0], np.full((H, W), 5)]) * 8.0 + 3.5
     assert fit["r2"] > 0 and fit["r2"] == pytest.approx(np.corrcoef(luma.ravel(), ir.ravel())[0, 1] ** 2, rel=1e-9)
+    # and a visible image of tiny spread (one pixel 2 levels brighter in R: luma variance 0.0009): still a fit
+    flat = np.full((3, H, W), 100, np.uint8)
+    bright = flat.copy()
+    bright[2, 3, 4] = 102                                           # BGR: channel 2 is R
+    _rewrite(ds, layout.FEATURES, [bright, flat])
+    fit = bl.train_statistics(ds)["fit"]
+    luma = np.full((2, H, W), 100.0)
+    luma[0, 3, 4] += 2 * 0.299
+    slope, icpt = np.polyfit(luma.ravel(), ir.ravel(), 1)
+    assert fit["a"] == pytest.approx(slope, rel=1e-6) and fit["b"] == pytest.approx(icpt, rel=1e-6)
+    assert fit["r2"] == pytest.approx(1.0)
     with open(os.path.join(ds, layout.MANIFEST_FILE), "w") as f:
         f.write("id,object_class\na,human\n")
     with pytest.raises(ValueError, match="manifest needs columns id and split"):
