@@ -9,7 +9,7 @@ GPU_FLAGS := --gpu
 # CUDA_ARCH="-gencode arch=compute_90,code=sm_90" builds one architecture (faster).
 CUDA_ARCH ?=
 
-.PHONY: setup gpu-build gpu-setup gpu-bundle cpu-setup demo test test-digits digits-local bench clean help
+.PHONY: setup gpu-build gpu-setup gpu-bundle cpu-setup demo test test-digits digits-local bench mutation clean help
 
 help:
 	@echo "make setup  - Debian packages, venv, cached CPU Caffe build (run by demo/test)"
@@ -18,6 +18,7 @@ help:
 	@echo "make test-digits DIGITS_ROOT=DIR - the DIGITS client's tests against real DIGITS 6.1.1 (a checkout)"
 	@echo "make digits-local DIGITS_SRC=DIR BOOST_PYTHON_SRC=DIR - build and start DIGITS 6.1.1 on 127.0.0.1"
 	@echo "make bench  - benchmarks that print measured ratios"
+	@echo "make mutation - mutation testing of the core modules (slow, not in CI; MUTATION_ARGS=\"solver metrics\")"
 	@echo "make gpu-build - only build and cache the GPU Caffe (tests/test_gpu_build.py checks it)"
 	@echo "make gpu-setup - GPU Caffe (CUDA 13 wheels, cached; long compile) linked into the venv instead"
 	@echo "make gpu-bundle - GPU Caffe for Python 3.12 packed for a lent GPU machine (tools/extra/gpu_bundle.sh)"
@@ -58,6 +59,16 @@ digits-local:
 
 bench: setup
 	$(PY) -m tools.benchmark $(BENCH_ARGS)
+
+# Mutation testing (tools/mutation.py): cosmic-ray in its own venv, so CI and `make setup` never install it.
+MUTATION_VENV ?= .venv-mutation
+$(MUTATION_VENV)/.installed: requirements-mutation.txt
+	python3 -m venv $(MUTATION_VENV)
+	$(MUTATION_VENV)/bin/python -m pip install -q -r requirements-mutation.txt
+	touch $@
+
+mutation: setup $(MUTATION_VENV)/.installed
+	nice -n 10 $(PY) -m tools.mutation --cosmic-ray-bin $(MUTATION_VENV)/bin $(MUTATION_ARGS)
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from dataset_builder import build as B
-from thermalnet import layout, spec
+from thermalnet import layout, nets, spec
 from dataset_builder import splits as S
 from dataset_builder import synthetic
 from thermalnet.atomic import OutputExists
@@ -484,7 +484,6 @@ def test_interrupted_build_keeps_old_dataset(syn_pairs, syn_ds, tmp_path, sig):
 def test_thermalnet_val_stage_reads_the_dataset(caffe, syn_ds, tmp_path):
     """The real network (prototxt/thermalnet_v1_1.prototxt, bound by thermalnet/nets.materialize)
     reads the val LMDBs of a built dataset: same labels, mean-subtracted features, finite loss."""
-    nets = pytest.importorskip("thermalnet.nets")
     ds, _ = syn_ds
     path = nets.materialize(nets.network("v1_1").net, ds, str(tmp_path / "net.prototxt"), val_batch_size=2)
     net = caffe.Net(path, caffe.TEST, stages=["val"])

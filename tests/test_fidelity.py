@@ -7,6 +7,7 @@ with their evidence. Networks are built in the real Caffe (in a child process).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -213,3 +214,164 @@ def test_every_assumption_says_what_it_rests_on():
     for item in fidelity.REGISTER:
         if item.kind == "assumption":
             assert len(item.behind) > 40 and "placeholder" not in item.behind.lower(), item.key
+
+
+def _v_by_hand(prior, lam):
+    """eq. 1's v(Y) written out again (no kit code): 1 / ((1 - lam) p + lam / Q), then scaled
+    so that the expectation under the prior is 1."""
+    q = len(prior)
+    raw = [1.0 / ((1.0 - lam) * p + lam / q) for p in prior]
+    mean = sum(p * r for p, r in zip(prior, raw))
+    return [r / mean for r in raw]
+
+
+@pytest.mark.parametrize("index,factor,expect", [(7, 1.0, "PASS"), (7, 2.0, "FAIL"), (7, 1.001, "FAIL"),
+                                                 (7, 0.5, "FAIL"), (1, 1.000002, "PASS"), (0, 1.00002, "FAIL")])
+def test_eq1_check_compares_the_weights_with_the_prior(tmp_path, index, factor, expect):
+    """class_weights.txt written from class_prior.txt by hand (lambda 0.5), then one weight
+    scaled: 100 % too large, 0.1 % too large, halved: each is a FAIL naming the file. The
+    tolerance is relative (1e-5): 2e-6 on the largest weight (9.33) passes, 2e-5 on the
+    smallest (0.55) fails, though their absolute errors are 1.9e-5 and 1.1e-5."""
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4, num_bins=32)[0]
+    prior = [0.0] * 32
+    for b, p in ((0, 0.5), (3, 0.25), (7, 0.125), (31, 0.125)):
+        prior[b] = p
+    v = _v_by_hand(prior, 0.5)
+    # by hand: mixes 0.5 p + 1/64 = 0.265625, 0.140625, 0.078125 (twice), 1/64 for unseen bins;
+    # E[1/mix] = 0.5/0.265625 + 0.25/0.140625 + 0.25/0.078125 = 6.86013; v(unseen) = 64 / 6.86013
+    assert v[1] == pytest.approx(9.329268, abs=1e-6) and v[0] == pytest.approx(0.548780, abs=1e-6)
+    v[index] *= factor
+    with open(os.path.join(ds, "class_prior.txt"), "w") as f:
+        f.write("".join("%.10f\n" % p for p in prior))
+    with open(os.path.join(ds, "class_weights.txt"), "w") as f:
+        f.write("".join("%.10f\n" % x for x in v))
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["eq1_loss"] == expect, _evidence(rows, "eq1_loss")
+    if expect == "FAIL":
+        assert "class_weights.txt differs from v(Y)" in _evidence(rows, "eq1_loss")
+    else:
+        assert "class_weights.txt = v(Y) of class_prior.txt (lambda 0.50, 32 bins" in _evidence(rows, "eq1_loss")
+
+
+def _write_eval(folder, per_image, table):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "eval.json"), "w") as f:
+        f.write('{"synthetic": true}')
+    with open(os.path.join(folder, "per_image.csv"), "w") as f:
+        f.write("id,object_class,tn\n" + "".join("%s,%s,%s\n" % r for r in per_image))
+    with open(os.path.join(folder, "table2.csv"), "w") as f:
+        f.write("object_class,n,tn\n" + "".join("%s,%d,%s\n" % r for r in table))
+
+
+PER_IMAGE = [("a", "human", 10.0), ("b", "human", 20.0), ("c", "computer", 6.0)]
+# class means by hand: human (10 + 20) / 2 = 15, computer 6, overall 36 / 3 = 12
+GOOD_TABLE = [("human", 2, 15.0), ("computer", 1, 6.0), ("overall", 3, 12.0)]
+
+
+@pytest.mark.parametrize("table,bad", [
+    (GOOD_TABLE, None),
+    ([("human", 2, 15.5), ("computer", 1, 6.0), ("overall", 3, 12.0)], "human"),     # a class mean off
+    ([("human", 2, 15.0), ("computer", 1, 6.0), ("overall", 3, 13.0)], "overall"),   # the overall mean off
+    ([("human", 3, 15.0), ("computer", 1, 6.0), ("overall", 3, 12.0)], "human"),     # a count off
+    ([("human", 2, 15.0), ("computer", 1, 6.0), ("overall", 3, 12.002)], "overall"),  # past the 1e-3 tolerance
+])
+def test_eq2_check_compares_table2_with_the_per_image_file(tmp_path, table, bad):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    ev = str(tmp_path / "eval")
+    _write_eval(ev, PER_IMAGE, table)
+    rows = fidelity.check(ds, eval_dir=ev, caffe_check=False)
+    if bad is None:
+        assert _status(rows)["eq2_rms"] == fidelity.PASS, _evidence(rows, "eq2_rms")
+        assert "human 2, computer 1, overall 3; SYNTHETIC data" in _evidence(rows, "eq2_rms")
+    else:
+        assert _status(rows)["eq2_rms"] == fidelity.FAIL
+        assert _evidence(rows, "eq2_rms") == "table2.csv class means differ from per_image.csv for " + bad
+
+
+def _set_info(ds, **kw):
+    path = os.path.join(ds, "dataset.json")
+    with open(path) as f:
+        info = json.load(f)
+    info.update(kw)
+    with open(path, "w") as f:
+        json.dump(info, f)
+
+
+def test_table2_classes_need_every_object_class_in_the_test_split(tmp_path):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    assert _status(fidelity.check(ds, caffe_check=False))["table2_classes"] == fidelity.NOT_RUN
+    _set_info(ds, class_counts={"test": {"human": 2, "microwave_oven": 1, "computer": 3}})
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["table2_classes"] == fidelity.PASS
+    assert _evidence(rows, "table2_classes") == "test split (dataset.json class_counts): computer 3, human 2, " \
+                                                "microwave_oven 1"
+    _set_info(ds, class_counts={"test": {"human": 2, "microwave_oven": 0, "computer": 3}})
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["table2_classes"] == fidelity.FAIL
+    assert _evidence(rows, "table2_classes").startswith("test split has no microwave_oven (")
+
+
+@pytest.mark.parametrize("iterations,per_epoch,expect", [(125000, 125, "PASS"), (124999, 125, "FAIL"),
+                                                         (10, 0, "NOT RUN")])
+def test_epochs_count_iterations_over_iterations_per_epoch(tmp_path, iterations, per_epoch, expect):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_summary.json").write_text(json.dumps({"dataset": ds, "iterations": iterations, "epochs": 1000,
+                                                        "iters_per_epoch": per_epoch, "max_seconds": 600}))
+    rows = fidelity.check(str(run), net=NET, caffe_check=False)
+    assert _status(rows)["epochs_1000"] == expect
+    if per_epoch:
+        assert "%d iterations / 125 per epoch = %.1f epochs (planned 1000, time budget 10 min)" % (
+            iterations, iterations / 125.0) in _evidence(rows, "epochs_1000")
+
+
+def test_eq1_check_names_another_loss(tmp_path):
+    """A network trained with another loss FAILs eq. 1, naming that loss."""
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+
+    def loss_layers(net):
+        return [l for l in net.layer if l.type == "Python" or l.type.endswith("Loss")]
+
+    def sigmoid(net):
+        loss_layers(net)[0].python_param.layer = "WeightedSigmoidCrossEntropyLoss"
+
+    def caffe_softmax(net):
+        loss_layers(net)[0].type = "SoftmaxWithLoss"
+
+    def no_loss(net):
+        for l in loss_layers(net):
+            net.layer.remove(l)
+
+    for edit, want in ((sigmoid, "loss WeightedSigmoidCrossEntropyLoss is not eq. 1's"),
+                       (caffe_softmax, "loss SoftmaxWithLoss is not eq. 1's"), (no_loss, "no loss layer")):
+        rows = fidelity.check(ds, net=_edited(tmp_path, edit, edit.__name__ + ".prototxt"), caffe_check=False)
+        assert _status(rows)["eq1_loss"] == fidelity.FAIL and want in _evidence(rows, "eq1_loss"), edit.__name__
+
+
+def test_eq1_and_eq2_checks_name_a_missing_file(tmp_path):
+    """A missing class_prior.txt or per_image.csv is the check's own FAIL naming the file, not a crash."""
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    os.remove(os.path.join(ds, "class_prior.txt"))
+    ev = str(tmp_path / "eval")
+    _write_eval(ev, PER_IMAGE, GOOD_TABLE)
+    os.remove(os.path.join(ev, "per_image.csv"))
+    rows = fidelity.check(ds, eval_dir=ev, caffe_check=False)
+    assert _status(rows)["eq1_loss"] == _status(rows)["eq2_rms"] == fidelity.FAIL
+    assert _evidence(rows, "eq1_loss").startswith("class weights v(Y) unreadable: ")
+    assert "class_prior.txt" in _evidence(rows, "eq1_loss")
+    assert _evidence(rows, "eq2_rms").endswith("per_image.csv: no such evaluation CSV")
+
+
+def test_eq1_and_eq2_checks_name_a_malformed_file(tmp_path):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    with open(os.path.join(ds, "class_weights.txt"), "w") as f:
+        f.write("1.0\n2.0\n")
+    ev = str(tmp_path / "eval")
+    _write_eval(ev, [("a", "human", "ten")], [("human", 1, 10.0)])
+    rows = fidelity.check(ds, eval_dir=ev, caffe_check=False)
+    assert _evidence(rows, "eq1_loss").startswith("class weights v(Y) unreadable: ")
+    assert "need 32 positive weights, got 2 values" in _evidence(rows, "eq1_loss")
+    assert _status(rows)["eq2_rms"] == fidelity.FAIL
+    assert not _evidence(rows, "eq2_rms").startswith("check raised")
+    assert "could not convert string to float: 'ten'" in _evidence(rows, "eq2_rms")

@@ -120,8 +120,8 @@ def test_png_path_checks_every_chunk_crc(tmp_path):
 
 @pytest.mark.parametrize("decoder", ["libspng", "opencv"])
 def test_both_png_decoders_give_pils_pixels(tmp_path, monkeypatch, decoder):
-    if decoder == "libspng" and imageio._spng is None:
-        pytest.skip("pyspng is not installed (requirements.txt installs it)")
+    if decoder == "libspng":
+        assert imageio._spng is not None, "pyspng is not installed (requirements.txt pins it)"
     if decoder == "opencv":
         monkeypatch.setattr(imageio, "_spng", None)
     p = str(tmp_path / "x.png")

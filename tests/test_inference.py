@@ -48,8 +48,7 @@ def any_net(request, tiny_net, tmp_path_factory):
     if request.param == "tiny":
         return tiny_net
     deploy = REAL_DEPLOYS[request.param]
-    if not os.path.isfile(deploy):
-        pytest.skip("%s not written yet" % os.path.basename(deploy))
+    assert os.path.isfile(deploy), "%s: tracked deploy file missing" % deploy
     d = tmp_path_factory.mktemp("real_" + request.param)
     return deploy, random_caffemodel(deploy, str(d / "random.caffemodel"), seed=2)
 

@@ -79,13 +79,15 @@ def eq1_numpy(scores, labels, weights, ignore_label=None):
     return loss, grad * v[:, None] / norm
 
 
-def sigmoid_ce_numpy(scores, labels, weights):
+def sigmoid_ce_numpy(scores, labels, weights, ignore_label=None):
+    """Reference: one-hot targets t, L = -(1/#valid) sum v(y) sum_q [t log s + (1-t) log(1-s)]."""
     s = scores.astype(np.float64)
     y = labels[:, 0].astype(np.int64)
+    valid = np.ones(y.shape, bool) if ignore_label is None else (y != ignore_label)
     t = (y[:, None] == np.arange(s.shape[1])[None, :, None, None]).astype(np.float64)
     sig = 1.0 / (1.0 + np.exp(-s))
-    v = np.asarray(weights)[y]
-    norm = y.size
+    v = np.where(valid, np.asarray(weights)[np.where(valid, y, 0)], 0.0)
+    norm = max(1, valid.sum())
     per = -(t * np.log(sig) + (1 - t) * np.log(1 - sig)).sum(axis=1)
     return np.sum(v * per) / norm, (sig - t) * v[:, None] / norm
 
@@ -167,15 +169,21 @@ def test_unit_weights_equal_caffe_softmax_with_loss(caffe, tmp_path, ignore):
     assert loss_a == pytest.approx(ref_loss, rel=1e-5)
 
 
-def test_sigmoid_variant_matches_numpy_and_finite_differences(caffe, tmp_path, data):
+@pytest.mark.parametrize("loss_weight,ignore", [(1.0, None), (2.5, None), (0.5, 3)])
+def test_sigmoid_variant_matches_numpy_and_finite_differences(caffe, tmp_path, data, loss_weight, ignore):
+    """Caffe scales a loss layer's top diff by loss_weight: the gradient must follow it."""
     scores, labels, weights = data
-    net = _make_net(caffe, tmp_path, _net_text(SHAPE, "WeightedSigmoidCrossEntropyLoss", 1.0,
-                                               {"class_weights": _weights_file(tmp_path, weights)}))
+    param = {"class_weights": _weights_file(tmp_path, weights)}
+    if ignore is not None:
+        param["ignore_label"] = ignore
+        assert (labels == ignore).any() and (labels != ignore).any()
+    net = _make_net(caffe, tmp_path, _net_text(SHAPE, "WeightedSigmoidCrossEntropyLoss", loss_weight, param))
     loss, grad = _run(net, scores, labels)
-    ref_loss, ref_grad = sigmoid_ce_numpy(scores, labels, weights)
+    ref_loss, ref_grad = sigmoid_ce_numpy(scores, labels, weights, ignore)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
-    np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-7)
-    _assert_finite_differences(net, scores, labels, grad, count=20, seed=5)
+    np.testing.assert_allclose(grad, loss_weight * ref_grad, rtol=1e-4, atol=1e-7)
+    if loss_weight == 1.0:
+        _assert_finite_differences(net, scores, labels, grad, count=20, seed=5)
 
 
 def test_sigmoid_unit_weights_equal_caffe_sigmoid_cross_entropy(caffe, tmp_path, data):

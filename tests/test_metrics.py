@@ -89,3 +89,32 @@ def test_all_metrics_and_shape_errors():
         metrics.ssim(ir, pred[:-1])
     with pytest.raises(ValueError, match="equal shape"):
         metrics.rms_offset_free(ir, pred.T)
+
+
+def test_higher_is_better_agrees_with_each_metric_on_a_better_prediction():
+    """The direction of each metric, from the metric itself: a prediction with less noise
+    must score better (errors fall, SSIM and PSNR rise), and the table says which way."""
+    ir, _ = _images(6)
+    rng = np.random.RandomState(6)
+    noise = rng.randn(*ir.shape)
+    # noise with a non-zero mean and structure, so the offset-free RMS moves too
+    close, far = ir + 3.0 * noise + 1.0, ir + 30.0 * noise + 10.0
+    for k in metrics.METRICS:
+        good, bad = metrics.FUNCTIONS[k](ir, close), metrics.FUNCTIONS[k](ir, far)
+        assert good != bad, k
+        assert (good > bad) == metrics.HIGHER_IS_BETTER[k], k
+    assert metrics.HIGHER_IS_BETTER == {"rms": False, "rms_offset_free": False, "ssim": True, "psnr": True}
+
+
+def test_shape_errors_and_table_precision():
+    a = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="RMS needs equal shapes, got \\(3, 4\\) and \\(4, 3\\)"):
+        metrics.rms(a, a.T)
+    assert metrics.rms(np.zeros(5), np.full(5, 2.0)) == 2.0        # eq. 2 takes any equal shapes
+    for f in (metrics.rms_offset_free, metrics.ssim, metrics.psnr):
+        with pytest.raises(ValueError, match="two HxW images of equal shape, got \\(3, 4\\) and \\(3, 4, 1\\)"):
+            f(a, a[..., None])
+        with pytest.raises(ValueError, match="two HxW images"):
+            f(np.zeros(12), np.zeros(12))
+    # tables: RMS to 0.1 as the paper's Table 2, SSIM to 0.001, PSNR to 0.01 dB
+    assert metrics.DIGITS == {"rms": 1, "rms_offset_free": 1, "ssim": 3, "psnr": 2}

@@ -57,3 +57,24 @@ def test_apply_dispatch():
         postprocess.apply("gatys", img, style_reference=img)
     with pytest.raises(ValueError, match="unknown"):
         postprocess.apply("median", img)
+
+
+def test_kernel_taps_worked_by_hand_and_gatys_dispatch():
+    # sigma 0.8, 3 taps: exp(-0.5 / 0.64) = 0.457833; normalised 0.457833 / 1.915667 = 0.238994
+    np.testing.assert_allclose(postprocess.gaussian_kernel1d(), [0.238994, 0.522012, 0.238994], atol=1e-6)
+    # 5 taps, sigma 1: exp(-2), exp(-0.5), 1, ... over their sum 2.483732
+    np.testing.assert_allclose(postprocess.gaussian_kernel1d(1.0, 5),
+                               np.array([0.135335, 0.606531, 1.0, 0.606531, 0.135335]) / 2.483732, atol=1e-6)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="sigma must be > 0"):
+            postprocess.gaussian_kernel1d(bad)
+
+    class Recon:
+        def run(self, tn, ref, **kw):
+            return tn + ref + kw["extra"], {"loss": 0}
+
+    a, b = np.ones((2, 2)), np.full((2, 2), 2.0)
+    np.testing.assert_array_equal(postprocess.apply("gatys", a, style_reference=b, reconstructor=Recon(), extra=4),
+                                  np.full((2, 2), 7.0))
+    with pytest.raises(ValueError, match="StyleReconstructor"):
+        postprocess.apply("gatys", a, reconstructor=Recon())

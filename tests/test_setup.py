@@ -97,8 +97,7 @@ def test_datum_round_trip_agrees_with_caffe_io(caffe):
 def test_upstream_array_to_datum_trap_is_real(caffe):
     """Why lmdb_io builds Datums itself: this Caffe's helper calls ndarray.tostring, deprecated in
     NumPy 2.x and removed from NumPy 2.3 on (AttributeError there, DeprecationWarning before)."""
-    if int(np.__version__.split(".")[0]) < 2:
-        pytest.skip("NumPy 1 still has tostring")
+    assert int(np.__version__.split(".")[0]) >= 2, "requirements.txt pins NumPy 2 (NumPy 1 still has tostring)"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises((AttributeError, DeprecationWarning), match="tostring"):

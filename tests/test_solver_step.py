@@ -135,7 +135,9 @@ def test_caffe_tool_trains_with_the_python_loss(caffe, tmp_path, small_dataset):
     try:
         caffe_env.caffe_tool()
     except caffe_env.CaffeNotFound as exc:
-        pytest.skip(str(exc))
+        if os.environ.get("CAFFE_ROOT"):          # a user's Caffe may be built without its tools
+            pytest.skip(str(exc))
+        pytest.fail("make setup links the `caffe` tool into the venv: %s" % exc)
     out, snap = caffe_tool_train(small_dataset, str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Test net output #1: loss" in out.stderr or "Test net output #0: loss" in out.stderr
