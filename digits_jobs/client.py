@@ -29,7 +29,6 @@ import re
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -37,7 +36,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from thermalnet import cli, decoders, layout, metrics
-from thermalnet.atomic import replace_dir, write_bytes
+from thermalnet.atomic import atomic_dir, write_bytes
 from digits_jobs import jobdefs as jd
 
 DEFAULT_URL = "http://localhost:5000"
@@ -428,10 +427,7 @@ def unpack_model_archive(blob: bytes, out_dir: str, where: str = "archive") -> D
         tf = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
     except tarfile.TarError as exc:
         raise DigitsError("%s: not a tar archive (%s)" % (where, exc)) from None
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".%s.tmp-" % os.path.basename(os.path.abspath(out_dir)), dir=parent)
-    try:
+    with atomic_dir(out_dir) as tmp:   # swapped in whole, or deleted (thermalnet.atomic)
         with tf:
             for m in tf.getmembers():
                 name = os.path.normpath(m.name)
@@ -441,10 +437,6 @@ def unpack_model_archive(blob: bytes, out_dir: str, where: str = "archive") -> D
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 with tf.extractfile(m) as src, open(dest, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-        replace_dir(tmp, out_dir)   # atomic swap (thermalnet.atomic)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return model_files(out_dir, where)
 
 
@@ -540,10 +532,7 @@ def export_image_folders(dataset_dir: str, out_dir: str, progress: bool = True) 
     from thermalnet.lmdb_io import lmdb_count, read_lmdb
 
     counts = {}
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".%s.tmp-" % os.path.basename(os.path.abspath(out_dir)), dir=parent)
-    try:
+    with atomic_dir(out_dir) as tmp:   # swapped in whole, or deleted (thermalnet.atomic)
         for split, feats, labels in layout.lmdb_pairs(dataset_dir):
             for p in (feats, labels):
                 if not os.path.isdir(p):
@@ -566,10 +555,6 @@ def export_image_folders(dataset_dir: str, out_dir: str, progress: bool = True) 
                 bar.update(1)
             bar.close()
             counts[split] = n
-        replace_dir(tmp, out_dir)   # atomic swap (thermalnet.atomic)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts
 
 

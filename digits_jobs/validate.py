@@ -52,7 +52,7 @@ import numpy as np
 
 from thermalnet import solver as digits_solver, cli, layout, spec
 from thermalnet.solver import LR_POLICIES, SOLVER_TYPES
-from thermalnet.atomic import replace_dir
+from thermalnet.atomic import atomic_dir
 from thermalnet.caffe_env import PROTOTXT_DIR, caffe_pb2
 
 # File names in a DIGITS model job folder (digits/model/tasks/caffe_train.py).
@@ -620,19 +620,12 @@ def rewrite_class_weights(net_text: str, class_weights_path: str) -> str:
 def write_job_dir(files: DigitsFiles, out_dir: str, python_layer_file: Optional[str]) -> str:
     """Write the four prototxt files (+ the Python layer) like a DIGITS job folder; atomically."""
     out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".%s.tmp-" % os.path.basename(out_dir), dir=parent)
-    try:
+    with atomic_dir(out_dir) as tmp:   # swapped in whole, or deleted (thermalnet.atomic)
         for name, text in files.texts().items():
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)
         if python_layer_file:
             shutil.copyfile(python_layer_file, os.path.join(tmp, PYTHON_LAYER_FILE))
-        replace_dir(tmp, out_dir)   # atomic swap (thermalnet.atomic)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -416,27 +416,30 @@ def test_refuses_to_replace_foreign_folder(syn_pairs, tmp_path):
     assert (out / "thesis.tex").read_text() == "do not delete"
 
 
-def _start_build(pairs, out, size=("360", "480")):
+def _start_build(pairs, out, size=("360", "480"), entry=("-m", "dataset_builder")):
     env = dict(os.environ, PYTHONPATH=REPO)
     # SIGINT back to its default in the child: a shell's background job (CI scripts, `make test &`)
     # starts with SIGINT ignored, which Python then keeps, and Ctrl-C would never reach the build.
-    return subprocess.Popen([sys.executable, "-m", "dataset_builder", "build", "--pairs", pairs, "--out", out,
+    return subprocess.Popen([sys.executable, *entry, "build", "--pairs", pairs, "--out", out,
                              "--size", size[0], size[1], "--workers", "1", "--quiet"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_writing(out, proc, timeout=120):
+def _wait_writing(out, proc, before, timeout=120):
     """Until the builder has made its temporary folder beside `out`; then the build is frozen
     (SIGSTOP) so the signal under test cannot arrive after it finished: 36 small pairs are
     decoded and written within milliseconds once the folder exists. Returns None when the
-    build was already done (the caller starts another)."""
+    build was already done, or had already swapped the new dataset in (`out`'s manifest is no
+    longer `before`; the temporary folder then holds the old one while it is deleted): the
+    caller starts another."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         for tmp in glob.glob(out + ".tmp-*"):
             if os.path.isdir(tmp):
                 proc.send_signal(signal.SIGSTOP)
-                if proc.poll() is None and os.path.isdir(tmp):
+                if proc.poll() is None and os.path.isdir(tmp) and \
+                        os.path.isfile(os.path.join(out, layout.MANIFEST_FILE)) and _manifest(out) == before:
                     return tmp
                 proc.send_signal(signal.SIGCONT)
                 proc.wait(60)
@@ -452,11 +455,11 @@ def test_interrupted_build_keeps_old_dataset(syn_pairs, syn_ds, tmp_path, sig):
     old, _ = syn_ds
     out = str(tmp_path / "ds")
     shutil.copytree(old, out)
-    before = open(os.path.join(out, layout.MANIFEST_FILE)).read()
+    before = _manifest(out)
     n_before = lmdb_count(os.path.join(out, layout.TRAIN_DB, layout.FEATURES))
     for _ in range(5):
         proc = _start_build(syn_pairs, out)
-        tmp = _wait_writing(out, proc)
+        tmp = _wait_writing(out, proc, before)
         if tmp is not None:
             break
         shutil.rmtree(out)
@@ -467,7 +470,7 @@ def test_interrupted_build_keeps_old_dataset(syn_pairs, syn_ds, tmp_path, sig):
     rc = proc.wait(60)
     assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 130), proc.stderr.read()
     # the old dataset is whole and untouched
-    assert open(os.path.join(out, layout.MANIFEST_FILE)).read() == before
+    assert _manifest(out) == before
     assert lmdb_count(os.path.join(out, layout.TRAIN_DB, layout.FEATURES)) == n_before
     assert _lmdb(out, layout.TRAIN_DB, layout.FEATURES).shape[2:] == (120, 160)
     if sig == signal.SIGKILL:
@@ -479,6 +482,34 @@ def test_interrupted_build_keeps_old_dataset(syn_pairs, syn_ds, tmp_path, sig):
     assert not glob.glob(out + ".tmp-*") and not glob.glob(out + ".old-*")
     assert _lmdb(out, layout.TRAIN_DB, layout.FEATURES).shape[1:] == (3, 60, 80)
     assert info["counts"]["train"] == n_before
+
+
+# dataset_builder's CLI with a real SIGINT the instant its temporary folder exists: the window in
+# which a Ctrl-C once left `<out>.tmp-<pid>-...` behind (the process preempted right after mkdir).
+_CTRL_C_AT_TMP = """
+import os, signal, sys
+real_mkdir = os.mkdir
+def mkdir(path, *args, **kw):
+    real_mkdir(path, *args, **kw)
+    if os.path.basename(path).startswith(os.path.basename(sys.argv[sys.argv.index("--out") + 1]) + ".tmp-"):
+        os.kill(os.getpid(), signal.SIGINT)
+os.mkdir = mkdir
+from dataset_builder.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_the_instant_the_build_folder_exists_keeps_old_dataset_and_leaves_nothing(syn_pairs, syn_ds,
+                                                                                         tmp_path):
+    old, _ = syn_ds
+    out = str(tmp_path / "ds")
+    shutil.copytree(old, out)
+    before = _manifest(out)
+    proc = _start_build(syn_pairs, out, entry=("-c", _CTRL_C_AT_TMP))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert _manifest(out) == before
+    assert os.listdir(str(tmp_path)) == ["ds"]
 
 
 def test_thermalnet_val_stage_reads_the_dataset(caffe, syn_ds, tmp_path):

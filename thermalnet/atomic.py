@@ -3,14 +3,20 @@ swapped in only when complete, so a reader never sees half of one.
 
 Files (atomic_file, write_bytes, write_text, write_json): a temporary file in the same
 folder, renamed over the destination (os.replace) when its writer finished; on any error
-it is deleted. Folders (atomic_output_dir):
+it is deleted. Folders (atomic_dir; atomic_output_dir also refuses to replace a folder
+the tool did not make):
 
 A dataset is built into `<out>.tmp-<pid>-XXXX`; when every file is written it is
 exchanged with `<out>` in one atomic rename (Linux renameat2 RENAME_EXCHANGE, else
-two renames), and the old folder is deleted afterwards. Ctrl-C deletes the
-temporary folder; a SIGKILL leaves it behind, where the next build removes it
-(its pid is dead). So `<out>` is always either the old complete dataset or the
+two renames, and Ctrl-C between them puts the old folder back), and the old folder
+is deleted afterwards. Ctrl-C deletes the temporary folder; a SIGKILL leaves it
+behind, where the next build removes it (its pid is dead). So `<out>` is always either the old complete dataset or the
 new complete one, never a half-written mix.
+
+Ctrl-C can land between any two bytecodes, also the instant after a temporary file or
+folder was created: so its name is chosen first and it is created inside the block that
+removes it on error (_fresh), never returned by a call (mkstemp, mkdtemp) that an
+interrupt could cut off before the name reaches the cleanup.
 """
 from __future__ import annotations
 
@@ -21,8 +27,8 @@ import glob
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -32,10 +38,45 @@ class OutputExists(RuntimeError):
     pass
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _names(prefix: str, suffix: str = ""):
+    """Fresh names `<prefix><pid>-<random><suffix>`; the pid lets clean_stale tell a dead
+    process's leftovers from a running one's."""
+    while True:
+        yield "%s%d-%s%s" % (prefix, os.getpid(), secrets.token_hex(4), suffix)
+
+
+@contextlib.contextmanager
+def _fresh(prefix: str, suffix: str, create, remove):
+    """Yield a new path made by create(path); remove(path) deletes it if the block fails.
+    The name is bound before create() runs, inside the try, so an interrupt the instant
+    after creation still finds it. A name that already exists holds our pid, so it is a
+    dead process's leftover: taking another name is all that is needed."""
+    names = _names(prefix, suffix)
+    path = next(names)
+    try:
+        while True:
+            try:
+                create(path)
+                break
+            except FileExistsError:
+                path = next(names)
+        yield path
+    except BaseException:
+        if os.path.lexists(path):
+            remove(path)
+        raise
+
+
+def _new_file(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))   # the usual mode, after umask
+
+
+def _new_dir(path: str) -> None:
+    os.mkdir(path, 0o777)
+
+
+def _remove_dir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -45,16 +86,9 @@ def atomic_file(path: str):
     without error and is removed otherwise."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
-    try:
+    with _fresh(os.path.join(folder, ".tmp-"), os.path.splitext(path)[1], _new_file, os.unlink) as tmp:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -118,13 +152,30 @@ def replace_dir(tmp: str, out: str) -> None:
         os.rename(tmp, out)
         return
     if _exchange(tmp, out):
-        shutil.rmtree(tmp, ignore_errors=True)      # tmp now holds the old folder
+        _remove_dir(tmp)      # tmp now holds the old folder
         return
-    old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-%d-" % os.getpid(), dir=os.path.dirname(out))
-    os.rmdir(old)
-    os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    old = next(_names(out + ".old-"))
+    try:
+        os.rename(out, old)
+        os.rename(tmp, out)
+    finally:
+        if os.path.lexists(old):
+            if os.path.lexists(out):
+                _remove_dir(old)          # done (or Ctrl-C after the second rename): the old one goes
+            else:
+                os.rename(old, out)       # Ctrl-C or an error between the renames: it comes back
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str):
+    """Yield a new empty folder `<out>.tmp-<pid>-XXXX`; it replaces `out` (replace_dir) when
+    the block ends without error and is deleted otherwise, Ctrl-C included."""
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    clean_stale(out)
+    with _fresh(out + ".tmp-", "", _new_dir, _remove_dir) as tmp:
+        yield tmp
+        replace_dir(tmp, out)
 
 
 @contextlib.contextmanager
@@ -132,20 +183,11 @@ def atomic_output_dir(out: str, marker: str):
     """Yield a temporary folder; on success it becomes `out` (marker: the file that
     identifies a folder this tool made, so a foreign non-empty folder is never replaced)."""
     out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
     if os.path.lexists(out):
         if not os.path.isdir(out):
             raise OutputExists("%s: exists and is not a folder; choose another output" % out)
         if os.listdir(out) and not os.path.exists(os.path.join(out, marker)):
             raise OutputExists("%s: exists, is not empty and has no %s (not made by this tool); "
                                "refusing to replace it" % (out, marker))
-    clean_stale(out)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-%d-" % os.getpid(), dir=parent)
-    os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700; the result is an ordinary folder
-    try:
+    with atomic_dir(out) as tmp:
         yield tmp
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
