@@ -106,3 +106,9 @@ def test_a_survivors_rerun_merges_into_the_earlier_record():
     # another source: nothing is merged
     changed = M.summarise("m", t, [_job("core/NumberReplacer", 11, "killed")], SOURCE + "\n", {})
     assert M.merge(first, changed, t, SOURCE + "\n", {})["mutants"] == 1
+
+
+def test_an_unknown_module_is_one_line(capsys):
+    assert M.main(["nope"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown module nope (known: metrics")

@@ -146,6 +146,8 @@ def test_decodings_of_a_batch_equal_each_image_decoded_alone():
     batch = np.stack([_random_probs(rng), _random_probs(rng)])         # 2 x 32 x 3 x 4
     w = rng.uniform(0.2, 5.0, spec.NUM_BINS)
     for method in decoders.DECODINGS:
+        if method == "sample":          # draws from one seeded stream: a batch's draws are not an image's alone
+            continue
         got = decoders.decode(batch, method, class_weights=w)
         assert got.shape == (2, 3, 4), method
         for i in range(2):
