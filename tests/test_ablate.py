@@ -49,15 +49,18 @@ def test_unknown_arm_is_an_error():
         ablate.plan_arms(["default", "nope"], None)
 
 
+def _tiny_ablation(pairs, out, arms):
+    """tools.ablate on tiny SYNTHETIC pairs: 4 iterations of batch 2 per arm; (out, ablation.json, arm -> result)."""
+    synthetic.generate(pairs, count=22, seed=5, workers=1, progress=False)
+    assert ablate.main(["--pairs", pairs, "--out", out, "--iterations", "4", "--batch-size", "2", "--quiet",
+                        "--arms", arms]) == 0
+    doc = json.load(open(os.path.join(out, "ablation.json")))
+    return out, doc, {r["arm"]: r for r in doc["results"]}
+
+
 def test_ablation_runs_every_arm_on_one_split(caffe, tmp_path):
     pairs = str(tmp_path / "pairs")
-    synthetic.generate(pairs, count=22, seed=5, workers=1, progress=False)
-    out = str(tmp_path / "abl")
-    rc = ablate.main(["--pairs", pairs, "--out", out, "--iterations", "4", "--batch-size", "2", "--quiet",
-                      "--arms", "default,deconv-fixed,q16,mirror,decoding,imagenet"])
-    assert rc == 0
-    doc = json.load(open(os.path.join(out, "ablation.json")))
-    res = {r["arm"]: r for r in doc["results"]}
+    out, doc, res = _tiny_ablation(pairs, str(tmp_path / "abl"), "default,deconv-fixed,q16,mirror,decoding,imagenet")
     assert set(res) == {"default", "deconv-fixed", "q16", "mirror", "decoding-expectation", "decoding-argmax",
                         "decoding-annealed", "imagenet"}
     assert res["imagenet"]["skip"].startswith("not run")
@@ -152,14 +155,8 @@ def test_kernel_equals_stride_arm_keeps_the_output_size(caffe, tmp_path, h, w):
 
 def test_hypothesis_arms_carry_the_papers_relations(caffe, tmp_path):
     pairs = str(tmp_path / "pairs")
-    synthetic.generate(pairs, count=22, seed=5, workers=1, progress=False)
-    out = str(tmp_path / "abl")
     assert ablate.plan_arms(["hypotheses"], None)[0]["name"] == "h-sample"
-    rc = ablate.main(["--pairs", pairs, "--out", out, "--iterations", "4", "--batch-size", "2", "--quiet",
-                      "--arms", "default,hypotheses"])
-    assert rc == 0
-    doc = json.load(open(os.path.join(out, "ablation.json")))
-    res = {r["arm"]: r for r in doc["results"]}
+    out, doc, res = _tiny_ablation(pairs, str(tmp_path / "abl"), "default,hypotheses")
     assert set(res) == {"default", "h-sample", "h-sample-t0.5", "h-digits", "h-argmax-q8", "h-deconv-k4s4",
                         "h-sigmoid"}
     for r in res.values():
