@@ -51,6 +51,12 @@ def unweight(probs: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
     return p / np.maximum(p.sum(axis=-3, keepdims=True), 1e-300)
 
 
+def label(method: str, temperature: float = None) -> str:
+    """'sample (T 0.5)' for a decoding that takes a temperature (its default when None), else the name."""
+    t = temperature if temperature is not None else DEFAULT_TEMPERATURE.get(method)
+    return method if t is None else "%s (T %g)" % (method, t)
+
+
 def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
     """The distribution raised to 1/T and renormalised over the bins (T < 1 sharpens, T = 1 keeps it)."""
     if not temperature > 0:

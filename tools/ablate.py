@@ -484,8 +484,7 @@ def relations_lines(results: List[Dict]) -> List[str]:
 
 
 def decoding_name(r: Dict) -> str:
-    from tools.evaluate import decoding_label
-    return decoding_label(r["decoding"], r.get("temperature"))
+    return decoders.label(r["decoding"], r.get("temperature"))
 
 
 def grid(results: List[Dict], out_png: str, n_images: int = GRID_IMAGES) -> Optional[str]:

@@ -250,12 +250,6 @@ def fit_markdown(fit: Dict) -> str:
             "R^2 %.3f), clipped to 0..255." % (fit["a"], fit["b"], fit["pixels"], fit["images"], fit["r2"]))
 
 
-def decoding_label(decoding: str, temperature: Optional[float] = None) -> str:
-    """'sample (T 0.5)' for a decoding that takes a temperature, else the name."""
-    t = temperature if temperature is not None else decoders.DEFAULT_TEMPERATURE.get(decoding)
-    return decoding if t is None else "%s (T %g)" % (decoding, t)
-
-
 def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "pycaffe",
              vgg_weights: Optional[str] = None, decoding: str = decoders.DEFAULT_DECODING,
              temperature: Optional[float] = None, batch_size: int = 8,
@@ -346,7 +340,7 @@ def evaluate(dataset: str, deploy: str, model: str, out: str, backend: str = "py
     _write_csv(os.path.join(out, "table2.csv"), TABLE_FIELDS, table)
     md = ("%s\n\nTable 2 (%s): average RMS (eq. 2, brightness 0..255 at %dx%d), %s decoding, TN + GS: 3x3 "
           "Gaussian sigma %.1f.\n\n" % (data_statement(info), data, info["height"], info["width"],
-                                        decoding_label(decoding, temperature), postprocess.GAUSSIAN_SIGMA)
+                                        decoders.label(decoding, temperature), postprocess.GAUSSIAN_SIGMA)
           + table_markdown(table, pp_note, data) + fit_markdown(base.fit) + "\n\n" + relations_markdown(table))
     write_text(os.path.join(out, "table2.md"), md)
     groups = [class_label(r["object_class"]) for r in table]
