@@ -61,6 +61,42 @@ def test_verdicts_follow_the_numbers():
     assert findings.verdicts(_table(pp=0.95))["pp"]["status"] == findings.NOT_REPRODUCED
 
 
+def test_computer_row_and_tolerance_edges_worked_by_hand():
+    # computer: TN + PP / TN = 36.5 / 16.7 = 2.1856 (Table 2 as printed; 37.5 would give 2.2455)
+    assert findings.PAPER_PP_RATIO["computer"] == pytest.approx(2.1856, abs=1e-4)
+    # The GS-gain tolerance is 10..30 % with both ends inside; just within each end passes.
+    judge = lambda gains: findings.verdicts(_table(gains=gains))["gs_gain"]["status"]   # noqa: E731
+    assert judge((10.0, 30.0, 20.0)) == findings.REPRODUCED
+    assert judge((10.5, 29.5, 20.0)) == findings.REPRODUCED
+    # "above" is strict: a ratio of exactly 1 (TN as sharp as the IR; TN + PP as good as TN) is not shown.
+    assert findings.verdicts(_table(hf=(1.5, 1.0, 1.5)))["hf"]["status"] == findings.NOT_REPRODUCED
+    assert findings.verdicts(_table(pp=1.0))["pp"]["status"] == findings.NOT_REPRODUCED
+
+
+def test_pp_smoothness_verdict_by_hand():
+    # TN + PP's high-frequency measure against the real IR's (6.0): 12 / 6 = 2 shows the paper's
+    # "failed to imitate the smoothness"; 6 / 6 = 1 and 3 / 6 = 0.5 do not.
+    for pp_hf, status in ((12.0, findings.REPRODUCED), (6.0, findings.NOT_REPRODUCED),
+                          (3.0, findings.NOT_REPRODUCED)):
+        rows = _table(pp=2.0)
+        for r in rows:
+            r["tn_pp_hf"] = pp_hf
+        v = findings.verdicts(rows)
+        assert v["pp_hf"]["status"] == status, pp_hf
+        assert v["pp_hf"]["values"]["human"] == pytest.approx(pp_hf / 6.0)
+    assert findings.verdicts(_table(pp=2.0))["pp_hf"]["status"] == findings.NOT_RUN     # no TN + PP HF measured
+
+
+def test_gain_and_ratio_guards_by_hand():
+    # A missing number on either side, or a TN (denominator) that is not positive, gives no value.
+    for tn, gs in ((None, 5.0), (5.0, None), (None, None), (0.0, 1.0), (-0.5, -0.4)):
+        assert findings.gs_gain_percent(tn, gs) is None, (tn, gs)
+        assert findings.ratio(gs, tn) is None, (gs, tn)
+    # Small positive RMS values are fine: 0.5 -> 0.4 is 20 %; 0.4 / 0.5 = 0.8.
+    assert findings.gs_gain_percent(0.5, 0.4) == pytest.approx(20.0)
+    assert findings.ratio(0.4, 0.5) == pytest.approx(0.8)
+
+
 def test_pairs_without_the_paper_classes_are_judged_on_all_images():
     rows = [{"object_class": "unlabelled", "n": 5, "tn": 40.0, "tn_gs": 30.0, "tn_hf": 2.0, "ir_hf": 4.0},
             {"object_class": "overall", "n": 5, "tn": 40.0, "tn_gs": 30.0, "tn_hf": 2.0, "ir_hf": 4.0}]

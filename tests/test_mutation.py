@@ -112,3 +112,22 @@ def test_an_unknown_module_is_one_line(capsys):
     assert M.main(["nope"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown module nope (known: metrics")
+
+
+def test_each_known_bug_still_applies_once_and_names_existing_tests():
+    """`--known-bugs` makes each bug by a text replacement: the text must still be there, once."""
+    assert len(M.KNOWN_BUGS) == 8 and len({b.name for b in M.KNOWN_BUGS}) == 8
+    for bug in M.KNOWN_BUGS:
+        with open(os.path.join(REPO, bug.path)) as f:
+            assert f.read().count(bug.old) == 1, bug.name
+        assert bug.old != bug.new
+        for test in bug.tests:
+            assert os.path.isfile(os.path.join(REPO, test)), (bug.name, test)
+
+
+def test_known_bugs_table_marks_a_missed_bug():
+    md = M.known_bugs_markdown([{"bug": "b1", "path": "x.py", "tests": ["tests/t.py"], "caught": True,
+                                 "first_failure": "tests/t.py::a"},
+                                {"bug": "b2", "path": "y.py", "tests": ["tests/u.py"], "caught": False,
+                                 "first_failure": None}], "make mutation")
+    assert "| b1 | x.py | t.py | yes | `tests/t.py::a` |" in md and "| b2 | y.py | u.py | **no** | — |" in md

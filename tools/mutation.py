@@ -69,6 +69,42 @@ TARGETS: Dict[str, Target] = {
     "findings": Target("thermalnet/findings.py", ("tests/test_findings.py",)),
 }
 
+class KnownBug(NamedTuple):
+    """A bug a reviewer once made by hand that the tests then missed (issue "Tests that catch bugs"):
+    `old` (exactly once in `path`) becomes `new`; `tests` must fail."""
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: Sequence[str]
+
+
+_SIGMOID_SCALE = "            scale = float(top[0].diff.flat[0]) / self.norm\n            x, diff, factor"
+_EQ2_CHECK = 'if len(sel) != r["n"] or (sel and abs(np.mean([p["tn"] for p in sel]) - r["tn"]) > 1e-3):'
+KNOWN_BUGS = (
+    KnownBug("sigmoid loss backward ignores the top diff (loss_weight != 1)", "prototxt/digits_python_layers.py",
+             _SIGMOID_SCALE, _SIGMOID_SCALE.replace("float(top[0].diff.flat[0])", "1.0"),
+             ("tests/test_loss_layer.py",)),
+    KnownBug("SSIM captioned lower-is-better", "thermalnet/metrics.py", '"ssim": True', '"ssim": False',
+             ("tests/test_metrics.py",)),
+    KnownBug("annealed decoding's default temperature 1.0, not 0.38", "thermalnet/decoders.py",
+             "ANNEAL_T = 0.38", "ANNEAL_T = 1.0", ("tests/test_spec.py",)),
+    KnownBug("DIGITS interval rounded, not truncated", "thermalnet/solver.py",
+             "int(n) if 1 < n < total else 0", "int(round(n)) if 1 < n < total else 0",
+             ("tests/test_digits_solver.py",)),
+    KnownBug("multistep stepvalue truncated, not the ceiling", "thermalnet/solver.py",
+             "int(math.ceil(float(v) * scale))", "int(float(v) * scale)", ("tests/test_digits_solver.py",)),
+    KnownBug("sigmoid stepsize truncated, not the ceiling", "thermalnet/solver.py",
+             'out["stepsize"] = int(math.ceil(float(p["stepsize"]) * scale))\n    return out',
+             'out["stepsize"] = int(float(p["stepsize"]) * scale)\n    return out', ("tests/test_digits_solver.py",)),
+    KnownBug("register's eq. 1 check accepts class weights off by 100 %", "tools/fidelity.py",
+             "if err > 1e-5:", "if err > 1.0:", ("tests/test_fidelity.py",)),
+    KnownBug("register's eq. 2 check no longer compares Table 2 with the per-image file", "tools/fidelity.py",
+             _EQ2_CHECK, 'if len(sel) != r["n"]:', ("tests/test_fidelity.py",)),
+)
+KNOWN_BUGS_FILE = "known_bugs"          # results/mutation/known_bugs.{json,md}
+
+
 # Operators left out, to keep a run within hours on 2 cores (cosmic-ray's full set replaces every
 # arithmetic operator by each of 12 others and every comparison by each of 9): arithmetic keeps
 # one replacement per operator, as mutmut does (+ -, * /, / *, / //, // /, % /, ** *); comparisons
@@ -339,6 +375,48 @@ def _previous(out: str, name: str) -> Dict:
         return json.load(f)
 
 
+def run_known_bugs(python: str, work: str) -> List[Dict]:
+    """Make each KNOWN_BUGS bug in a copy of the tree, run its tests, restore: one record per bug
+    (caught = the tests failed; first_failure = the first failing test)."""
+    tree = os.path.join(work, KNOWN_BUGS_FILE, "tree")
+    _copy_tree(tree)
+    out = []
+    for bug in KNOWN_BUGS:
+        path = os.path.join(tree, bug.path)
+        with open(path) as f:
+            original = f.read()
+        if original.count(bug.old) != 1:
+            raise ValueError("%s: the known bug '%s' no longer applies (its text occurs %d times): update "
+                             "tools/mutation.py KNOWN_BUGS" % (bug.path, bug.name, original.count(bug.old)))
+        try:
+            with open(path, "w") as f:
+                f.write(original.replace(bug.old, bug.new))
+            proc = subprocess.run(test_command(python, tree, bug.tests), shell=True, cwd=tree,
+                                  capture_output=True, text=True)
+        finally:
+            with open(path, "w") as f:
+                f.write(original)
+        if proc.returncode not in (0, 1):
+            raise RuntimeError("%s: the tests of '%s' did not run (pytest exit %d): %s"
+                               % (bug.path, bug.name, proc.returncode, proc.stdout.strip()[-500:]))
+        failed = [l.split()[1] for l in proc.stdout.splitlines() if l.startswith("FAILED ")]
+        out.append({"bug": bug.name, "path": bug.path, "tests": list(bug.tests), "caught": proc.returncode == 1,
+                    "first_failure": failed[0] if failed else None})
+    return out
+
+
+def known_bugs_markdown(records: Sequence[Dict], command: str) -> str:
+    lines = ["# Known bugs, made again", "",
+             "Each bug a reviewer made by hand (and the tests once missed) is made again in a copy of the tree "
+             "and its tests are run; every one must be caught. Made by `%s`." % command, "",
+             "| bug | file | tests | caught | first failing test |", "| --- | --- | --- | --- | --- |"]
+    for r in records:
+        lines.append("| %s | %s | %s | %s | %s |" % (r["bug"], r["path"], ", ".join(os.path.basename(t) for t in
+                     r["tests"]), "yes" if r["caught"] else "**no**", "`%s`" % r["first_failure"]
+                     if r["first_failure"] else "—"))
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.mutation",
                                 description="Mutation testing (cosmic-ray) of the kit's core modules; results in "
@@ -351,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "editing %s): no mutant is run" % EQUIVALENT_FILE)
     p.add_argument("--survivors", action="store_true", help="run only the survivors of the previous run (after "
                                                                 "adding tests; the module's source must be unchanged)")
+    p.add_argument("--known-bugs", action="store_true", help="only make the bugs in KNOWN_BUGS again, one at a "
+                                                                "time in a copy, and check their tests fail")
     p.add_argument("--out", default=os.path.join(REPO, RESULTS_DIR), help="results folder")
     p.add_argument("--work", default=os.path.join(REPO, WORK_DIR), help="scratch folder for the mutated copies")
     return p
@@ -362,13 +442,34 @@ def main(argv=None) -> int:
     return cli.run(lambda: _main(args))
 
 
-def _main(args) -> None:
+def _known_bugs(args) -> int:
+    from thermalnet.atomic import write_json, atomic_file
+    command = 'make mutation MUTATION_ARGS="--known-bugs"'
+    records = run_known_bugs(sys.executable, os.path.abspath(args.work))
+    os.makedirs(args.out, exist_ok=True)
+    write_json(os.path.join(args.out, KNOWN_BUGS_FILE + ".json"), {"command": command, "bugs": records})
+    with atomic_file(os.path.join(args.out, KNOWN_BUGS_FILE + ".md")) as tmp:
+        with open(tmp, "w") as f:
+            f.write(known_bugs_markdown(records, command))
+    for r in records:
+        print("[mutation] %s: %s (%s)" % ("caught" if r["caught"] else "NOT CAUGHT", r["bug"], r["first_failure"]),
+              file=sys.stderr, flush=True)
+    missed = [r["bug"] for r in records if not r["caught"]]
+    if missed:
+        print("error: known bugs the tests no longer catch: %s" % "; ".join(missed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _main(args) -> Optional[int]:
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
         raise ValueError("unknown module %s (known: %s)" % (", ".join(unknown), ", ".join(TARGETS)))
     if not os.path.isfile(os.path.join(args.cosmic_ray_bin, "cosmic-ray")):
         raise FileNotFoundError("%s: no cosmic-ray here (make mutation installs requirements-mutation.txt)"
                                 % args.cosmic_ray_bin)
+    if args.known_bugs:
+        return _known_bugs(args)
     flags = ["--survivors"] if args.survivors else []
     command = "make mutation" + (' MUTATION_ARGS="%s"' % " ".join(flags + args.modules)
                                  if args.modules or flags else "")
