@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import make_tiny_dataset
-from thermalnet import nets
+from thermalnet import layout, nets
 from tools import fidelity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -375,3 +376,84 @@ def test_eq1_and_eq2_checks_name_a_malformed_file(tmp_path):
     assert _status(rows)["eq2_rms"] == fidelity.FAIL
     assert not _evidence(rows, "eq2_rms").startswith("check raised")
     assert "could not convert string to float: 'ten'" in _evidence(rows, "eq2_rms")
+
+
+# ---- the data checks' edges (found by make mutation: fidelity_data) ----------------------------------
+
+def _write_split_manifest(ds, n_train, n_test):
+    with open(os.path.join(ds, "manifest.csv"), "w") as f:
+        f.write("id,split\n" + "".join("tr%d,train\n" % i for i in range(n_train))
+                + "".join("te%d,test\n" % i for i in range(n_test)))
+
+
+def test_split_counts_mirrored_pairs_and_the_manifest_test_rows(tmp_path):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2000, n_val=100, height=2, width=2)[0]
+    _set_info(ds, mirror=True)                    # two entries per pair: 2000 entries = 1000 pairs
+    _write_split_manifest(ds, 1000, 100)
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["split_1000_100"] == fidelity.PASS
+    assert _evidence(rows, "split_1000_100") == ("train_db/features 2000 entries (1000 pairs mirrored), "
+                                                 "val_db/features 100, manifest test rows 100")
+    _write_split_manifest(ds, 1000, 99)           # the manifest disagrees with the LMDB
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["split_1000_100"] == fidelity.FAIL
+    assert _evidence(rows, "split_1000_100").endswith("manifest test rows 99; the paper has 1000 / 100")
+    _set_info(ds, mirror=False)                   # 2000 unmirrored pairs are not the paper's 1000
+    os.remove(os.path.join(ds, "manifest.csv"))   # no manifest: the LMDBs alone decide
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["split_1000_100"] == fidelity.FAIL
+    assert "2000 entries, val_db" in _evidence(rows, "split_1000_100")
+
+
+def test_split_of_an_unreadable_lmdb_is_a_fail_naming_it(tmp_path):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=2, width=2)[0]
+    shutil.rmtree(os.path.join(ds, layout.VAL_DB))
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["split_1000_100"] == fidelity.FAIL
+    assert _evidence(rows, "split_1000_100").startswith("cannot count the LMDBs of %s (" % ds)
+
+
+def test_table1_sizes_evidence_edges(tmp_path, monkeypatch):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    rows = fidelity.check(ds, caffe_check=False)                         # no manifest at all
+    assert _status(rows)["table1_sizes"] == fidelity.NOT_RUN
+    # five source sizes: the evidence names the four commonest, SYNTHETIC data says so
+    _write_manifest(ds, [("a%d" % i, 480, 640, 120, 160) for i in range(5)]
+                    + [("b%d" % i, 100 + i, 200, 120, 160) for i in range(4)])
+    ev = _evidence(fidelity.check(ds, caffe_check=False), "table1_sizes")
+    assert ev.startswith("manifest.csv: 9 SYNTHETIC pair(s): 5 visible 640x480 / IR 160x120, 1 visible 200x100")
+    assert ev.count("visible") == 4 + 1 and "4 of 9 source pairs differ" in ev       # 4 listed + Table 1's
+    _set_info(ds, synthetic=False)
+    _write_manifest(ds, [("a", 480, 640, 120, 160)])
+    ev = _evidence(fidelity.check(ds, caffe_check=False), "table1_sizes")
+    assert ev == "manifest.csv: 1 pair(s): 1 visible 640x480 / IR 160x120; all 1 match Table 1"
+    # a FLIR file from another camera fails even at the FLIR ONE's IR size
+    _write_manifest(ds, [("a", 301, 402, 120, 160)], models={"a": "FLIR AX8"})
+    assert _status(fidelity.check(ds, caffe_check=False))["table1_sizes"] == fidelity.FAIL
+    _write_manifest(ds, [("a", 301, 402, 120, 160)], models={"a": "FLIR ONE Pro"})
+    ev = _evidence(fidelity.check(ds, caffe_check=False), "table1_sizes")
+    assert ev.endswith("all 1 match Table 1 (visible size of FLIR files not recorded: cropped to the IR field "
+                       "of view)")
+    # five cameras: the four commonest are named
+    cams = {"c%d" % i: "FLIR ONE Gen %d" % (i if i < 4 else 9) for i in range(6)}
+    _write_manifest(ds, [(k, 301, 402, 120, 160) for k in cams], models=cams)
+    ev = _evidence(fidelity.check(ds, caffe_check=False), "table1_sizes")
+    assert ev.startswith("manifest.csv: FLIR files (alignment.csv): 2 x FLIR ONE Gen 9 IR 160x120, 1 x FLIR ONE Gen 0")
+    assert ev.count(" x FLIR ONE") == 4 and "Gen 3" not in ev
+    monkeypatch.setattr(fidelity.spec, "FLIR_ONE_VISIBLE_SIZE", (480, 641))
+    rows = fidelity.check(ds, caffe_check=False)
+    assert _status(rows)["table1_sizes"] == fidelity.FAIL
+    assert _evidence(rows, "table1_sizes") == "spec.FLIR_ONE_* say visible 641x480, IR 160x120"
+
+
+def test_epochs_evidence_by_hand(tmp_path):
+    ds = make_tiny_dataset(str(tmp_path / "ds"), n_train=2, n_val=1, height=4, width=4)[0]
+    run = tmp_path / "run"
+    run.mkdir()
+    # no iterations recorded: 0; a time budget of 5370 s is 89.5 min, printed as 90
+    (run / "train_summary.json").write_text(json.dumps({"dataset": ds, "epochs": 1000, "iters_per_epoch": 125,
+                                                        "max_seconds": 5370}))
+    rows = fidelity.check(str(run), net=NET, caffe_check=False)
+    assert _status(rows)["epochs_1000"] == fidelity.FAIL
+    assert _evidence(rows, "epochs_1000") == ("train_summary.json: 0 iterations / 125 per epoch = 0.0 epochs "
+                                              "(planned 1000, time budget 90 min)")
