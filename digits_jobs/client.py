@@ -342,6 +342,11 @@ class DigitsClient:
                 tail = self.fetch_text(job_id, jd.CAFFE_LOG, missing_ok=True)
                 if tail:
                     detail = "; last lines of %s:\n%s" % (jd.CAFFE_LOG, "\n".join(tail.strip().splitlines()[-15:]))
+                else:
+                    # DIGITS 6.1.1 gives the reason of a failed before-run check (its network sanity
+                    # checks) in its own log and live on the job page only: no JSON route carries it.
+                    detail = ("; it failed before Caffe started (no %s): one of DIGITS' own checks, whose "
+                              "reason DIGITS shows live on the job page and in its log" % jd.CAFFE_LOG)
             raise DigitsJobFailed("%s job %s ended %s (%s)%s" % (kind, job_id, state,
                                                                  self.url("/jobs/%s" % job_id), detail))
         if state != "Done":

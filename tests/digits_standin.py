@@ -131,10 +131,16 @@ class StandinState:
                 if job.kind == "dataset":
                     self._run_dataset(job)
                 elif job.kind == "model":
-                    self._start_model(job)
+                    self._start_model(job)          # DIGITS' before_run: no caffe_output.log yet
             except Exception as exc:   # noqa: BLE001 - a task failure is the job's Error state
                 job.status, job.error = "Error", "%s: %s" % (type(exc).__name__, exc)
-                self._log(job, "task failed: %s" % job.error)
+                return
+            try:
+                if job.kind == "model":
+                    self._start_caffe(job)          # what `caffe train` would meet first
+            except Exception as exc:   # noqa: BLE001
+                job.status, job.error = "Error", "error code 1"      # DIGITS: the tool's exit status
+                self._log(job, "%s: %s" % (type(exc).__name__, exc))
             return
         job.progress = min(100, job.progress + int(np.ceil(100.0 / self.steps)))
         if job.progress >= 100:
@@ -165,14 +171,18 @@ class StandinState:
                 f.write(text)
         job.max_iter = files.solver.max_iter
         self._log(job, "wrote %s; no training runs in the stand-in" % ", ".join(sorted(files.texts())))
-        # caffe train builds the net in the job folder first: a Python loss layer opens its
-        # class-weights file there (relative) or at its absolute path; the stand-in assumes no
-        # THERMALNET_DATASET on the server, so a file that is neither is the job's Error.
-        for layer, path in v.class_weights_files(files.texts()[v.TRAIN_VAL_FILE], where=job.name).items():
+
+    def _start_caffe(self, job: Job) -> None:
+        """`caffe train` in the job folder, as far as the stand-in can tell without running it."""
+        with open(os.path.join(job.dir, v.TRAIN_VAL_FILE)) as f:
+            train_val = f.read()
+        # The Python loss layer opens its class-weights file in the job folder (relative) or at its
+        # absolute path; the stand-in assumes no THERMALNET_DATASET on the server. The message is
+        # the layer's own (prototxt/digits_python_layers.py load_class_weights).
+        for layer, path in v.class_weights_files(train_val, where=job.name).items():
             if not os.path.isfile(path if os.path.isabs(path) else os.path.join(job.dir, path)):
-                raise FileNotFoundError("layer '%s': class weights file %s is not %s" % (
-                    layer, path, "on the server" if os.path.isabs(path) else
-                    "in the job folder %s, where DIGITS runs Caffe" % job.dir))
+                raise ValueError("class weights file %s: no such file (relative paths are tried in the working "
+                                 "directory %s, then in $THERMALNET_DATASET, which is not set)" % (path, job.dir))
         if job.weights_files:
             # DIGITS runs caffe train --weights=A,B; a file that does not fit aborts Caffe and
             # the job ends in Error. The stand-in checks the same by name and shape, without Caffe.
@@ -463,8 +473,6 @@ class StandinHandler(BaseHTTPRequestHandler):
             d["directory"] = job.dir
             if job.kind == "model":
                 d["snapshots"] = list(job.snapshots)
-            if job.error:
-                d["error"] = job.error
             return 200, d, {}
         m = re.match(r"^/jobs/([\w.-]+)/table_data\.json$", path)
         if method == "GET" and m:

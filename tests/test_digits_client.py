@@ -15,9 +15,11 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import tarfile
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -83,9 +85,16 @@ class Server:
     """A DIGITS to test against: .standin is the stand-in (request log, fault injection) or None
     for real DIGITS; .poll is the client's --poll for it."""
 
-    def __init__(self, url: str, standin=None):
-        self.url, self.standin = url, standin
+    def __init__(self, url: str, standin=None, log: Optional[str] = None):
+        self.url, self.standin, self.log = url, standin, log        # log: real DIGITS' own log file
         self.poll = "0" if standin else str(REAL_POLL)
+
+    def job_reason(self, job_id: str) -> str:
+        """Why DIGITS failed a job, from the server side (DIGITS' log, or the stand-in's job)."""
+        if self.standin:
+            return self.standin.state.jobs[job_id].error or ""
+        with open(self.log) as f:
+            return "\n".join(l for l in f if "[%s] [ERROR]" % job_id in l)
 
     def client(self, **kw):
         if self.standin:
@@ -111,7 +120,7 @@ def real_digits(tmp_path_factory):
     # A DIGITS that was named but does not start is a failure, never a skip.
     assert r.returncode == 0, "DIGITS from %s did not start: %s" % (root, r.stderr[-3000:])
     try:
-        yield Server(r.stdout.strip().splitlines()[-1])
+        yield Server(r.stdout.strip().splitlines()[-1], log=str(tmp / "run" / "digits.log"))
     finally:
         subprocess.run(["bash", DIGITS_LOCAL, "stop"] + where, capture_output=True, text=True)
 
@@ -309,7 +318,11 @@ def test_job_error_state_reports_digits_reason(server, dataset):
     m = c.create(jd.ROUTE_MODEL, fields, files=C._model_upload(job))
     with pytest.raises(C.DigitsJobFailed) as ei:
         c.wait("model", m["id"])
-    assert "ended Error" in str(ei.value) and "'loss'" in str(ei.value)
+    # DIGITS' sanity check fails before Caffe runs: no caffe_output.log, and no JSON route has the
+    # reason (DIGITS logs it and shows it live on the job page); the client says where to look.
+    assert "ended Error" in str(ei.value) and "failed before Caffe started" in str(ei.value)
+    reason = server.job_reason(m["id"])                 # DIGITS names the TEST stage, the kit's rules the deploy net
+    assert re.search(r"(?i)layer 'loss'", reason) and "label" in reason, reason
 
 
 def test_preflight_stops_a_broken_network_before_queuing(server, dataset, tmp_path):
@@ -428,7 +441,9 @@ def test_infer_one_decodes_like_the_kits_predictor(trained, dataset, tmp_path):
     pred = Predictor(s["files"]["deploy"], s["files"]["caffemodel"],
                      mean_file=os.path.join(dataset, layout.TRAIN_DB, layout.MEAN_FILE))
     want = pred.predict_probs([np.asarray(Image.open(img).convert("RGB"))])[0]
-    np.testing.assert_allclose(prob[0], want, rtol=1e-4, atol=1e-6)
+    # Real DIGITS: its own preprocessing and a second build of the same Caffe (Python 2.7) differ in
+    # float32 rounding only (5e-6 at most on probabilities near 1/32 measured); the decoded RMS agrees.
+    np.testing.assert_allclose(prob[0], want, rtol=1e-3, atol=1e-5)
     res = C.infer_flow(c, s["model_job"], [img], str(tmp_path / "inf"),
                        ir_dir=os.path.join(dataset, layout.TEST_DIR, "ir"))
     b = decoders.decode(want)
@@ -539,7 +554,9 @@ def test_upload_carries_the_class_weights_and_the_raw_network_fails_the_import(s
         info["name"]))
     m = c.create(job["import_route"], fields, files=C._model_upload(
         dict(job, python_layer_file="prototxt/digits_python_layers.py")))
-    with pytest.raises(C.DigitsJobFailed, match=r"layer 'loss': class weights file class_weights.txt is not in the job"):
+    # The message is the Python layer's own, from the tool's log (DIGITS' page says only "error code 1").
+    with pytest.raises(C.DigitsJobFailed, match=r"class weights file class_weights.txt: no such file \(relative "
+                                                r"paths are tried in the working directory .*%s" % m["id"]):
         c.wait("model", m["id"])
 
 

@@ -175,7 +175,9 @@ do_start() {
   url="http://127.0.0.1:$PORT"
   # glog 0.6 prefixes the year (I20261207 ...) and DIGITS' log parser then sees no iterations;
   # protobuf's C++ extension in the caffe tool (which links Debian's libprotobuf) segfaults.
-  ( cd "$DIGITS" && exec env CAFFE_ROOT="$root" PYTHONUSERBASE="$ub" PYTHONPATH="$DIGITS" \
+  # DIGITS hands its own GLOG_minloglevel to the caffe tool: one above 0 inherited from the caller
+  # (pycaffe users often set 2) hides the INFO lines DIGITS reads iterations and snapshots from.
+  ( cd "$DIGITS" && exec env -u GLOG_minloglevel CAFFE_ROOT="$root" PYTHONUSERBASE="$ub" PYTHONPATH="$DIGITS" \
       GLOG_log_year_in_prefix=false PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python \
       DIGITS_JOBS_DIR="$JOBS" DIGITS_LOGFILE_FILENAME="$RUN/digits.log" DIGITS_LOCAL_PORT="$PORT" \
       setsid "$PY" -c "$LAUNCHER" >"$RUN/server.log" 2>&1 ) &
