@@ -294,9 +294,11 @@ PYTHONPATH="$src/python" "$PY" -c "import caffe; caffe.set_mode_cpu()" >>"$LOG" 
 "$src/build/tools/caffe" --version >>"$LOG" 2>&1 || fail "caffe tool smoke test"
 # >>> GPU only
 if [ "$GPU" = 1 ]; then
-  ldd "$src/build/lib/libcaffe.so" >>"$LOG" 2>&1 || fail "ldd libcaffe.so"
+  ldd_out=$(ldd "$src/build/lib/libcaffe.so" 2>&1) || fail "ldd libcaffe.so"
+  echo "$ldd_out" >>"$LOG"
+  # grep the saved text: `ldd | grep -q` under pipefail fails when grep stops reading early (SIGPIPE)
   for lib in libcudart libcublas libcurand; do
-    ldd "$src/build/lib/libcaffe.so" | grep -q "$lib\.so.* => $CUDA_DIR/lib/" || fail "libcaffe.so finding $lib in $CUDA_DIR/lib"
+    grep -q "$lib\.so.* => $CUDA_DIR/lib/" <<<"$ldd_out" || fail "libcaffe.so finding $lib in $CUDA_DIR/lib"
   done
 fi
 # <<< GPU only
