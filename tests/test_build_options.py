@@ -108,3 +108,30 @@ def test_public_pair_layouts_are_found(tmp_path, vis, ir):
     assert found == [(str(root / vis), str(root / ir))]
     pairs, skipped = P.list_pairs(str(root))
     assert [p.id for p in pairs] == ["FLIR_00000", "FLIR_00001", "FLIR_00002"] and skipped == []
+
+
+# ---- the dataset window (found by make mutation: window) -------------------------------------------
+
+def test_dataset_window_subsamples_every_kth_pixel_of_the_training_images(monkeypatch):
+    """Above _MAX_WINDOW_SAMPLES the window reads every k-th pixel, k = ceil(total / max), of the
+    training images only; the 0.5 / 99.5 percentiles of exactly those pixels, worked out apart."""
+    from dataset_builder import build as B
+    rng = np.random.RandomState(3)
+    stack = [rng.uniform(10, 40, size=(10, 20)) for _ in range(3)]     # 200 pixels an image
+    stack[1][:] = 1000.0                                                # not in the training split
+    monkeypatch.setattr(B, "_MAX_WINDOW_SAMPLES", 64)                   # 400 pixels: k = ceil(6.25) = 7
+    lo, hi = B.dataset_window(stack, [2, 0])
+    sample = np.concatenate([stack[0].ravel()[::7], stack[2].ravel()[::7]])
+    assert (lo, hi) == tuple(np.percentile(sample, (0.5, 99.5)))
+    assert (lo, hi) != tuple(np.percentile(np.concatenate([stack[0].ravel()[::6], stack[2].ravel()[::6]]),
+                                           (0.5, 99.5)))
+    monkeypatch.setattr(B, "_MAX_WINDOW_SAMPLES", 10 ** 6)             # below the limit: every pixel
+    assert B.dataset_window(stack, [0, 2]) == tuple(np.percentile(np.concatenate([stack[0], stack[2]]),
+                                                                  (0.5, 99.5)))
+
+
+def test_dataset_window_of_a_flat_training_split_is_one_line():
+    from dataset_builder import build as B
+    with pytest.raises(B.BuildError, match=r"^training IR has no temperature spread \(20\.000\.\.20\.000\): "
+                                           r"cannot set a window$"):
+        B.dataset_window([np.full((4, 4), 20.0), np.full((4, 4), 35.0)], [0])
