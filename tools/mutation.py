@@ -60,9 +60,10 @@ TARGETS: Dict[str, Target] = {
                             ("check_split", "check_table1_sizes", "check_table2_classes", "check_epochs"),
                             "split or table1 or table2 or epochs or moved"),
     # Pairing, split and window code (dataset_builder: pairs.py, splits.py, build.py's window).
-    "pairs": Target("dataset_builder/pairs.py", ("tests/test_build_options.py", "tests/test_dataset_build.py",
-                                                 "tests/test_pair_layouts.py")),
-    "splits": Target("dataset_builder/splits.py", ("tests/test_dataset_build.py", "tests/test_pair_layouts.py")),
+    "pairs": Target("dataset_builder/pairs.py", ("tests/test_pairs.py", "tests/test_build_options.py",
+                                                 "tests/test_dataset_build.py", "tests/test_pair_layouts.py")),
+    "splits": Target("dataset_builder/splits.py", ("tests/test_splits.py", "tests/test_dataset_build.py",
+                                                   "tests/test_pair_layouts.py")),
     "window": Target("dataset_builder/build.py", ("tests/test_dataset_build.py", "tests/test_build_options.py"),
                      ("dataset_window",)),
     # The paper's findings (Table 2's relations and their tolerances).
