@@ -482,16 +482,21 @@ def test_caffe_total_loss_is_loss_weight_times_eq1(caffe, tmp_path, data):
     assert total == pytest.approx(2.5 * eq1_numpy(scores, labels, weights)[0], rel=1e-5)
 
 
+def _softmax_net(caffe, tmp_path, weights, ignore=None):
+    """The softmax variant at loss_weight 1 over SHAPE, with these class weights and ignore_label."""
+    param = {"class_weights": _weights_file(tmp_path, weights)}
+    if ignore is not None:
+        param["ignore_label"] = ignore
+    return _make_net(caffe, tmp_path, _net_text(SHAPE, "WeightedSoftmaxLoss", 1.0, param))
+
+
 @pytest.mark.parametrize("ignore", [None, 255])
 @pytest.mark.parametrize("bad", [-1.0, 5.0, 1.5])
 def test_bad_label_message_names_the_offending_value(caffe, tmp_path, data, ignore, bad):
     """Before the bad pixel sit an ignored 255 (when ignore_label is 255), a 0, a 3 and a
     0.001 (within the 1e-3 tolerance): none of them may be the value reported."""
     scores, labels, weights = data
-    param = {"class_weights": _weights_file(tmp_path, weights)}
-    if ignore is not None:
-        param["ignore_label"] = ignore
-    net = _make_net(caffe, tmp_path, _net_text(SHAPE, "WeightedSoftmaxLoss", 1.0, param))
+    net = _softmax_net(caffe, tmp_path, weights, ignore)
     labels = labels.copy()
     labels.reshape(-1)[:6] = [255.0 if ignore is not None else 1.0, 0.0, 3.0, np.float32(0.001), 2.0, bad]
     net.blobs["scores"].data[...] = scores
@@ -519,10 +524,7 @@ def test_labels_within_tolerance_are_rounded_not_refused(caffe, tmp_path, data, 
     """Labels stored as floats are accepted up to 1e-3 from an integer, the bound included
     (0.001 itself), and count as that integer."""
     scores, labels, weights = data
-    param = {"class_weights": _weights_file(tmp_path, weights)}
-    if ignore is not None:
-        param["ignore_label"] = ignore
-    net = _make_net(caffe, tmp_path, _net_text(SHAPE, "WeightedSoftmaxLoss", 1.0, param))
+    net = _softmax_net(caffe, tmp_path, weights, ignore)
     noisy = labels.copy()
     noisy.reshape(-1)[:4] = [np.float32(0.001), 2.0005, 3.9995, 255.0 if ignore is not None else 1.0]
     loss, grad = _run(net, scores, noisy)
