@@ -21,8 +21,10 @@ from thermalnet import caffe_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL = os.path.join(REPO, "tools", "install_caffe.sh")
-NO_GPU_BUILD = ("NO GPU CAFFE BUILD in the cache: `make gpu-build` compiles one (long: see docs/gpu.md; "
-                "`make gpu-build CUDA_ARCH=\"-gencode arch=compute_80,code=sm_80\"` builds one architecture)")
+NO_GPU_BUILD = ("NO GPU CAFFE BUILD FOR PYTHON %d.%d in the cache (a build for the GPU bundle's Python 3.12 does "
+                "not count: pycaffe is built for one Python): `make gpu-build` compiles one (long: see docs/gpu.md; "
+                "`make gpu-build CUDA_ARCH=\"-gencode arch=compute_80,code=sm_80\"` builds one architecture)"
+                % sys.version_info[:2])
 
 
 def _env(**extra):
